@@ -1,0 +1,502 @@
+//! `ClientCredential` (tokensync.io/v1alpha1): the custom resource and its status.
+//!
+//! Every doc comment here becomes the field's description in the CRD and therefore in
+//! `kubectl explain clientcredential.spec.<field>`: write them for users.
+//! Admission-time rules (`x-kubernetes-validations`) are declared next to the fields they
+//! guard; `super::validate` mirrors each of them in Rust with a message naming the field.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::duration::DurationString;
+pub use crate::oauth::{ClientAuthentication, GrantType, RequestEncoding, SigningAlgorithm};
+
+/// Desired state of a ClientCredential: where and how to obtain an access token, and the
+/// Secret to keep it in.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "tokensync.io",
+    version = "v1alpha1",
+    kind = "ClientCredential",
+    plural = "clientcredentials",
+    shortname = "clientcred",
+    category = "tokensync",
+    namespaced,
+    status = "ClientCredentialStatus",
+    derive = "PartialEq",
+    doc = "Keeps a short-lived OAuth2 access token fresh in a Secret. The client secret (or refresh token) stays in the source Secret; workloads mount only the target Secret.",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.expiresAt"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.tokenEndpoint) != has(self.issuer)").message("exactly one of spec.tokenEndpoint and spec.issuer must be set").field_path(".tokenEndpoint"),
+    validation = Rule::new("!(has(self.renewBefore) && has(self.renewBeforePercentage))").message("spec.renewBefore and spec.renewBeforePercentage are mutually exclusive").field_path(".renewBefore"),
+    validation = Rule::new("!has(self.grantType) || self.grantType != 'refresh_token' || has(self.credentialsRef.refreshTokenKey)").message("grantType refresh_token needs spec.credentialsRef.refreshTokenKey").field_path(".credentialsRef.refreshTokenKey"),
+    validation = Rule::new("!has(self.grantType) || self.grantType != 'authorization_code' || has(self.credentialsRef.authorizationCodeKey)").message("grantType authorization_code needs spec.credentialsRef.authorizationCodeKey").field_path(".credentialsRef.authorizationCodeKey"),
+    validation = Rule::new("!has(self.grantType) || self.grantType != 'urn:ietf:params:oauth:grant-type:jwt-bearer' || has(self.credentialsRef.privateKeyKey)").message("grantType urn:ietf:params:oauth:grant-type:jwt-bearer needs spec.credentialsRef.privateKeyKey to sign the assertion").field_path(".credentialsRef.privateKeyKey"),
+    validation = Rule::new("!has(self.clientAuthentication) || self.clientAuthentication != 'private_key_jwt' || has(self.credentialsRef.privateKeyKey)").message("clientAuthentication private_key_jwt needs spec.credentialsRef.privateKeyKey").field_path(".credentialsRef.privateKeyKey"),
+    validation = Rule::new("!has(self.clientAuthentication) || self.clientAuthentication != 'none' || !has(self.grantType) || self.grantType != 'client_credentials'").message("grantType client_credentials needs client authentication; clientAuthentication none is only for refresh_token, authorization_code and jwt-bearer").field_path(".clientAuthentication"),
+    validation = Rule::new("!has(self.clientAuthentication) || self.clientAuthentication != 'client_secret_jwt' || !has(self.assertion) || !has(self.assertion.algorithm) || self.assertion.algorithm in ['HS256', 'HS384', 'HS512']").message("clientAuthentication client_secret_jwt signs with the client secret: spec.assertion.algorithm must be HS256, HS384 or HS512").field_path(".assertion.algorithm"),
+    validation = Rule::new("!has(self.target.name) || self.target.name != self.credentialsRef.name").message("the target Secret must not be the credentials Secret").field_path(".target.name"),
+    validation = Rule::new("!has(self.assertion) || !has(self.assertion.algorithm) || !(self.assertion.algorithm in ['HS256', 'HS384', 'HS512']) || (has(self.clientAuthentication) && self.clientAuthentication == 'client_secret_jwt')").message("HS256/HS384/HS512 assertions are only for clientAuthentication client_secret_jwt; private keys sign with RS*, PS* or ES*").field_path(".assertion.algorithm")
+)]
+pub struct ClientCredentialSpec {
+    /// URL of the OAuth2 token endpoint, e.g. https://auth.example/realms/x/protocol/openid-connect/token.
+    /// Exactly one of tokenEndpoint and issuer must be set. Plain http is refused unless the
+    /// operator runs with --allow-http.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048), regex(pattern = r"^https?://\S+$"))]
+    pub token_endpoint: Option<String>,
+
+    /// OpenID Connect issuer URL. The token endpoint is read from
+    /// <issuer>/.well-known/openid-configuration, whose "issuer" must equal this value exactly.
+    /// Exactly one of tokenEndpoint and issuer must be set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048), regex(pattern = r"^https?://\S+$"))]
+    pub issuer: Option<String>,
+
+    /// OAuth2 grant used to obtain tokens. client_credentials (RFC 6749 4.4, the default);
+    /// refresh_token (RFC 6749 6: a bootstrap refresh token from the source Secret, rotated
+    /// refresh tokens are kept by tokensync); authorization_code (a one-time code from the
+    /// source Secret is exchanged once, then the refresh token is used);
+    /// urn:ietf:params:oauth:grant-type:jwt-bearer (RFC 7523 2.1: an assertion signed with the
+    /// private key).
+    #[serde(default)]
+    pub grant_type: GrantType,
+
+    /// How the client authenticates to the token endpoint. client_secret_basic (HTTP Basic,
+    /// RFC 6749 2.3.1, the default), client_secret_post (client_id and client_secret in the
+    /// body), private_key_jwt and client_secret_jwt (RFC 7523 client assertions), none (public
+    /// client: only client_id is sent).
+    #[serde(default)]
+    pub client_authentication: ClientAuthentication,
+
+    /// Encoding of the token request body: form (application/x-www-form-urlencoded, the
+    /// standard, the default) or json (application/json, for endpoints that only take JSON).
+    #[serde(default)]
+    pub request_encoding: RequestEncoding,
+
+    /// Leave grant_type out of the token request. Only for non-standard endpoints that
+    /// identify the flow by their path, such as Charp's /auth/token. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub omit_grant_type: bool,
+
+    /// The Secret, in the same namespace, holding the client credentials and, for the other
+    /// flows, the private key, bootstrap refresh token or authorization code. Cross-namespace
+    /// references are not possible.
+    pub credentials_ref: CredentialsRef,
+
+    /// Scopes to request, sent space-separated in the scope parameter (also on refresh).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 256), regex(pattern = r"^[\x21\x23-\x5B\x5D-\x7E]+$")))]
+    pub scopes: Vec<String>,
+
+    /// Value of the audience parameter (Auth0 and others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub audience: Option<String>,
+
+    /// Value of the resource parameter (RFC 8707 resource indicators, Azure AD v1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub resource: Option<String>,
+
+    /// Additional parameters sent in every token and refresh request, e.g. redirect_uri.
+    /// Parameters that tokensync sets itself (grant_type, client_id, client_secret,
+    /// client_assertion, client_assertion_type, refresh_token, code, assertion, scope,
+    /// audience, resource) cannot be overridden here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    #[x_kube(validation = Rule::new("self.all(k, size(k) > 0 && !(k in ['grant_type', 'client_id', 'client_secret', 'client_assertion', 'client_assertion_type', 'refresh_token', 'code', 'assertion', 'scope', 'audience', 'resource']))").message("extraParameters keys must not be empty nor a parameter tokensync sets itself (grant_type, client_id, client_secret, client_assertion, client_assertion_type, refresh_token, code, assertion, scope, audience, resource)"))]
+    pub extra_parameters: BTreeMap<String, String>,
+
+    /// Additional HTTP headers sent with every token and refresh request, e.g.
+    /// {name: Accept-Language, value: en_US}. Authorization, Content-Type, Content-Length and
+    /// Host are set by tokensync and cannot be given here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub extra_headers: Vec<HttpHeader>,
+
+    /// A separate endpoint for the refresh_token grant, for vendors that renew at another URL
+    /// (for example Charp's /auth/refresh). When set, a refresh token returned by the token
+    /// endpoint is kept and used for renewals; if the refresh is rejected, a client_credentials
+    /// grant falls back to a fresh token request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_endpoint: Option<RefreshEndpoint>,
+
+    /// Mapping for non-standard token responses. Leave unset for RFC 6749 responses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<ResponseMapping>,
+
+    /// Settings for the JWTs tokensync signs: client assertions (private_key_jwt,
+    /// client_secret_jwt) and jwt-bearer grant assertions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assertion: Option<AssertionSettings>,
+
+    /// TLS settings for the token, refresh and verify endpoints: a private CA and a client
+    /// certificate for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSettings>,
+
+    /// Renew this long before the token expires, e.g. 10m. Mutually exclusive with
+    /// renewBeforePercentage. Default: renew after two thirds of the token's lifetime.
+    /// tokensync never renews later than the operator's propagation margin before expiry, so
+    /// pods reading a mounted Secret get a token with time left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_before: Option<DurationString>,
+
+    /// Renew when this percentage of the token's lifetime remains (1-99). Mutually exclusive
+    /// with renewBefore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 99))]
+    pub renew_before_percentage: Option<i32>,
+
+    /// Optional probe that proves a new token works before it is published: the URL is called
+    /// with GET and "Authorization: <token_type> <access_token>"; a non-2xx answer keeps the
+    /// previous token and reports TokenVerificationFailed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifySettings>,
+
+    /// Stop requesting tokens. The published token is left in place until it expires.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+
+    /// The Secret that receives the access token. Default: a Secret named like the
+    /// ClientCredential with the keys access_token, token_type and expires_at.
+    #[serde(default)]
+    pub target: TargetSecret,
+}
+
+/// One extra HTTP header.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("!(self.name.lowerAscii() in ['authorization', 'content-type', 'content-length', 'host'])").message("Authorization, Content-Type, Content-Length and Host are set by tokensync").field_path(".name")
+)]
+pub struct HttpHeader {
+    /// Header name, e.g. Accept-Language.
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"))]
+    pub name: String,
+    /// Header value.
+    #[schemars(length(max = 4096), regex(pattern = r"^[^\r\n]*$"))]
+    pub value: String,
+}
+
+/// Where the credentials live: a Secret in the ClientCredential's namespace, and the keys in
+/// it. Only the keys the chosen grant and authentication method need are read.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsRef {
+    /// Name of the Secret in the same namespace.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub name: String,
+
+    /// Key holding the client_id. Default client_id.
+    #[serde(default = "default_client_id_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub client_id_key: String,
+
+    /// Key holding the client_secret (client_secret_basic, client_secret_post,
+    /// client_secret_jwt). Default client_secret.
+    #[serde(default = "default_client_secret_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub client_secret_key: String,
+
+    /// Key holding a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) that signs client
+    /// assertions (private_key_jwt) and jwt-bearer grant assertions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub private_key_key: Option<String>,
+
+    /// Key holding the bootstrap refresh token (grantType refresh_token). It is used when
+    /// tokensync has no refresh token of its own yet, or when its value changes; rotated
+    /// refresh tokens are kept in a state Secret owned by the ClientCredential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub refresh_token_key: Option<String>,
+
+    /// Key holding a one-time authorization code (grantType authorization_code). It is
+    /// exchanged once; later renewals use the refresh token the exchange returned. Putting a
+    /// new code in the Secret starts a new chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub authorization_code_key: Option<String>,
+}
+
+fn default_client_id_key() -> String {
+    "client_id".into()
+}
+
+fn default_client_secret_key() -> String {
+    "client_secret".into()
+}
+
+/// A separate refresh endpoint (vendor specific).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshEndpoint {
+    /// URL of the refresh endpoint.
+    #[schemars(length(max = 2048), regex(pattern = r"^https?://\S+$"))]
+    pub url: String,
+
+    /// Body encoding for refresh requests. Default: the same as spec.requestEncoding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_encoding: Option<RequestEncoding>,
+
+    /// Send nothing but the refresh_token in the body: no grant_type, no client credentials,
+    /// no scope or extra parameters (Charp's /auth/refresh). Default false: a standard
+    /// refresh_token grant authenticated like the token request.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refresh_token_only: bool,
+}
+
+/// Where to find the token in a non-standard response. Field names may be dotted paths into
+/// nested objects, e.g. data.accessToken.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResponseMapping {
+    /// Field holding the access token. Default access_token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub access_token_field: Option<String>,
+
+    /// Field holding the token type. Default token_type; Bearer when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub token_type_field: Option<String>,
+
+    /// Field holding the lifetime in seconds, as a number or a numeric string.
+    /// Default expires_in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub expires_in_field: Option<String>,
+
+    /// Field holding the absolute expiry, as RFC 3339 or epoch seconds. Used when the
+    /// lifetime field is absent. Default expires_at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub expires_at_field: Option<String>,
+
+    /// Field holding a (rotated) refresh token. Default refresh_token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub refresh_token_field: Option<String>,
+
+    /// Lifetime assumed when the response states none and the token is not a JWT with an exp
+    /// claim, e.g. 1h. Without it such a response is rejected as InvalidTokenResponse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_lifetime: Option<DurationString>,
+}
+
+/// Signing settings for the JWTs tokensync creates.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AssertionSettings {
+    /// JWS algorithm. Default RS256 for RSA keys, ES256 for P-256 keys, ES384 for P-384 keys,
+    /// HS256 for client_secret_jwt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<SigningAlgorithm>,
+
+    /// kid header, when the server looks keys up by id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub key_id: Option<String>,
+
+    /// aud claim. Default: the token endpoint URL (RFC 7523 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub audience: Option<String>,
+
+    /// iss claim of jwt-bearer grant assertions. Default: the client_id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub issuer: Option<String>,
+
+    /// sub claim of jwt-bearer grant assertions (the principal the token is for). Default:
+    /// the client_id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub subject: Option<String>,
+
+    /// Lifetime of each assertion (exp - iat). Default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime: Option<DurationString>,
+
+    /// Additional string claims for jwt-bearer grant assertions, e.g. scope for Google
+    /// service accounts. Registered claims (iss, sub, aud, exp, iat, nbf, jti) cannot be set.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
+    #[x_kube(validation = Rule::new("self.all(k, size(k) > 0 && !(k in ['iss', 'sub', 'aud', 'exp', 'iat', 'nbf', 'jti']))").message("extraClaims keys must not be empty nor a registered claim (iss, sub, aud, exp, iat, nbf, jti)"))]
+    pub extra_claims: BTreeMap<String, String>,
+}
+
+/// TLS settings for outgoing requests.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSettings {
+    /// A Secret in the same namespace with PEM CA certificates. When set, only these CAs are
+    /// trusted for the token, refresh and verify endpoints (not the built-in public roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_secret_ref: Option<CaBundleRef>,
+
+    /// A Secret in the same namespace with a PEM client certificate and key for mutual TLS
+    /// (RFC 8705), for example a kubernetes.io/tls Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate_secret_ref: Option<ClientCertificateRef>,
+}
+
+/// Reference to a CA bundle in a Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaBundleRef {
+    /// Name of the Secret in the same namespace.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Key holding the PEM bundle. Default ca.crt.
+    #[serde(default = "default_ca_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".into()
+}
+
+/// Reference to a client certificate and key in a Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientCertificateRef {
+    /// Name of the Secret in the same namespace.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Key holding the PEM certificate chain. Default tls.crt.
+    #[serde(default = "default_cert_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub certificate_key: String,
+    /// Key holding the PEM private key. Default tls.key.
+    #[serde(default = "default_tls_key_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub private_key_key: String,
+}
+
+fn default_cert_key() -> String {
+    "tls.crt".into()
+}
+
+fn default_tls_key_key() -> String {
+    "tls.key".into()
+}
+
+/// A probe that proves a new token works before it is published.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifySettings {
+    /// URL called with GET and "Authorization: <token_type> <access_token>", e.g. Chalk's
+    /// https://api.chalk.ai/v1/who-am-i. Any 2xx answer accepts the token.
+    #[schemars(length(max = 2048), regex(pattern = r"^https?://\S+$"))]
+    pub url: String,
+}
+
+/// The Secret that receives the token.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.type) || self.type != 'kubernetes.io/dockerconfigjson' || (has(self.template) && '.dockerconfigjson' in self.template)").message("a kubernetes.io/dockerconfigjson target needs a template for the key .dockerconfigjson").field_path(".template")
+)]
+pub struct TargetSecret {
+    /// Name of the target Secret in the same namespace. Default: the ClientCredential's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub name: Option<String>,
+
+    /// Secret type. Default Opaque.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub type_: Option<String>,
+
+    /// Labels added to the target Secret (tokensync adds its own managed-by label).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub labels: BTreeMap<String, String>,
+
+    /// Annotations added to the target Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub annotations: BTreeMap<String, String>,
+
+    /// Secret keys and the templates that render them (minijinja syntax), replacing the
+    /// default keys access_token, token_type and expires_at. Variables: access_token,
+    /// token_type, expires_at (RFC 3339), expires_in (seconds), scope. Filters include
+    /// b64encode and tojson. Example: Authorization: "Bearer {{ access_token }}".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub template: Option<BTreeMap<String, String>>,
+
+    /// What happens to the target Secret when the ClientCredential is deleted: Delete (the
+    /// default; it is garbage-collected through its ownerReference) or Retain (no
+    /// ownerReference; the Secret stays until someone deletes it).
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// Fate of the target Secret when its ClientCredential is deleted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum DeletionPolicy {
+    #[default]
+    Delete,
+    Retain,
+}
+
+/// Observed state of a ClientCredential.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientCredentialStatus {
+    /// Ready says whether the target Secret holds a valid token; Renewing says whether the
+    /// last renewal attempt failed while a valid token is still published. Reasons are listed
+    /// in the README.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// token_type of the published token, e.g. Bearer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_type: Option<String>,
+
+    /// Scope granted with the published token, when the server stated it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+
+    /// When the published token expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+
+    /// When tokensync will next request a token (renewal, or retry after a failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_at: Option<Time>,
+
+    /// When the published token was obtained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refresh_time: Option<Time>,
+
+    /// Consecutive failed token requests since the last success; drives the backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_attempts: Option<i32>,
+
+    /// When the last token request failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_time: Option<Time>,
+
+    /// Name of the target Secret that holds the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_secret_name: Option<String>,
+}

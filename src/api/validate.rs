@@ -1,0 +1,353 @@
+//! Rust-side validation of a ClientCredential spec.
+//!
+//! The CRD's schema and CEL rules reject most mistakes at admission, but the controller and
+//! `tokensync fetch` must not trust that admission ran (an older CRD, a manifest read from a
+//! file). Every rule here mirrors one in the schema and names the field it is about, so the
+//! message in the `InvalidSpec` condition tells the user exactly what to fix.
+
+use std::fmt;
+
+use url::Url;
+
+use super::duration::DurationString;
+use super::v1alpha1::ClientCredentialSpec;
+use crate::oauth::{ClientAuthentication, GrantType};
+
+/// Parameters tokensync sets itself; extraParameters may not override them.
+pub const RESERVED_PARAMETERS: &[&str] = &[
+    "grant_type",
+    "client_id",
+    "client_secret",
+    "client_assertion",
+    "client_assertion_type",
+    "refresh_token",
+    "code",
+    "assertion",
+    "scope",
+    "audience",
+    "resource",
+];
+
+/// Headers tokensync sets itself; extraHeaders may not override them.
+pub const RESERVED_HEADERS: &[&str] = &["authorization", "content-type", "content-length", "host"];
+
+/// Registered JWT claims; assertion.extraClaims may not override them.
+pub const RESERVED_CLAIMS: &[&str] = &["iss", "sub", "aud", "exp", "iat", "nbf", "jti"];
+
+/// One violated rule: the field (as a path under the resource, e.g. `spec.scopes[1]`) and
+/// what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// All rules a spec violates, in field order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+impl ValidationErrors {
+    /// Whether some error is about `field`.
+    pub fn mentions(&self, field: &str) -> bool {
+        self.0.iter().any(|e| e.field == field)
+    }
+}
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ValidationErrors {}
+
+#[derive(Default)]
+struct Collector(Vec<FieldError>);
+
+impl Collector {
+    fn fail(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError { field: field.into(), message: message.into() });
+    }
+
+    fn check(&mut self, ok: bool, field: &str, message: &str) {
+        if !ok {
+            self.fail(field, message);
+        }
+    }
+
+    fn url(&mut self, field: &str, value: &str) {
+        if let Err(message) = check_url(value) {
+            self.fail(field, message);
+        }
+    }
+
+    fn duration(&mut self, field: &str, value: Option<&DurationString>) {
+        if let Some(Err(message)) = value.map(|d| d.parse()) {
+            self.fail(field, message);
+        } else if value.and_then(|d| d.parse().ok()).is_some_and(|d| d.is_zero()) {
+            self.fail(field, "must be greater than zero");
+        }
+    }
+
+    fn object_name(&mut self, field: &str, value: &str) {
+        if !is_dns_subdomain(value) {
+            self.fail(field, format!("{value:?} is not a valid Secret name (lowercase letters, digits, '-' and '.', at most 253 characters)"));
+        }
+    }
+
+    fn secret_key(&mut self, field: &str, value: &str) {
+        if !is_secret_key(value) {
+            self.fail(field, format!("{value:?} is not a valid Secret key (letters, digits, '-', '_' and '.')"));
+        }
+    }
+}
+
+/// Checks a spec. `resource_name` is the ClientCredential's metadata.name, which is the
+/// default target Secret name.
+pub fn validate(spec: &ClientCredentialSpec, resource_name: &str) -> Result<(), ValidationErrors> {
+    let mut c = Collector::default();
+
+    match (&spec.token_endpoint, &spec.issuer) {
+        (Some(url), None) => c.url("spec.tokenEndpoint", url),
+        (None, Some(url)) => c.url("spec.issuer", url),
+        _ => c.fail("spec.tokenEndpoint", "exactly one of spec.tokenEndpoint and spec.issuer must be set"),
+    }
+
+    let creds = &spec.credentials_ref;
+    c.object_name("spec.credentialsRef.name", &creds.name);
+    c.secret_key("spec.credentialsRef.clientIdKey", &creds.client_id_key);
+    c.secret_key("spec.credentialsRef.clientSecretKey", &creds.client_secret_key);
+    for (field, key) in [
+        ("spec.credentialsRef.privateKeyKey", &creds.private_key_key),
+        ("spec.credentialsRef.refreshTokenKey", &creds.refresh_token_key),
+        ("spec.credentialsRef.authorizationCodeKey", &creds.authorization_code_key),
+    ] {
+        if let Some(key) = key {
+            c.secret_key(field, key);
+        }
+    }
+
+    match spec.grant_type {
+        GrantType::RefreshToken => c.check(
+            creds.refresh_token_key.is_some(),
+            "spec.credentialsRef.refreshTokenKey",
+            "grantType refresh_token needs spec.credentialsRef.refreshTokenKey",
+        ),
+        GrantType::AuthorizationCode => c.check(
+            creds.authorization_code_key.is_some(),
+            "spec.credentialsRef.authorizationCodeKey",
+            "grantType authorization_code needs spec.credentialsRef.authorizationCodeKey",
+        ),
+        GrantType::JwtBearer => c.check(
+            creds.private_key_key.is_some(),
+            "spec.credentialsRef.privateKeyKey",
+            "grantType urn:ietf:params:oauth:grant-type:jwt-bearer needs spec.credentialsRef.privateKeyKey to sign the assertion",
+        ),
+        GrantType::ClientCredentials => c.check(
+            spec.client_authentication != ClientAuthentication::None,
+            "spec.clientAuthentication",
+            "grantType client_credentials needs client authentication; clientAuthentication none is only for refresh_token, authorization_code and jwt-bearer",
+        ),
+    }
+    if spec.client_authentication == ClientAuthentication::PrivateKeyJwt {
+        c.check(
+            creds.private_key_key.is_some(),
+            "spec.credentialsRef.privateKeyKey",
+            "clientAuthentication private_key_jwt needs spec.credentialsRef.privateKeyKey",
+        );
+    }
+
+    let algorithm = spec.assertion.as_ref().and_then(|a| a.algorithm);
+    match (spec.client_authentication, algorithm) {
+        (ClientAuthentication::ClientSecretJwt, Some(alg)) if !alg.is_hmac() => c.fail(
+            "spec.assertion.algorithm",
+            "clientAuthentication client_secret_jwt signs with the client secret: spec.assertion.algorithm must be HS256, HS384 or HS512",
+        ),
+        (auth, Some(alg)) if alg.is_hmac() && auth != ClientAuthentication::ClientSecretJwt => c.fail(
+            "spec.assertion.algorithm",
+            "HS256/HS384/HS512 assertions are only for clientAuthentication client_secret_jwt; private keys sign with RS*, PS* or ES*",
+        ),
+        _ => {}
+    }
+
+    for (i, scope) in spec.scopes.iter().enumerate() {
+        let ok = !scope.is_empty()
+            && scope.len() <= 256
+            && scope.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
+        c.check(
+            ok,
+            &format!("spec.scopes[{i}]"),
+            "a scope is 1-256 printable ASCII characters without spaces, '\"' or '\\' (RFC 6749 3.3)",
+        );
+    }
+    c.check(spec.scopes.len() <= 64, "spec.scopes", "at most 64 scopes");
+
+    for key in spec.extra_parameters.keys() {
+        c.check(
+            !key.is_empty() && !RESERVED_PARAMETERS.contains(&key.as_str()),
+            &format!("spec.extraParameters[{key}]"),
+            "extraParameters keys must not be empty nor a parameter tokensync sets itself (grant_type, client_id, client_secret, client_assertion, client_assertion_type, refresh_token, code, assertion, scope, audience, resource)",
+        );
+    }
+    c.check(spec.extra_parameters.len() <= 32, "spec.extraParameters", "at most 32 parameters");
+
+    for (i, header) in spec.extra_headers.iter().enumerate() {
+        let field = format!("spec.extraHeaders[{i}].name");
+        let token_chars = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+.^_`|~-".contains(&b);
+        c.check(
+            !header.name.is_empty() && header.name.len() <= 128 && header.name.bytes().all(token_chars),
+            &field,
+            "a header name is 1-128 token characters (RFC 9110 5.1)",
+        );
+        c.check(
+            !RESERVED_HEADERS.contains(&header.name.to_ascii_lowercase().as_str()),
+            &field,
+            "Authorization, Content-Type, Content-Length and Host are set by tokensync",
+        );
+        c.check(
+            spec.extra_headers[..i].iter().all(|h| !h.name.eq_ignore_ascii_case(&header.name)),
+            &field,
+            "each header may be given once",
+        );
+        c.check(
+            header.value.len() <= 4096 && !header.value.contains(['\r', '\n', '\0']),
+            &format!("spec.extraHeaders[{i}].value"),
+            "a header value is at most 4096 characters on one line",
+        );
+    }
+    c.check(spec.extra_headers.len() <= 32, "spec.extraHeaders", "at most 32 headers");
+
+    if let Some(refresh) = &spec.refresh_endpoint {
+        c.url("spec.refreshEndpoint.url", &refresh.url);
+    }
+    if let Some(verify) = &spec.verify {
+        c.url("spec.verify.url", &verify.url);
+    }
+    if let Some(response) = &spec.response {
+        c.duration("spec.response.defaultLifetime", response.default_lifetime.as_ref());
+        for (field, value) in [
+            ("spec.response.accessTokenField", &response.access_token_field),
+            ("spec.response.tokenTypeField", &response.token_type_field),
+            ("spec.response.expiresInField", &response.expires_in_field),
+            ("spec.response.expiresAtField", &response.expires_at_field),
+            ("spec.response.refreshTokenField", &response.refresh_token_field),
+        ] {
+            if let Some(path) = value {
+                c.check(
+                    !path.is_empty() && path.len() <= 253 && path.split('.').all(|p| !p.is_empty()),
+                    field,
+                    "a field path is one or more non-empty names separated by '.', e.g. data.accessToken",
+                );
+            }
+        }
+    }
+    if let Some(assertion) = &spec.assertion {
+        c.duration("spec.assertion.lifetime", assertion.lifetime.as_ref());
+        for key in assertion.extra_claims.keys() {
+            c.check(
+                !key.is_empty() && !RESERVED_CLAIMS.contains(&key.as_str()),
+                &format!("spec.assertion.extraClaims[{key}]"),
+                "extraClaims keys must not be empty nor a registered claim (iss, sub, aud, exp, iat, nbf, jti)",
+            );
+        }
+    }
+    if let Some(tls) = &spec.tls {
+        if let Some(ca) = &tls.ca_bundle_secret_ref {
+            c.object_name("spec.tls.caBundleSecretRef.name", &ca.name);
+            c.secret_key("spec.tls.caBundleSecretRef.key", &ca.key);
+        }
+        if let Some(cert) = &tls.client_certificate_secret_ref {
+            c.object_name("spec.tls.clientCertificateSecretRef.name", &cert.name);
+            c.secret_key("spec.tls.clientCertificateSecretRef.certificateKey", &cert.certificate_key);
+            c.secret_key("spec.tls.clientCertificateSecretRef.privateKeyKey", &cert.private_key_key);
+        }
+    }
+
+    c.duration("spec.renewBefore", spec.renew_before.as_ref());
+    c.check(
+        !(spec.renew_before.is_some() && spec.renew_before_percentage.is_some()),
+        "spec.renewBefore",
+        "spec.renewBefore and spec.renewBeforePercentage are mutually exclusive",
+    );
+    if let Some(pct) = spec.renew_before_percentage {
+        c.check((1..=99).contains(&pct), "spec.renewBeforePercentage", "must be between 1 and 99");
+    }
+
+    let target = &spec.target;
+    let target_name = target.name.as_deref().unwrap_or(resource_name);
+    if let Some(name) = &target.name {
+        c.object_name("spec.target.name", name);
+    }
+    c.check(
+        target_name != creds.name,
+        "spec.target.name",
+        "the target Secret must not be the credentials Secret (it defaults to the ClientCredential's name)",
+    );
+    if let Some(templates) = &target.template {
+        c.check(
+            !templates.is_empty(),
+            "spec.target.template",
+            "give at least one key, or leave template unset for the default keys",
+        );
+        c.check(templates.len() <= 32, "spec.target.template", "at most 32 keys");
+        for key in templates.keys() {
+            c.secret_key(&format!("spec.target.template[{key}]"), key);
+        }
+    }
+    if target.type_.as_deref() == Some("kubernetes.io/dockerconfigjson") {
+        c.check(
+            target.template.as_ref().is_some_and(|t| t.contains_key(".dockerconfigjson")),
+            "spec.target.template",
+            "a kubernetes.io/dockerconfigjson target needs a template for the key .dockerconfigjson",
+        );
+    }
+
+    if c.0.is_empty() { Ok(()) } else { Err(ValidationErrors(c.0)) }
+}
+
+/// A URL tokensync may call: absolute http(s), with a host, no credentials in it and no
+/// fragment (RFC 6749 3.2). Whether plain http is allowed is the operator's decision, made
+/// where the request is sent.
+pub fn check_url(value: &str) -> Result<Url, String> {
+    let url = Url::parse(value).map_err(|e| format!("{value:?} is not a valid URL: {e}"))?;
+    if !matches!(url.scheme(), "https" | "http") {
+        return Err(format!("{value:?} must be an https:// URL"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{value:?} has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("the URL must not contain credentials; put them in the credentials Secret".into());
+    }
+    if url.fragment().is_some() {
+        return Err(format!("{value:?} must not have a #fragment"));
+    }
+    Ok(url)
+}
+
+/// RFC 1123 DNS subdomain, as Kubernetes requires for Secret names.
+fn is_dns_subdomain(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !s.is_empty()
+        && s.len() <= 253
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'.')
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+}
+
+/// Kubernetes Secret data key.
+fn is_secret_key(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+}

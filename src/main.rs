@@ -1,0 +1,42 @@
+//! The `tokensync` command line.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokensync::telemetry::{self, LogFormat};
+
+/// tokensync keeps short-lived OAuth2 access tokens fresh in Kubernetes Secrets.
+///
+/// A ClientCredential names a token endpoint and a Secret holding the client credentials;
+/// tokensync obtains an access token, writes it to a target Secret and renews it before it
+/// expires. Workloads mount the target Secret and never see the client secret.
+#[derive(Parser, Debug)]
+#[command(name = "tokensync", version, propagate_version = true)]
+struct Cli {
+    /// Log line format. The level is set with RUST_LOG (default: info for tokensync).
+    #[arg(long, value_enum, default_value = "text", global = true, env = "TOKENSYNC_LOG_FORMAT")]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the ClientCredential CustomResourceDefinition as YAML.
+    ///
+    /// The same file is committed as crds/clientcredentials.tokensync.io.yaml; install it with
+    /// `tokensync crd | kubectl apply -f -` or `kubectl apply -f crds/`.
+    Crd,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    match cli.command {
+        Command::Crd => {
+            print!("{}", tokensync::api::crd_yaml());
+            ExitCode::SUCCESS
+        }
+    }
+}
