@@ -7,4 +7,5 @@
 pub mod api;
 pub mod manifest;
 pub mod oauth;
+pub mod schedule;
 pub mod telemetry;
