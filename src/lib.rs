@@ -8,4 +8,5 @@ pub mod api;
 pub mod fetch;
 pub mod manifest;
 pub mod oauth;
+pub mod schedule;
 pub mod telemetry;
