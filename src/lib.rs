@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod fetch;
 pub mod manifest;
 pub mod oauth;
 pub mod telemetry;

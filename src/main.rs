@@ -28,6 +28,14 @@ enum Command {
     /// The same file is committed as crds/clientcredentials.tokensync.io.yaml; install it with
     /// `tokensync crd | kubectl apply -f -` or `kubectl apply -f crds/`.
     Crd,
+
+    /// Obtain one access token from manifests on disk, exactly as the controller would.
+    ///
+    /// Reads the ClientCredential and the Secrets it references from YAML files, sends the
+    /// token request and prints the result. Use it to debug a spec before applying it:
+    /// errors say whether the server refused (and with which OAuth error) or could not be
+    /// reached. Exit code 1: the token request failed; 2: the files or the spec are unusable.
+    Fetch(tokensync::fetch::FetchArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +45,25 @@ fn main() -> ExitCode {
         Command::Crd => {
             print!("{}", tokensync::api::crd_yaml());
             ExitCode::SUCCESS
+        }
+        Command::Fetch(args) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(tokensync::fetch::run(&args)) {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
         }
     }
 }

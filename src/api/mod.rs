@@ -2,6 +2,7 @@
 //! defaults and the Rust-side validation that mirrors the CRD's admission rules.
 
 pub mod duration;
+pub mod engine;
 pub mod v1alpha1;
 pub mod validate;
 

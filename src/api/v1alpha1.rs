@@ -208,7 +208,7 @@ pub struct CredentialsRef {
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub client_secret_key: String,
 
-    /// Key holding a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) that signs client
+    /// Key holding a PEM private key (PKCS#8 RSA or EC P-256/P-384, or PKCS#1 RSA) that signs client
     /// assertions (private_key_jwt) and jwt-bearer grant assertions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
