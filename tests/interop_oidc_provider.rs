@@ -635,10 +635,10 @@ fn authorization_code_bootstrap_then_rotating_refresh_chain_and_reuse_is_a_perma
     for step in 1..=3 {
         let run = fetch(&[&rotation_manifest(&provider, &dir, "refresh_token", &current)], &[]);
         let token = run.token();
-        run.assert_leaks_none(&[secret, &current]);
-        assert_genuine(&provider, &token, client_id);
         let next = refresh_token_of(&token);
         assert!(!used.contains(&next), "refresh {step} did not rotate the refresh token");
+        run.assert_leaks_none(&[secret, &current]);
+        assert_genuine(&provider, &token, client_id);
         used.push(next.clone());
         current = next;
     }

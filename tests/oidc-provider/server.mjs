@@ -126,7 +126,7 @@ const configuration = {
   issueRefreshToken: async (_ctx, client, code) =>
     client.grantTypeAllowed('refresh_token') && code.scopes.has('offline_access'),
   ttl: {
-    // Access tokens for the API resource get their lifetime from getResourceServerInfo.
+    // Every access token (client_credentials, code, refresh) lives 600 s.
     AuthorizationCode: 300,
     Interaction: 300,
     Session: 3600,
@@ -154,7 +154,7 @@ const configuration = {
       useGrantedResource: async () => true,
       getResourceServerInfo: async (_ctx, resourceIndicator) => {
         if (resourceIndicator !== RESOURCE) throw new errors.InvalidTarget();
-        return { scope: API_SCOPES, audience: RESOURCE, accessTokenTTL: 300, accessTokenFormat: 'opaque' };
+        return { scope: API_SCOPES, audience: RESOURCE, accessTokenFormat: 'opaque' };
       },
     },
   },
