@@ -496,6 +496,21 @@ pub struct ClientCredentialStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure_time: Option<Time>,
 
+    /// The Retry-After the token endpoint sent with the last failure, in seconds; the next
+    /// attempt waits at least this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_seconds: Option<i64>,
+
+    /// Fingerprint of the spec and source Secret the failed attempts were made with. When the
+    /// inputs change (a fixed spec, a rotated client secret), the backoff starts over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_inputs: Option<String>,
+
+    /// The value of the tokensync.io/renew-requested-at annotation that was last acted upon.
+    /// Setting the annotation to any other value requests one immediate renewal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_renewal_request: Option<String>,
+
     /// Name of the target Secret that holds the token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_secret_name: Option<String>,

@@ -1,0 +1,212 @@
+//! The state Secret: what tokensync knows about the token it published, kept in the cluster
+//! (not in memory) so that restarts, resyncs and leader changes never cause a token request.
+//!
+//! It holds the raw token (so the target Secret can be re-rendered without a request when
+//! it is deleted, edited or its template changes), the refresh token tokensync holds, and
+//! fingerprints of the inputs the token was made from. It is written BEFORE the target
+//! Secret, so a crash between the two writes never loses a rotated refresh token.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::labels;
+use crate::api::{ClientCredential, ClientCredentialSpec};
+use crate::oauth::Credentials;
+use crate::oauth::config::TlsMaterial;
+
+/// The published token and what it was made from.
+#[derive(Debug, Clone)]
+pub struct StoredToken {
+    pub access_token: SecretString,
+    pub token_type: String,
+    pub scope: Option<String>,
+    pub issued_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub refresh_token: Option<SecretString>,
+    /// Fingerprint of the spec and source material ([`inputs_fingerprint`]).
+    pub inputs: String,
+    /// Fingerprint of the bootstrap refresh token or authorization code that started the
+    /// current refresh chain; a new value in the source Secret starts a new chain.
+    pub bootstrap: Option<String>,
+    /// The renew-requested-at value this token answered, if it was a manual renewal.
+    pub renewal_request: Option<String>,
+}
+
+impl StoredToken {
+    pub fn is_valid_at(&self, now: Timestamp) -> bool {
+        self.expires_at > now
+    }
+}
+
+/// Reads a state Secret; None when it is missing or unreadable (a hand-edited state Secret
+/// is treated as no state: the next reconcile requests a token and rewrites it).
+pub fn read(secret: &Secret) -> Option<StoredToken> {
+    let data = secret.data.as_ref()?;
+    let annotations = secret.metadata.annotations.as_ref()?;
+    let text = |key: &str| data.get(key).and_then(|v| String::from_utf8(v.0.clone()).ok());
+    let time = |key: &str| annotations.get(key)?.parse::<Timestamp>().ok();
+    Some(StoredToken {
+        access_token: text("access_token").filter(|t| !t.is_empty())?.into(),
+        token_type: text("token_type").unwrap_or_else(|| "Bearer".into()),
+        scope: text("scope").filter(|s| !s.is_empty()),
+        issued_at: time(labels::ISSUED_AT)?,
+        expires_at: time(labels::EXPIRES_AT)?,
+        refresh_token: text("refresh_token").filter(|t| !t.is_empty()).map(SecretString::from),
+        inputs: annotations.get(labels::INPUTS)?.clone(),
+        bootstrap: annotations.get(labels::BOOTSTRAP).cloned(),
+        renewal_request: annotations.get(labels::RENEWAL_REQUEST).cloned(),
+    })
+}
+
+/// The state Secret to apply for `stored`. Always owned by the ClientCredential (it is
+/// useless without it), whatever the target's deletion policy.
+pub fn desired(cc: &ClientCredential, stored: &StoredToken) -> Secret {
+    let name = cc.metadata.name.clone().unwrap_or_default();
+    let mut data = BTreeMap::from([
+        ("access_token".to_owned(), ByteString(stored.access_token.expose_secret().as_bytes().to_vec())),
+        ("token_type".to_owned(), ByteString(stored.token_type.clone().into_bytes())),
+    ]);
+    if let Some(scope) = &stored.scope {
+        data.insert("scope".into(), ByteString(scope.clone().into_bytes()));
+    }
+    if let Some(rt) = &stored.refresh_token {
+        data.insert("refresh_token".into(), ByteString(rt.expose_secret().as_bytes().to_vec()));
+    }
+    let mut annotations = BTreeMap::from([
+        (labels::ISSUED_AT.to_owned(), seconds(stored.issued_at)),
+        (labels::EXPIRES_AT.to_owned(), seconds(stored.expires_at)),
+        (labels::INPUTS.to_owned(), stored.inputs.clone()),
+    ]);
+    if let Some(b) = &stored.bootstrap {
+        annotations.insert(labels::BOOTSTRAP.into(), b.clone());
+    }
+    if let Some(r) = &stored.renewal_request {
+        annotations.insert(labels::RENEWAL_REQUEST.into(), r.clone());
+    }
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(labels::state_secret_name(&name)),
+            namespace: cc.metadata.namespace.clone(),
+            labels: Some(BTreeMap::from([
+                (labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned()),
+                (labels::CREDENTIAL.to_owned(), name),
+                (labels::ROLE.to_owned(), labels::ROLE_STATE.to_owned()),
+            ])),
+            annotations: Some(annotations),
+            owner_references: cc.controller_owner_ref(&()).map(|r| vec![r]),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+/// RFC 3339 with whole seconds, as Kubernetes stores times.
+pub fn seconds(t: Timestamp) -> String {
+    Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()
+}
+
+/// A fingerprint of everything that determines which token the server issues: the spec
+/// minus the fields that only affect where and when it is published, plus the credential
+/// material and TLS material actually used. A change to any of them means the published
+/// token no longer reflects the configuration, so a new one is requested.
+pub fn inputs_fingerprint(spec: &ClientCredentialSpec, credentials: &Credentials, tls: &TlsMaterial) -> String {
+    let mut relevant = serde_json::to_value(spec).unwrap_or_default();
+    if let Some(map) = relevant.as_object_mut() {
+        for field in ["target", "renewBefore", "renewBeforePercentage", "suspend"] {
+            map.remove(field);
+        }
+    }
+    let secret = |s: &Option<SecretString>| s.as_ref().map(|v| v.expose_secret().to_owned());
+    let material = json!({
+        "spec": relevant,
+        "client_id": credentials.client_id,
+        "client_secret": secret(&credentials.client_secret),
+        "private_key": secret(&credentials.private_key),
+        "ca": tls.ca_bundle_pem.as_ref().map(hex::encode),
+        "client_cert": tls.client_identity.as_ref().map(|i| (hex::encode(&i.certificate_pem), i.private_key_pem.expose_secret().to_owned())),
+    });
+    fingerprint(material.to_string().as_bytes())
+}
+
+/// A fingerprint of the bootstrap material (refresh token or authorization code) in the
+/// source Secret. Kept apart from the inputs: using a bootstrap value once must not make
+/// every later refresh look like a configuration change.
+pub fn bootstrap_fingerprint(credentials: &Credentials) -> Option<String> {
+    let value = credentials.refresh_token.as_ref().or(credentials.authorization_code.as_ref())?;
+    Some(fingerprint(value.expose_secret().as_bytes()))
+}
+
+/// A salted, truncated SHA-256: enough to detect change, useless to recover a secret from
+/// (the inputs hold high-entropy secrets, and the salt defeats precomputed tables).
+fn fingerprint(bytes: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"tokensync-inputs-v1\0");
+    h.update(bytes);
+    hex::encode(&h.finalize()[..16])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cc() -> ClientCredential {
+        serde_json::from_value(json!({
+            "apiVersion": "tokensync.io/v1alpha1", "kind": "ClientCredential",
+            "metadata": {"name": "demo", "namespace": "team-a", "uid": "u-1"},
+            "spec": {"tokenEndpoint": "https://auth.example/token", "credentialsRef": {"name": "demo-client"}}
+        }))
+        .unwrap()
+    }
+
+    fn stored() -> StoredToken {
+        StoredToken {
+            access_token: "at".to_owned().into(),
+            token_type: "Bearer".into(),
+            scope: Some("read".into()),
+            issued_at: "2026-11-22T10:00:00.7Z".parse().unwrap(),
+            expires_at: "2026-11-22T11:00:00Z".parse().unwrap(),
+            refresh_token: Some("rt".to_owned().into()),
+            inputs: "abc".into(),
+            bootstrap: Some("b".into()),
+            renewal_request: Some("now".into()),
+        }
+    }
+
+    #[test]
+    fn state_secret_round_trips() {
+        let secret = desired(&cc(), &stored());
+        assert_eq!(secret.metadata.name.as_deref(), Some("demo.tokensync-state"));
+        assert_eq!(secret.metadata.owner_references.as_ref().unwrap()[0].controller, Some(true));
+        let back = read(&secret).unwrap();
+        assert_eq!(back.access_token.expose_secret(), "at");
+        assert_eq!(back.refresh_token.unwrap().expose_secret(), "rt");
+        assert_eq!(back.issued_at.as_second(), stored().issued_at.as_second());
+        assert_eq!((back.inputs.as_str(), back.renewal_request.as_deref()), ("abc", Some("now")));
+    }
+
+    #[test]
+    fn fingerprint_ignores_publishing_fields_but_not_credentials() {
+        let creds = Credentials { client_id: "c".into(), client_secret: Some("s".to_owned().into()), ..Default::default() };
+        let tls = TlsMaterial::default();
+        let mut spec = cc().spec;
+        let base = inputs_fingerprint(&spec, &creds, &tls);
+        spec.target.name = Some("other".into());
+        spec.suspend = true;
+        assert_eq!(inputs_fingerprint(&spec, &creds, &tls), base);
+        spec.scopes = vec!["write".into()];
+        assert_ne!(inputs_fingerprint(&spec, &creds, &tls), base);
+        let rotated = Credentials { client_secret: Some("s2".to_owned().into()), ..creds.clone() };
+        assert_ne!(inputs_fingerprint(&cc().spec, &rotated, &tls), base);
+        assert!(!base.contains('s') || base.len() == 32);
+    }
+}

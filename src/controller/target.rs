@@ -1,0 +1,102 @@
+//! The target Secret: what workloads mount. Built purely from the spec and the stored token,
+//! so it can be restored at any time without a token request.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
+use secrecy::ExposeSecret;
+
+use super::labels;
+use super::state::{StoredToken, seconds};
+use crate::api::{ClientCredential, DeletionPolicy};
+use crate::render::{self, RenderError, TokenView};
+
+/// The target Secret's name: spec.target.name, or the ClientCredential's own name.
+pub fn name(cc: &ClientCredential) -> String {
+    cc.spec.target.name.clone().unwrap_or_else(|| cc.metadata.name.clone().unwrap_or_default())
+}
+
+/// Who an existing Secret at the target's name belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ownership {
+    /// Managed by tokensync for this ClientCredential.
+    Ours,
+    /// Not managed by tokensync: never touched.
+    Foreign,
+    /// Managed by tokensync for another ClientCredential.
+    OtherCredential(String),
+}
+
+pub fn ownership(secret: &Secret, credential: &str) -> Ownership {
+    let labels = secret.metadata.labels.clone().unwrap_or_default();
+    if labels.get(labels::MANAGED_BY).map(String::as_str) != Some(labels::MANAGED_BY_VALUE)
+        || labels.get(labels::ROLE).map(String::as_str) != Some(labels::ROLE_TARGET)
+    {
+        return Ownership::Foreign;
+    }
+    match labels.get(labels::CREDENTIAL) {
+        Some(owner) if owner == credential => Ownership::Ours,
+        Some(owner) => Ownership::OtherCredential(owner.clone()),
+        None => Ownership::Foreign,
+    }
+}
+
+/// The target Secret for `stored`, as tokensync applies it.
+pub fn desired(cc: &ClientCredential, stored: &StoredToken) -> Result<Secret, RenderError> {
+    let target = &cc.spec.target;
+    let view = TokenView {
+        access_token: stored.access_token.expose_secret(),
+        token_type: &stored.token_type,
+        expires_at: stored.expires_at,
+        issued_at: stored.issued_at,
+        scope: stored.scope.as_deref(),
+    };
+    let data = render::render(target.template.as_ref(), &view)?;
+    let credential = cc.metadata.name.clone().unwrap_or_default();
+    let mut labels_map = target.labels.clone();
+    labels_map.insert(labels::MANAGED_BY.into(), labels::MANAGED_BY_VALUE.into());
+    labels_map.insert(labels::CREDENTIAL.into(), credential);
+    labels_map.insert(labels::ROLE.into(), labels::ROLE_TARGET.into());
+    let mut annotations = target.annotations.clone();
+    annotations.insert(labels::EXPIRES_AT.into(), seconds(stored.expires_at));
+    annotations.insert(labels::ISSUED_AT.into(), seconds(stored.issued_at));
+    let owner_references = match target.deletion_policy {
+        DeletionPolicy::Delete => cc.controller_owner_ref(&()).map(|r| vec![r]),
+        DeletionPolicy::Retain => None,
+    };
+    Ok(Secret {
+        metadata: ObjectMeta {
+            name: Some(name(cc)),
+            namespace: cc.metadata.namespace.clone(),
+            labels: Some(labels_map),
+            annotations: Some(annotations),
+            owner_references,
+            ..Default::default()
+        },
+        type_: Some(target.type_.clone().unwrap_or_else(|| "Opaque".into())),
+        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
+        ..Default::default()
+    })
+}
+
+/// Whether `actual` already is what applying `desired` would make it: same data (exactly:
+/// a hand-added key is removed by the next apply), type, owner references, and every
+/// desired label and annotation present. Skipping identical applies keeps routine
+/// reconciles free of API writes.
+pub fn up_to_date(actual: &Secret, desired: &Secret) -> bool {
+    let subset = |want: &Option<BTreeMap<String, String>>, have: &Option<BTreeMap<String, String>>| {
+        let have = have.clone().unwrap_or_default();
+        want.iter().flatten().all(|(k, v)| have.get(k) == Some(v))
+    };
+    let owners = |s: &Secret| {
+        s.metadata.owner_references.iter().flatten().map(|o| (o.uid.clone(), o.controller)).collect::<Vec<_>>()
+    };
+    actual.data.clone().unwrap_or_default() == desired.data.clone().unwrap_or_default()
+        && actual.type_.as_deref().unwrap_or("Opaque") == desired.type_.as_deref().unwrap_or("Opaque")
+        && subset(&desired.metadata.labels, &actual.metadata.labels)
+        && subset(&desired.metadata.annotations, &actual.metadata.annotations)
+        && owners(actual) == owners(desired)
+}
