@@ -1,6 +1,7 @@
 //! tokensync keeps short-lived OAuth2 access tokens fresh in Kubernetes Secrets.
 //!
-//! The Kubernetes-free core is [`oauth`] (token acquisition); [`api`] holds the
+//! The Kubernetes-free core is [`oauth`] (token acquisition), [`schedule`] (when to request
+//! a token) and [`render`] (the target Secret's data); [`api`] holds the
 //! `ClientCredential` resource and its validation.
 #![forbid(unsafe_code)]
 
@@ -8,5 +9,6 @@ pub mod api;
 pub mod fetch;
 pub mod manifest;
 pub mod oauth;
+pub mod render;
 pub mod schedule;
 pub mod telemetry;
