@@ -5,9 +5,12 @@
 //! `ClientCredential` resource and its validation.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod api;
+pub mod controller;
 pub mod fetch;
 pub mod manifest;
+pub mod metrics;
 pub mod oauth;
 pub mod render;
 pub mod schedule;

@@ -23,6 +23,13 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the operator against the current kubeconfig or the in-cluster service account.
+    ///
+    /// Watches ClientCredentials (in all namespaces, or those given with --namespace),
+    /// keeps their target Secrets filled with valid tokens, and serves /healthz, /readyz and
+    /// /metrics on --admin-addr. Stops cleanly on SIGTERM.
+    Controller(tokensync::controller::ControllerArgs),
+
     /// Print the ClientCredential CustomResourceDefinition as YAML.
     ///
     /// The same file is committed as crds/clientcredentials.tokensync.io.yaml; install it with
@@ -42,6 +49,23 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     match cli.command {
+        Command::Controller(args) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(tokensync::controller::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "controller stopped");
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Crd => {
             print!("{}", tokensync::api::crd_yaml());
             ExitCode::SUCCESS

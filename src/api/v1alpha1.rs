@@ -496,8 +496,9 @@ pub struct ClientCredentialStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure_time: Option<Time>,
 
-    /// The Retry-After the token endpoint sent with the last failure, in seconds; the next
-    /// attempt waits at least this long.
+    /// The least time, in seconds, the next attempt waits after the last failure: the token
+    /// endpoint's Retry-After, or the maximum backoff after a permanent error (a rejected
+    /// request will not succeed sooner by asking more often).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_seconds: Option<i64>,
 

@@ -196,7 +196,8 @@ mod tests {
 
     #[test]
     fn fingerprint_ignores_publishing_fields_but_not_credentials() {
-        let creds = Credentials { client_id: "c".into(), client_secret: Some("s".to_owned().into()), ..Default::default() };
+        let creds =
+            Credentials { client_id: "c".into(), client_secret: Some("s".to_owned().into()), ..Default::default() };
         let tls = TlsMaterial::default();
         let mut spec = cc().spec;
         let base = inputs_fingerprint(&spec, &creds, &tls);

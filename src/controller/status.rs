@@ -121,7 +121,11 @@ pub fn next(current: Option<&ClientCredentialStatus>, facts: &Facts) -> ClientCr
     } else if facts.suspended {
         (false, Reason::Suspended, "renewal is suspended and no valid token is published".to_owned())
     } else if let Some(t) = &facts.token {
-        (false, Reason::Expired, format!("the published token expired at {}", crate::controller::state::seconds(t.expires_at)))
+        (
+            false,
+            Reason::Expired,
+            format!("the published token expired at {}", crate::controller::state::seconds(t.expires_at)),
+        )
     } else {
         (false, Reason::Expired, "no token has been published yet".to_owned())
     };
@@ -152,7 +156,14 @@ pub fn next(current: Option<&ClientCredentialStatus>, facts: &Facts) -> ClientCr
     }
 }
 
-fn condition(previous: &[Condition], type_: &str, value: bool, reason: Reason, message: String, facts: &Facts) -> Condition {
+fn condition(
+    previous: &[Condition],
+    type_: &str,
+    value: bool,
+    reason: Reason,
+    message: String,
+    facts: &Facts,
+) -> Condition {
     let status = if value { "True" } else { "False" }.to_owned();
     let last_transition_time = previous
         .iter()
@@ -227,7 +238,10 @@ mod tests {
         f.failure = Some(Failure { reason: Reason::TokenEndpointUnavailable, message: "down".into() });
         let s = next(None, &f);
         assert_eq!((cond(&s, READY).status.as_str(), cond(&s, READY).reason.as_str()), ("True", "TokenIssued"));
-        assert_eq!((cond(&s, DEGRADED).status.as_str(), cond(&s, DEGRADED).reason.as_str()), ("True", "TokenEndpointUnavailable"));
+        assert_eq!(
+            (cond(&s, DEGRADED).status.as_str(), cond(&s, DEGRADED).reason.as_str()),
+            ("True", "TokenEndpointUnavailable")
+        );
         assert_eq!(s.observed_generation, Some(3));
         assert_eq!(cond(&s, READY).observed_generation, Some(3));
     }

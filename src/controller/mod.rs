@@ -1,0 +1,374 @@
+//! The operator: a kube-runtime Controller for ClientCredentials, its watches, the admin
+//! server and leader election. The reconcile pipeline is in [`reconcile`]; the pure pieces
+//! it uses are [`state`], [`target`], [`status`] and [`crate::schedule`].
+
+pub mod context;
+pub mod labels;
+pub mod leader;
+pub mod reconcile;
+pub mod state;
+pub mod status;
+pub mod target;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use clap::Args;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+
+use crate::admin::{self, AdminState};
+use crate::api::ClientCredential;
+use crate::api::duration::parse_duration;
+use crate::metrics::Metrics;
+use crate::oauth::{EndpointPolicy, TokenClient, TransportSettings};
+use crate::schedule::{BackoffPolicy, RenewalPolicy};
+use context::{Context, Policy};
+
+/// Flags of `tokensync controller`.
+#[derive(Args, Debug, Clone)]
+pub struct ControllerArgs {
+    /// Namespace to watch; repeat for several. Default: all namespaces.
+    #[arg(long = "namespace", value_name = "NAMESPACE", env = "TOKENSYNC_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+
+    /// How many ClientCredentials are reconciled at the same time.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: u16,
+
+    /// Delay after the first failed token request; it doubles with each further failure.
+    #[arg(long, default_value = "5s", value_parser = duration_arg)]
+    pub backoff_min: Duration,
+
+    /// Longest delay between failed token requests (also the delay after a permanent error).
+    #[arg(long, default_value = "5m", value_parser = duration_arg)]
+    pub backoff_max: Duration,
+
+    /// A token is renewed at least this long before it expires (where its lifetime allows),
+    /// so pods reading a mounted Secret, which kubelet refreshes about once a minute, never
+    /// get a token that is about to expire.
+    #[arg(long, default_value = "60s", value_parser = duration_arg)]
+    pub propagation_margin: Duration,
+
+    /// Permit plain http:// token endpoints. Only for tests and endpoints reached over a
+    /// trusted network.
+    #[arg(long)]
+    pub allow_http: bool,
+
+    /// Token endpoint hosts that may be called (comma-separated; `*.example.com` matches
+    /// subdomains). Default: any host not denied.
+    #[arg(long, value_delimiter = ',', value_name = "HOSTS")]
+    pub allowed_token_hosts: Vec<String>,
+
+    /// Token endpoint hosts that may never be called (comma-separated, wildcards allowed).
+    #[arg(long, value_delimiter = ',', value_name = "HOSTS")]
+    pub denied_token_hosts: Vec<String>,
+
+    /// Allow link-local and cloud metadata addresses (169.254.169.254 and friends) as token
+    /// endpoints. Off by default: a ClientCredential author must not be able to reach the
+    /// node's cloud credentials through the operator.
+    #[arg(long)]
+    pub allow_metadata_addresses: bool,
+
+    /// Timeout of each token, refresh, discovery or verify request.
+    #[arg(long, default_value = "30s", value_parser = duration_arg)]
+    pub request_timeout: Duration,
+
+    /// Address of the admin server (/healthz, /readyz, /metrics).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub admin_addr: SocketAddr,
+
+    /// Elect a leader through a coordination.k8s.io Lease, so that several replicas can run
+    /// and only one reconciles.
+    #[arg(long, env = "TOKENSYNC_LEADER_ELECT")]
+    pub leader_elect: bool,
+
+    /// Namespace of the leader election Lease. Default: the pod's namespace (POD_NAMESPACE).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "tokensync-system")]
+    pub leader_election_namespace: String,
+
+    /// Name of the leader election Lease.
+    #[arg(long, default_value = "tokensync-controller")]
+    pub leader_election_lease: String,
+
+    /// This replica's identity in the Lease. Default: the pod name (POD_NAME) or hostname.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
+fn duration_arg(s: &str) -> Result<Duration, String> {
+    parse_duration(s)
+}
+
+impl ControllerArgs {
+    pub fn policy(&self) -> Policy {
+        Policy {
+            renewal: RenewalPolicy { propagation_margin: self.propagation_margin, ..Default::default() },
+            backoff: BackoffPolicy { initial: self.backoff_min, max: self.backoff_max.max(self.backoff_min) },
+            ..Default::default()
+        }
+    }
+
+    pub fn engine(&self) -> TokenClient {
+        TokenClient::new(
+            EndpointPolicy {
+                allow_http: self.allow_http,
+                allowed_hosts: self.allowed_token_hosts.clone(),
+                denied_hosts: self.denied_token_hosts.clone(),
+                deny_metadata_addresses: !self.allow_metadata_addresses,
+            },
+            TransportSettings { request_timeout: self.request_timeout, ..Default::default() },
+        )
+    }
+}
+
+/// Which ClientCredentials reference a Secret: (namespace, secret name) -> credentials.
+/// Kept up to date from the ClientCredential watch so that a Secret event maps to its
+/// credentials in O(1), however many unrelated Secrets and credentials exist.
+#[derive(Default, Clone)]
+struct SourceIndex {
+    by_secret: Arc<RwLock<HashMap<(String, String), HashSet<ObjectRef<ClientCredential>>>>>,
+    by_credential: Arc<RwLock<HashMap<ObjectRef<ClientCredential>, BTreeSet<String>>>>,
+}
+
+impl SourceIndex {
+    fn update(&self, cc: &ClientCredential) {
+        let Some(ns) = cc.namespace() else { return };
+        let key = ObjectRef::from_obj(cc);
+        let wanted: BTreeSet<String> = if cc.metadata.deletion_timestamp.is_some() {
+            BTreeSet::new()
+        } else {
+            crate::api::engine::referenced_secrets(&cc.spec).into_iter().collect()
+        };
+        let mut by_credential = self.by_credential.write().unwrap_or_else(|e| e.into_inner());
+        let mut by_secret = self.by_secret.write().unwrap_or_else(|e| e.into_inner());
+        let old = by_credential.remove(&key).unwrap_or_default();
+        for name in old.difference(&wanted) {
+            if let Some(set) = by_secret.get_mut(&(ns.clone(), name.clone())) {
+                set.remove(&key);
+                if set.is_empty() {
+                    by_secret.remove(&(ns.clone(), name.clone()));
+                }
+            }
+        }
+        for name in &wanted {
+            by_secret.entry((ns.clone(), name.clone())).or_default().insert(key.clone());
+        }
+        if !wanted.is_empty() {
+            by_credential.insert(key, wanted);
+        }
+    }
+
+    fn lookup(&self, namespace: &str, secret: &str) -> Vec<ObjectRef<ClientCredential>> {
+        let by_secret = self.by_secret.read().unwrap_or_else(|e| e.into_inner());
+        by_secret
+            .get(&(namespace.to_owned(), secret.to_owned()))
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Runs the controller until SIGTERM/SIGINT (or loss of leadership).
+pub async fn run(args: ControllerArgs) -> anyhow_like::Result<()> {
+    let client = Client::try_default().await.map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let shutdown = shutdown_signal().shared();
+
+    let admin_state = AdminState { ready: ready.clone(), metrics: metrics.clone() };
+    let admin = tokio::spawn(admin::serve(args.admin_addr, admin_state, shutdown.clone()));
+
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| std::env::var("HOSTNAME").unwrap_or_else(|_| format!("tokensync-{}", std::process::id())));
+    let mut leadership = None;
+    if args.leader_elect {
+        let lease = leader::LeaseLock::new(
+            client.clone(),
+            &args.leader_election_namespace,
+            &args.leader_election_lease,
+            &identity,
+        );
+        tracing::info!(lease = %args.leader_election_lease, %identity, "waiting for leadership");
+        tokio::select! {
+            _ = shutdown.clone() => return Ok(()),
+            held = lease.acquire() => leadership = Some(held.map_err(|e| format!("leader election failed: {e}"))?),
+        }
+        tracing::info!("became leader");
+    }
+    let lost = async {
+        match leadership {
+            Some(held) => held.lost().await,
+            None => std::future::pending().await,
+        }
+    };
+
+    let reporter = Reporter { controller: "tokensync".into(), instance: Some(identity) };
+    let controllers = run_controllers(client, &args, metrics, ready, reporter, shutdown.clone());
+    let result = tokio::select! {
+        _ = controllers => Ok(()),
+        _ = lost => Err("lost leadership; exiting so that another replica takes over".to_string()),
+    };
+    let _ = admin.await;
+    result.map_err(Into::into)
+}
+
+/// A tiny error alias so `run` can report human-readable failures without another crate.
+pub mod anyhow_like {
+    pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+}
+
+/// One Controller per watched namespace (or one for all), all sharing the engine and metrics.
+pub async fn run_controllers(
+    client: Client,
+    args: &ControllerArgs,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    reporter: Reporter,
+    shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
+) {
+    let scopes: Vec<Option<String>> =
+        if args.namespaces.is_empty() { vec![None] } else { args.namespaces.iter().cloned().map(Some).collect() };
+    let engine = args.engine();
+    let policy = args.policy();
+    let mut synced = Vec::new();
+    let mut runs = Vec::new();
+    for scope in scopes {
+        let (run, ready_signal) = controller_for_scope(
+            client.clone(),
+            scope,
+            engine.clone(),
+            policy.clone(),
+            metrics.clone(),
+            reporter.clone(),
+            args.concurrency,
+            shutdown.clone(),
+        );
+        runs.push(run);
+        synced.push(ready_signal);
+    }
+    let readiness = async move {
+        futures::future::join_all(synced).await;
+        ready.store(true, Ordering::Release);
+        tracing::info!("caches synced; ready");
+    };
+    futures::future::join(futures::future::join_all(runs), readiness).await;
+}
+
+/// Builds the Controller for one scope. Returns the run future and a future that resolves
+/// once its caches (ClientCredentials and managed Secrets) have synced.
+#[allow(clippy::too_many_arguments)]
+pub fn controller_for_scope(
+    client: Client,
+    namespace: Option<String>,
+    engine: TokenClient,
+    policy: Policy,
+    metrics: Arc<Metrics>,
+    reporter: Reporter,
+    concurrency: u16,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> (futures::future::BoxFuture<'static, ()>, futures::future::BoxFuture<'static, ()>) {
+    let (ccs, secrets, secret_metadata): (Api<ClientCredential>, Api<Secret>, Api<PartialObjectMeta<Secret>>) =
+        match &namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
+        };
+
+    let index = SourceIndex::default();
+    let (cc_reader, cc_writer) = reflector::store();
+    let indexer = index.clone();
+    let cc_stream = reflector::reflector(cc_writer, watcher(ccs, watcher::Config::default().any_semantic()))
+        .default_backoff()
+        .touched_objects()
+        .map(move |ev| {
+            if let Ok(cc) = &ev {
+                indexer.update(cc);
+            }
+            ev
+        });
+
+    // The Secrets tokensync manages, cached whole (they are small and few).
+    let (managed_reader, managed_writer) = reflector::store();
+    let managed_stream = reflector::reflector(
+        managed_writer,
+        watcher(secrets.clone(), watcher::Config::default().labels(&labels::managed_selector()).any_semantic()),
+    )
+    .default_backoff()
+    .touched_objects();
+
+    // Every other Secret, metadata only: enough to notice a change of a source Secret
+    // without holding any Secret's data in memory. Nothing is cached.
+    let source_stream =
+        watcher(secret_metadata, watcher::Config::default().any_semantic()).default_backoff().touched_objects();
+
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        managed: managed_reader.clone(),
+        engine,
+        metrics,
+        policy,
+    });
+
+    let sources = index.clone();
+    let controller = Controller::for_stream(cc_stream, cc_reader.clone())
+        .with_config(ControllerConfig::default().concurrency(concurrency))
+        .watches_stream(managed_stream, |secret: Secret| {
+            let owner = secret.labels().get(labels::CREDENTIAL).cloned();
+            owner.zip(secret.namespace()).map(|(name, ns)| ObjectRef::new(&name).within(&ns))
+        })
+        .watches_stream(source_stream, move |meta: PartialObjectMeta<Secret>| {
+            let ns = meta.namespace().unwrap_or_default();
+            sources.lookup(&ns, &meta.name_any())
+        })
+        .graceful_shutdown_on(shutdown);
+
+    let run = controller
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .boxed();
+    let ready = async move {
+        let _ = cc_reader.wait_until_ready().await;
+        let _ = managed_reader.wait_until_ready().await;
+    }
+    .boxed();
+    (run, ready)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutting down");
+}

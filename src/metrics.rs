@@ -1,0 +1,126 @@
+//! Prometheus metrics. Label cardinality is bounded (result, reason, error kind) except for
+//! the per-credential gauges, which have one series per ClientCredential and are removed
+//! when it is deleted.
+
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicI64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CredentialLabels {
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// success or failure
+    pub result: String,
+    /// The condition reason (TokenIssued for successes).
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: String,
+}
+
+/// Every metric tokensync exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub token_expiry: Family<CredentialLabels, Gauge<i64, AtomicI64>>,
+    pub token_renewal: Family<CredentialLabels, Gauge<i64, AtomicI64>>,
+    pub token_requests: Family<RequestLabels, Counter>,
+    pub token_request_duration: Family<ResultLabels, Histogram>,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub reconcile_duration: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("tokensync");
+        let token_expiry = Family::<CredentialLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "token_expiry_timestamp_seconds",
+            "When the published token of a ClientCredential expires (Unix seconds)",
+            token_expiry.clone(),
+        );
+        let token_renewal = Family::<CredentialLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "token_renewal_timestamp_seconds",
+            "When tokensync will next request a token for a ClientCredential (Unix seconds)",
+            token_renewal.clone(),
+        );
+        let token_requests = Family::<RequestLabels, Counter>::default();
+        registry.register("token_requests", "Token requests by result and condition reason", token_requests.clone());
+        let token_request_duration = Family::<ResultLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.01, 2.0, 12))
+        });
+        registry.register(
+            "token_request_duration_seconds",
+            "Duration of token acquisitions (including verification), by result",
+            token_request_duration.clone(),
+        );
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed with a Kubernetes API error, by kind",
+            reconcile_errors.clone(),
+        );
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register("reconcile_duration_seconds", "Duration of reconciles", reconcile_duration.clone());
+        Metrics {
+            registry,
+            token_expiry,
+            token_renewal,
+            token_requests,
+            token_request_duration,
+            reconcile_errors,
+            reconcile_duration,
+        }
+    }
+}
+
+impl Metrics {
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    pub fn forget_credential(&self, namespace: &str, name: &str) {
+        let labels = CredentialLabels { namespace: namespace.into(), name: name.into() };
+        self.token_expiry.remove(&labels);
+        self.token_renewal.remove(&labels);
+    }
+
+    /// Starts a timer that records into `histogram` when dropped, so every exit path of a
+    /// reconcile is measured.
+    pub fn timer(histogram: &Histogram) -> Timer<'_> {
+        Timer { histogram, started: Instant::now() }
+    }
+}
+
+/// Observes the elapsed time into a histogram when dropped.
+pub struct Timer<'a> {
+    histogram: &'a Histogram,
+    started: Instant,
+}
+
+impl Drop for Timer<'_> {
+    fn drop(&mut self) {
+        self.histogram.observe(self.started.elapsed().as_secs_f64());
+    }
+}
