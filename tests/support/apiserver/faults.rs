@@ -1,0 +1,147 @@
+//! Request log, counters and fault injection.
+
+/// What a request did, in the API server's audit vocabulary (`apply` split out of `patch`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verb {
+    Get,
+    List,
+    Watch,
+    Create,
+    Update,
+    /// Any PATCH except server-side apply (merge, JSON, strategic).
+    Patch,
+    /// PATCH with `application/apply-patch+yaml`.
+    Apply,
+    Delete,
+    DeleteCollection,
+}
+
+impl Verb {
+    pub fn is_write(self) -> bool {
+        !matches!(self, Verb::Get | Verb::List | Verb::Watch)
+    }
+}
+
+/// One request the double answered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequestRecord {
+    pub verb: Verb,
+    pub group: String,
+    /// Plural resource name, e.g. `secrets`.
+    pub resource: String,
+    pub subresource: Option<String>,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub field_manager: Option<String>,
+    /// Content type of a PATCH body.
+    pub patch_type: Option<String>,
+    /// HTTP status code of the answer (200 for a watch that started).
+    pub code: u16,
+    /// Whether the request changed stored state (bumped the resourceVersion).
+    pub changed: bool,
+}
+
+/// A rule that makes matching requests fail. Build with [`Fault::writes`] or [`Fault::verbs`].
+#[derive(Clone, Debug)]
+pub struct Fault {
+    /// Empty: any write (create, update, patch, apply, delete, deletecollection).
+    pub verbs: Vec<Verb>,
+    pub resource: Option<String>,
+    /// `None`: any; `Some(None)`: the main resource only; `Some(Some("status"))`.
+    pub subresource: Option<Option<String>>,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub code: u16,
+    pub message: String,
+    /// How many matching requests fail before the rule is used up.
+    pub times: usize,
+    /// Perform the request, then answer with the error (a lost response).
+    pub after_write: bool,
+}
+
+impl Fault {
+    /// Fails the next matching write with a 500.
+    pub fn writes() -> Self {
+        Self {
+            verbs: Vec::new(),
+            resource: None,
+            subresource: None,
+            namespace: None,
+            name: None,
+            code: 500,
+            message: "injected fault".into(),
+            times: 1,
+            after_write: false,
+        }
+    }
+
+    pub fn verbs(verbs: &[Verb]) -> Self {
+        Self { verbs: verbs.to_vec(), ..Self::writes() }
+    }
+
+    #[must_use]
+    pub fn resource(mut self, plural: &str) -> Self {
+        self.resource = Some(plural.into());
+        self
+    }
+
+    #[must_use]
+    pub fn subresource(mut self, sub: &str) -> Self {
+        self.subresource = Some(Some(sub.into()));
+        self
+    }
+
+    #[must_use]
+    pub fn main_resource(mut self) -> Self {
+        self.subresource = Some(None);
+        self
+    }
+
+    #[must_use]
+    pub fn namespace(mut self, namespace: &str) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    #[must_use]
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The status code; the reason is the one the real server uses for it (409 Conflict,
+    /// 500 InternalError, 503 ServiceUnavailable, ...). kube's default client retries 429,
+    /// 503 and 504 on its own.
+    #[must_use]
+    pub fn code(mut self, code: u16) -> Self {
+        self.code = code;
+        self
+    }
+
+    #[must_use]
+    pub fn message(mut self, message: &str) -> Self {
+        self.message = message.into();
+        self
+    }
+
+    #[must_use]
+    pub fn times(mut self, times: usize) -> Self {
+        self.times = times;
+        self
+    }
+
+    #[must_use]
+    pub fn after_write(mut self) -> Self {
+        self.after_write = true;
+        self
+    }
+
+    pub(crate) fn matches(&self, rec: &RequestRecord) -> bool {
+        let verb_ok = if self.verbs.is_empty() { rec.verb.is_write() } else { self.verbs.contains(&rec.verb) };
+        verb_ok
+            && self.resource.as_ref().is_none_or(|r| *r == rec.resource)
+            && self.subresource.as_ref().is_none_or(|s| *s == rec.subresource)
+            && self.namespace.as_ref().is_none_or(|n| rec.namespace.as_ref() == Some(n))
+            && self.name.as_ref().is_none_or(|n| rec.name.as_ref() == Some(n))
+    }
+}

@@ -1,0 +1,707 @@
+//! The REST surface: routing, content negotiation, verbs, watch streams, discovery.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::Shared;
+use super::errors::ApiError;
+use super::faults::{RequestRecord, Verb};
+use super::resources::ResourceType;
+use super::selectors::{FieldSelector, LabelSelector};
+use super::store::{DeleteOpts, EventType, HistEvent, ListQuery, Store, WriteCtx};
+
+const APPLY: &str = "application/apply-patch+yaml";
+const AGGREGATED: &str = "as=APIGroupDiscoveryList";
+
+pub fn router(shared: Arc<Shared>) -> axum::Router {
+    axum::Router::new().fallback(handle).with_state(shared)
+}
+
+fn json_response(code: u16, body: &Value) -> Response {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+fn error_response(e: &ApiError) -> Response {
+    json_response(e.code, &e.to_status())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Output {
+    Full,
+    /// `as=PartialObjectMetadata` / `as=PartialObjectMetadataList`.
+    Metadata,
+}
+
+fn parse_accept(headers: &HeaderMap) -> Result<Output, ApiError> {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return Ok(Output::Full);
+    };
+    for range in accept.split(',') {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default();
+        let params: HashMap<&str, &str> = parts.filter_map(|p| p.split_once('=')).collect();
+        if !matches!(media, "application/json" | "application/*" | "*/*") {
+            continue;
+        }
+        match params.get("as") {
+            None => return Ok(Output::Full),
+            Some(&"PartialObjectMetadata" | &"PartialObjectMetadataList")
+                if params.get("g") == Some(&"meta.k8s.io") && params.get("v") == Some(&"v1") =>
+            {
+                return Ok(Output::Metadata);
+            }
+            _ => continue,
+        }
+    }
+    Err(ApiError::new(
+        406,
+        "NotAcceptable",
+        "only the following media types are accepted: application/json, \
+         application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1, \
+         application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+    ))
+}
+
+fn as_metadata(obj: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]})
+}
+
+/// An object as sent to this client.
+fn render(rt: &ResourceType, obj: &Value, output: Output) -> Value {
+    let full = Store::present(rt, obj);
+    match output {
+        Output::Full => full,
+        Output::Metadata => as_metadata(&full),
+    }
+}
+
+/// A list item: built-in kinds' list items carry no apiVersion/kind, custom resources' do.
+fn render_item(rt: &ResourceType, obj: &Value, output: Output) -> Value {
+    let mut v = render(rt, obj, output);
+    if output == Output::Full
+        && !rt.custom
+        && let Some(m) = v.as_object_mut()
+    {
+        m.remove("apiVersion");
+        m.remove("kind");
+    }
+    v
+}
+
+fn user_agent_manager(headers: &HeaderMap) -> String {
+    let ua = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    ua.split('/').next().unwrap_or_default().chars().take(128).collect()
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    shared.wait_unpaused().await;
+    let query: HashMap<String, String> =
+        url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
+    let segs: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
+    let aggregated = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains(AGGREGATED));
+    if method == Method::GET {
+        let store = shared.lock();
+        match segs.as_slice() {
+            ["version"] => return json_response(200, &version_info()),
+            ["api"] if aggregated => return discovery_aggregated(&store, true),
+            ["apis"] if aggregated => return discovery_aggregated(&store, false),
+            ["api"] => {
+                return json_response(
+                    200,
+                    &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
+                        {"clientCIDR": "0.0.0.0/0", "serverAddress": shared.addr.to_string()}
+                    ]}),
+                );
+            }
+            ["apis"] => return json_response(200, &group_list(&store)),
+            ["api", "v1"] => return resource_list(&store, "", "v1"),
+            ["apis", g, v] => return resource_list(&store, g, v),
+            _ => {}
+        }
+    }
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", "v1", rest @ ..] if !rest.is_empty() => ("", "v1", rest),
+        ["apis", g, v, rest @ ..] if !rest.is_empty() => (*g, *v, rest),
+        _ => return error_response(&ApiError::no_route()),
+    };
+    let Some(target) = resolve(&shared.lock(), group, version, rest) else {
+        return error_response(&ApiError::no_route());
+    };
+    resource(shared, target, method, query, headers, body).await
+}
+
+struct Target {
+    rt: ResourceType,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+fn resolve(store: &Store, group: &str, version: &str, rest: &[&str]) -> Option<Target> {
+    let target = |rt: &ResourceType, ns: Option<&str>, tail: &[&str]| {
+        if tail.len() > 2 {
+            return None;
+        }
+        let subresource = tail.get(1).map(|s| s.to_string());
+        if subresource.as_deref().is_some_and(|s| s != "status" || !rt.status_subresource) {
+            return None;
+        }
+        Some(Target {
+            rt: rt.clone(),
+            namespace: ns.map(String::from),
+            name: tail.first().map(|s| s.to_string()),
+            subresource,
+        })
+    };
+    if let ["namespaces", ns, plural, tail @ ..] = rest
+        && let Some(rt) = store.find_type(group, version, plural).filter(|rt| rt.namespaced)
+    {
+        return target(rt, Some(ns), tail);
+    }
+    let [plural, tail @ ..] = rest else { return None };
+    let rt = store.find_type(group, version, plural)?;
+    if rt.namespaced && !tail.is_empty() {
+        return None;
+    }
+    target(rt, None, tail)
+}
+
+fn parse_body(body: &Bytes, yaml_ok: bool) -> Result<Value, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) => Ok(v),
+        Err(e) if yaml_ok => {
+            let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request(format!("invalid body: {e}")))?;
+            serde_saphyr::from_str::<Value>(text).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+        }
+        Err(e) => Err(ApiError::bad_request(format!("the body of the request was in an unknown format: {e}"))),
+    }
+}
+
+async fn resource(
+    shared: Arc<Shared>,
+    t: Target,
+    method: Method,
+    query: HashMap<String, String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let output = match parse_accept(&headers) {
+        Ok(o) => o,
+        Err(e) => return error_response(&e),
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let verb = match (&method, t.name.is_some()) {
+        (&Method::GET, false) if watching => Verb::Watch,
+        (&Method::GET, false) => Verb::List,
+        (&Method::GET, true) => Verb::Get,
+        (&Method::POST, false) if t.namespace.is_some() || !t.rt.namespaced => Verb::Create,
+        (&Method::PUT, true) => Verb::Update,
+        (&Method::PATCH, true) if content_type == APPLY => Verb::Apply,
+        (&Method::PATCH, true) => Verb::Patch,
+        (&Method::DELETE, true) => Verb::Delete,
+        (&Method::DELETE, false) => Verb::DeleteCollection,
+        _ => {
+            return error_response(&ApiError::new(
+                405,
+                "MethodNotAllowed",
+                format!("the server does not allow this method on the requested resource ({method})"),
+            ));
+        }
+    };
+    let field_manager = query.get("fieldManager").cloned().or_else(|| verb.is_write().then(|| user_agent_manager(&headers)));
+    let mut record = RequestRecord {
+        verb,
+        group: t.rt.group.clone(),
+        resource: t.rt.plural.clone(),
+        subresource: t.subresource.clone(),
+        namespace: t.namespace.clone(),
+        name: t.name.clone(),
+        field_manager: field_manager.clone(),
+        patch_type: (method == Method::PATCH).then(|| content_type.clone()),
+        code: 200,
+        changed: false,
+    };
+    if verb == Verb::Watch {
+        return start_watch(shared, t, query, output, record);
+    }
+    let ctx = WriteCtx {
+        manager: field_manager.unwrap_or_default(),
+        dry_run: query.get("dryRun").is_some_and(|d| d == "All"),
+        api_version: t.rt.api_version(),
+    };
+    let (code, body) = {
+        let mut store = shared.lock();
+        let rv_before = store.rv;
+        let fault = take_fault(&mut store, &record);
+        let result = match &fault {
+            Some(f) if !f.0 => Err(f.1.clone()),
+            _ => dispatch(&mut store, verb, &t, &query, &content_type, &body, &ctx, output),
+        };
+        let result = match fault {
+            Some((true, e)) => Err(e),
+            _ => result,
+        };
+        record.changed = store.rv != rv_before;
+        let (code, body) = result.unwrap_or_else(|e| (e.code, e.to_status()));
+        record.code = code;
+        store.requests.push(record);
+        (code, body)
+    };
+    shared.notify();
+    json_response(code, &body)
+}
+
+/// The first matching fault rule, used up by one: `(after_write, error)`.
+fn take_fault(store: &mut Store, record: &RequestRecord) -> Option<(bool, ApiError)> {
+    let i = store.faults.iter().position(|f| f.times > 0 && f.matches(record))?;
+    let f = &mut store.faults[i];
+    f.times -= 1;
+    let out = (f.after_write, ApiError::from_code(f.code, f.message.clone()));
+    store.faults.retain(|f| f.times > 0);
+    Some(out)
+}
+
+fn list_query(rt: &ResourceType, query: &HashMap<String, String>) -> Result<ListQuery, ApiError> {
+    Ok(ListQuery {
+        labels: LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or_default())
+            .map_err(ApiError::bad_request)?,
+        fields: FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or_default(), rt)
+            .map_err(ApiError::bad_request)?,
+        limit: match query.get("limit") {
+            Some(l) => Some(l.parse().map_err(|_| ApiError::bad_request(format!("invalid limit: {l}")))?),
+            None => None,
+        },
+        continue_token: query.get("continue").filter(|c| !c.is_empty()).cloned(),
+        resource_version: query.get("resourceVersion").filter(|c| !c.is_empty()).cloned(),
+        resource_version_match: query.get("resourceVersionMatch").filter(|c| !c.is_empty()).cloned(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dispatch(
+    store: &mut Store,
+    verb: Verb,
+    t: &Target,
+    query: &HashMap<String, String>,
+    content_type: &str,
+    body: &Bytes,
+    ctx: &WriteCtx,
+    output: Output,
+) -> Result<(u16, Value), ApiError> {
+    let rt = &t.rt;
+    let ns = t.namespace.as_deref();
+    let name = t.name.as_deref().unwrap_or_default();
+    let sub = t.subresource.as_deref();
+    let one = |obj: Value| render(rt, &obj, output);
+    match verb {
+        Verb::Get => store.get(rt, ns, name).map(|o| (200, one(o))),
+        Verb::List => {
+            let q = list_query(rt, query)?;
+            let (items, rv, cont, remaining) = store.list(rt, ns, &q)?;
+            let mut metadata = json!({"resourceVersion": rv.to_string()});
+            if let Some(c) = cont {
+                metadata["continue"] = json!(c);
+            }
+            if let Some(r) = remaining {
+                metadata["remainingItemCount"] = json!(r);
+            }
+            let (kind, api_version) = match output {
+                Output::Full => (format!("{}List", rt.kind), rt.api_version()),
+                Output::Metadata => ("PartialObjectMetadataList".into(), "meta.k8s.io/v1".into()),
+            };
+            let items: Vec<Value> = items.iter().map(|o| render_item(rt, o, output)).collect();
+            Ok((200, json!({"kind": kind, "apiVersion": api_version, "metadata": metadata, "items": items})))
+        }
+        Verb::Create => {
+            let obj = parse_body(body, false)?;
+            store.create(rt, ns, obj, ctx, false).map(|o| (201, one(o)))
+        }
+        Verb::Update => {
+            let obj = parse_body(body, false)?;
+            store.replace(rt, ns, name, sub, obj, ctx).map(|o| (200, one(o)))
+        }
+        Verb::Patch => {
+            let patch = parse_body(body, false)?;
+            if query.contains_key("force") {
+                return Err(ApiError::invalid(
+                    rt,
+                    name,
+                    &[("force".into(), "Forbidden: may not be specified for non-apply patch".into())],
+                ));
+            }
+            store.patch(rt, ns, name, sub, content_type, &patch, ctx).map(|o| (200, one(o)))
+        }
+        Verb::Apply => {
+            let config = parse_body(body, true)?;
+            let force = query.get("force").is_some_and(|f| f == "true");
+            store.apply(rt, ns, name, sub, config, force, ctx).map(|(o, created)| (if created { 201 } else { 200 }, one(o)))
+        }
+        Verb::Delete => {
+            let opts = delete_opts(body, query)?;
+            let result = store.delete(rt, ns, name, &opts, ctx.dry_run)?;
+            Ok((200, if result["kind"] == "Status" { result } else { one(result) }))
+        }
+        Verb::DeleteCollection => {
+            let opts = delete_opts(body, query)?;
+            let q = ListQuery { limit: None, continue_token: None, ..list_query(rt, query)? };
+            let (items, _, _, _) = store.list(rt, ns, &q)?;
+            let mut deleted = Vec::new();
+            for item in items {
+                let item_name = item["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                let item_ns = item["metadata"]["namespace"].as_str().map(String::from);
+                store.delete(rt, item_ns.as_deref(), &item_name, &opts, ctx.dry_run)?;
+                deleted.push(render_item(rt, &item, output));
+            }
+            let rv = store.rv.to_string();
+            Ok((
+                200,
+                json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(),
+                       "metadata": {"resourceVersion": rv}, "items": deleted}),
+            ))
+        }
+        Verb::Watch => unreachable!("watches are streamed"),
+    }
+}
+
+fn delete_opts(body: &Bytes, query: &HashMap<String, String>) -> Result<DeleteOpts, ApiError> {
+    let options = if body.is_empty() { json!({}) } else { parse_body(body, false)? };
+    Ok(DeleteOpts {
+        propagation: options
+            .get("propagationPolicy")
+            .and_then(Value::as_str)
+            .map(String::from)
+            .or_else(|| query.get("propagationPolicy").cloned()),
+        precondition_uid: options.pointer("/preconditions/uid").and_then(Value::as_str).map(String::from),
+        precondition_rv: options.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(String::from),
+    })
+}
+
+// ---- watch --------------------------------------------------------------------------------
+
+struct WatchFilter {
+    rt: ResourceType,
+    namespace: Option<String>,
+    labels: LabelSelector,
+    fields: FieldSelector,
+    output: Output,
+}
+
+impl WatchFilter {
+    fn matches(&self, obj: &Value) -> bool {
+        self.labels.matches(obj) && self.fields.matches(obj)
+    }
+
+    /// The event this watcher sees for a change, if any. An object that stops matching the
+    /// selectors is DELETED for the watcher, one that starts matching is ADDED (as the real
+    /// watch cache does).
+    fn translate(&self, ev: &HistEvent) -> Option<Value> {
+        if ev.key.group != self.rt.group || ev.key.plural != self.rt.plural {
+            return None;
+        }
+        if self.namespace.as_ref().is_some_and(|ns| *ns != ev.key.namespace) {
+            return None;
+        }
+        let now = self.matches(&ev.object);
+        let before = ev.prev.as_ref().is_some_and(|p| self.matches(p));
+        let etype = match ev.etype {
+            EventType::Added if now => "ADDED",
+            EventType::Modified if now && before => "MODIFIED",
+            EventType::Modified if now => "ADDED",
+            EventType::Modified if before => "DELETED",
+            EventType::Deleted if now => "DELETED",
+            _ => return None,
+        };
+        Some(self.event(etype, &ev.object))
+    }
+
+    fn event(&self, etype: &str, obj: &Value) -> Value {
+        json!({"type": etype, "object": render(&self.rt, obj, self.output)})
+    }
+
+    fn bookmark(&self, rv: u64, initial_end: bool) -> Value {
+        let (kind, api_version) = match self.output {
+            Output::Full => (self.rt.kind.clone(), self.rt.api_version()),
+            Output::Metadata => ("PartialObjectMetadata".into(), "meta.k8s.io/v1".into()),
+        };
+        let mut metadata = json!({"resourceVersion": rv.to_string()});
+        if initial_end {
+            metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": metadata}})
+    }
+}
+
+fn line(v: &Value) -> Bytes {
+    let mut bytes = serde_json::to_vec(v).expect("JSON");
+    bytes.push(b'\n');
+    Bytes::from(bytes)
+}
+
+fn gone_event(message: String) -> Value {
+    json!({"type": "ERROR", "object": ApiError::expired(message).to_status()})
+}
+
+struct WatchStream {
+    shared: Arc<Shared>,
+    filter: WatchFilter,
+    cursor: u64,
+    deadline: Instant,
+    epoch: u64,
+    bookmark_epoch: u64,
+    bookmarks: bool,
+    next_bookmark: Instant,
+    pending: VecDeque<Bytes>,
+    done: bool,
+    rx: watch::Receiver<u64>,
+}
+
+impl WatchStream {
+    async fn next(mut self) -> Option<(Result<Bytes, Infallible>, Self)> {
+        loop {
+            if let Some(b) = self.pending.pop_front() {
+                return Some((Ok(b), self));
+            }
+            if self.done {
+                return None;
+            }
+            self.rx.borrow_and_update();
+            {
+                let store = self.shared.lock();
+                if store.watch_epoch != self.epoch {
+                    return None;
+                }
+                if !store.paused {
+                    if self.cursor < store.evicted_rv {
+                        let msg = format!("too old resource version: {} ({})", self.cursor, store.evicted_rv);
+                        self.pending.push_back(line(&gone_event(msg)));
+                        self.done = true;
+                        continue;
+                    }
+                    let start = store.history.partition_point(|e| e.rv <= self.cursor);
+                    for ev in store.history.range(start..) {
+                        if let Some(event) = self.filter.translate(ev) {
+                            self.pending.push_back(line(&event));
+                        }
+                    }
+                    self.cursor = self.cursor.max(store.rv);
+                    if self.bookmarks && store.bookmark_epoch != self.bookmark_epoch {
+                        self.pending.push_back(line(&self.filter.bookmark(self.cursor, false)));
+                    }
+                    self.bookmark_epoch = store.bookmark_epoch;
+                }
+            }
+            if !self.pending.is_empty() {
+                continue;
+            }
+            let (deadline, next_bookmark, bookmarks) = (self.deadline, self.next_bookmark, self.bookmarks);
+            tokio::select! {
+                changed = self.rx.changed() => if changed.is_err() { return None },
+                _ = tokio::time::sleep_until(deadline) => self.done = true,
+                _ = tokio::time::sleep_until(next_bookmark), if bookmarks => {
+                    self.pending.push_back(line(&self.filter.bookmark(self.cursor, false)));
+                    self.next_bookmark = Instant::now() + self.shared.bookmark_interval;
+                }
+            }
+        }
+    }
+}
+
+fn start_watch(
+    shared: Arc<Shared>,
+    t: Target,
+    query: HashMap<String, String>,
+    output: Output,
+    mut record: RequestRecord,
+) -> Response {
+    let parsed = (|| -> Result<_, ApiError> {
+        let q = list_query(&t.rt, &query)?;
+        let timeout = match query.get("timeoutSeconds") {
+            Some(s) => s.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds: {s}")))?,
+            None => 1800,
+        };
+        Ok((q, timeout))
+    })();
+    let (q, timeout) = match parsed {
+        Ok(p) => p,
+        Err(e) => return error_response(&e),
+    };
+    let bookmarks = query.get("allowWatchBookmarks").is_some_and(|b| b == "true");
+    let rv = query.get("resourceVersion").cloned().unwrap_or_default();
+    let send_initial = query.get("sendInitialEvents").map(|s| s == "true");
+    let filter =
+        WatchFilter { rt: t.rt.clone(), namespace: t.namespace.clone(), labels: q.labels, fields: q.fields, output };
+    let mut pending = VecDeque::new();
+    let mut done = false;
+    let (cursor, epoch, bookmark_epoch) = {
+        let mut store = shared.lock();
+        if let Some((_, e)) = take_fault(&mut store, &record) {
+            record.code = e.code;
+            store.requests.push(record);
+            drop(store);
+            shared.notify();
+            return error_response(&e);
+        }
+        store.requests.push(record);
+        let mut cursor = store.rv;
+        if store.gone_watches > 0 {
+            store.gone_watches -= 1;
+            pending.push_back(line(&gone_event(format!("too old resource version: {rv} ({})", store.rv))));
+            done = true;
+        } else if send_initial.unwrap_or(rv.is_empty() || rv == "0") {
+            let snapshot = match store.snapshot(&t.rt, None) {
+                Ok(s) => s,
+                Err(e) => return error_response(&e),
+            };
+            for (k, obj) in snapshot {
+                if filter.namespace.as_ref().is_none_or(|ns| *ns == k.namespace) && filter.matches(&obj) {
+                    pending.push_back(line(&filter.event("ADDED", &obj)));
+                }
+            }
+            if send_initial == Some(true) && bookmarks {
+                pending.push_back(line(&filter.bookmark(store.rv, true)));
+            }
+        } else {
+            match rv.parse::<u64>() {
+                Ok(n) if n < store.evicted_rv => {
+                    let msg = format!("too old resource version: {n} ({})", store.evicted_rv);
+                    pending.push_back(line(&gone_event(msg)));
+                    done = true;
+                }
+                Ok(n) => cursor = n,
+                Err(_) => return error_response(&ApiError::bad_request(format!("invalid resource version: {rv}"))),
+            }
+        }
+        (cursor, store.watch_epoch, store.bookmark_epoch)
+    };
+    shared.notify();
+    let now = Instant::now();
+    let stream = WatchStream {
+        rx: shared.changes.subscribe(),
+        next_bookmark: now + shared.bookmark_interval,
+        shared,
+        filter,
+        cursor,
+        deadline: now + std::time::Duration::from_secs(timeout),
+        epoch,
+        bookmark_epoch,
+        bookmarks,
+        pending,
+        done,
+    };
+    let body = Body::from_stream(futures::stream::unfold(stream, WatchStream::next));
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+// ---- discovery ----------------------------------------------------------------------------
+
+const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+
+fn version_info() -> Value {
+    json!({
+        "major": "1", "minor": "33", "gitVersion": "v1.33.0", "gitCommit": "apiserver-double",
+        "gitTreeState": "clean", "buildDate": "2025-04-23T00:00:00Z", "goVersion": "go1.24.0",
+        "compiler": "gc", "platform": "linux/amd64"
+    })
+}
+
+fn group_list(store: &Store) -> Value {
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    for rt in store.types.iter().filter(|t| !t.group.is_empty()) {
+        match groups.iter_mut().find(|(g, _)| *g == rt.group) {
+            Some((_, versions)) if !versions.contains(&rt.version) => versions.push(rt.version.clone()),
+            Some(_) => {}
+            None => groups.push((rt.group.clone(), vec![rt.version.clone()])),
+        }
+    }
+    let groups: Vec<Value> = groups
+        .iter()
+        .map(|(g, versions)| {
+            let vs: Vec<Value> =
+                versions.iter().map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v})).collect();
+            json!({"name": g, "versions": vs, "preferredVersion": vs[0]})
+        })
+        .collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+fn resource_list(store: &Store, group: &str, version: &str) -> Response {
+    let types: Vec<&ResourceType> = store.types.iter().filter(|t| t.group == group && t.version == version).collect();
+    if types.is_empty() {
+        return error_response(&ApiError::no_route());
+    }
+    let mut resources = Vec::new();
+    for rt in types {
+        resources.push(json!({"name": rt.plural, "singularName": rt.singular, "namespaced": rt.namespaced,
+                              "kind": rt.kind, "verbs": VERBS}));
+        if rt.status_subresource {
+            resources.push(json!({"name": format!("{}/status", rt.plural), "singularName": "",
+                                  "namespaced": rt.namespaced, "kind": rt.kind, "verbs": ["get", "patch", "update"]}));
+        }
+    }
+    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    json_response(200, &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
+}
+
+fn discovery_aggregated(store: &Store, core: bool) -> Response {
+    let mut groups: Vec<(String, Vec<(String, Vec<Value>)>)> = Vec::new();
+    for rt in store.types.iter().filter(|t| t.group.is_empty() == core) {
+        let kind = json!({"group": rt.group, "version": rt.version, "kind": rt.kind});
+        let mut res = json!({"resource": rt.plural, "responseKind": kind, "singularResource": rt.singular,
+                             "scope": if rt.namespaced { "Namespaced" } else { "Cluster" }, "verbs": VERBS});
+        if rt.status_subresource {
+            res["subresources"] =
+                json!([{"subresource": "status", "responseKind": kind, "verbs": ["get", "patch", "update"]}]);
+        }
+        let g = match groups.iter_mut().position(|(g, _)| *g == rt.group) {
+            Some(i) => &mut groups[i].1,
+            None => {
+                groups.push((rt.group.clone(), Vec::new()));
+                &mut groups.last_mut().expect("pushed").1
+            }
+        };
+        match g.iter_mut().find(|(v, _)| *v == rt.version) {
+            Some((_, list)) => list.push(res),
+            None => g.push((rt.version.clone(), vec![res])),
+        }
+    }
+    let items: Vec<Value> = groups
+        .into_iter()
+        .map(|(g, versions)| {
+            let versions: Vec<Value> = versions
+                .into_iter()
+                .map(|(v, resources)| json!({"version": v, "resources": resources, "freshness": "Current"}))
+                .collect();
+            json!({"metadata": {"name": g}, "versions": versions})
+        })
+        .collect();
+    let body = json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items});
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList")],
+        body.to_string(),
+    )
+        .into_response()
+}

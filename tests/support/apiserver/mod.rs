@@ -1,0 +1,535 @@
+//! An in-process Kubernetes API server double for tests: a real HTTP server on 127.0.0.1 that
+//! speaks the REST API a `kube::Client` uses, so controllers are tested through the real
+//! client, watcher, reflector and recorder code.
+//!
+//! ```ignore
+//! let server = ApiServer::start().await;           // built-ins + the tokensync CRD
+//! let client = server.client();                    // a real kube::Client
+//! let secrets: Api<Secret> = Api::namespaced(client, "default");
+//! secrets.create(&PostParams::default(), &secret).await?;
+//! server.wait_for(|s| s.get::<Secret>(Some("default"), "x").is_some(), Duration::from_secs(5)).await?;
+//! assert_eq!(server.count(Verb::Apply, "secrets", None), 1);
+//! server.inject(Fault::verbs(&[Verb::Apply]).resource("secrets").code(409));
+//! ```
+//!
+//! Faithful: resourceVersions (one global counter), list/watch/get in full and
+//! PartialObjectMetadata form, label selectors (=, ==, !=, in, notin, exists, !exists; `!=` and
+//! `notin` match objects without the label), field selectors per resource, `limit`/`continue`
+//! pagination over a consistent snapshot, watches from a resourceVersion with a bounded
+//! history (410 Expired ERROR event when too old), bookmarks, `sendInitialEvents` streaming
+//! lists, `timeoutSeconds`, selector transitions seen as ADDED/DELETED by watchers, create with
+//! generateName, optimistic concurrency on PUT and patches carrying a resourceVersion,
+//! merge/JSON patch, server-side apply with per-manager field ownership, conflicts, `force`,
+//! removal of fields no longer applied, managedFields (FieldsV1), status subresource
+//! isolation, `metadata.generation` for custom resources, no-op writes that change nothing,
+//! finalizers and deletionTimestamp, background/foreground/orphan garbage collection,
+//! namespace lifecycle, Secret stringData/type/immutable handling, Status errors,
+//! `dryRun=All`, legacy and aggregated discovery, `/version`.
+//!
+//! Simplified (see also the docs of the items):
+//! - No admission, RBAC, authentication, schema validation, pruning of unknown fields or
+//!   defaulting of custom resources; CRD CEL rules are not evaluated.
+//! - Secrets: server-side apply folds `stringData` into `data` BEFORE computing ownership, so
+//!   the applier owns `f:data.<key>`. The real server records `f:stringData` and cannot remove
+//!   such keys by omission: controllers must apply `data`, never `stringData`.
+//! - Field ownership: maps, list items of `x-kubernetes-list-type: map|set` (from the CRD
+//!   schema; `metadata.ownerReferences` keyed by uid and `metadata.finalizers` as a set are
+//!   built in) are granular; all other lists are atomic. A map container is removed on
+//!   re-apply only when nothing under it is still owned. Conflicts are reported for leaves
+//!   whose live value differs; explicit `null` in an applied config means "not set".
+//! - Strategic merge patch: a JSON merge patch in which keyed lists merge by key (with
+//!   `$patch: delete`) and set lists union; other directives are ignored. Custom resources
+//!   answer 415 like the real server.
+//! - Lists with `resourceVersionMatch=Exact` and continue tokens read an exact snapshot from
+//!   the history window; other list resourceVersions read the current state; a watch from a
+//!   future resourceVersion starts there without waiting.
+//! - core/v1 and events.k8s.io/v1 Events are stored separately (no conversion between them).
+//! - Deletion is immediate (no grace periods); the garbage collector runs synchronously after
+//!   every write (each of its changes is its own write with its own resourceVersion).
+//! - Without `fieldManager`, the manager is the User-Agent up to the first `/` (kube-rs sends
+//!   none, so it is empty, as on a real server).
+
+mod errors;
+mod faults;
+mod fields;
+mod http;
+mod resources;
+mod selectors;
+mod store;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+#[allow(unused_imports)]
+pub use errors::ApiError;
+#[allow(unused_imports)]
+pub use faults::{Fault, RequestRecord, Verb};
+#[allow(unused_imports)]
+pub use fields::{FieldSet, ManagedEntry};
+#[allow(unused_imports)]
+pub use resources::{ListType, ResourceType, Special, builtin_resources};
+use store::{DeleteOpts, Owner, Store, WriteCtx};
+
+/// The manager recorded for writes made with [`ApiServer::put`].
+pub const DIRECT_MANAGER: &str = "apiserver-double";
+
+pub(crate) struct Shared {
+    store: Mutex<Store>,
+    /// Bumped on every change of state (objects, requests, faults, pause): wakes watches and
+    /// [`ApiServer::wait_for`].
+    changes: watch::Sender<u64>,
+    bookmark_interval: Duration,
+    addr: SocketAddr,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn notify(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    async fn wait_unpaused(&self) {
+        let mut rx = self.changes.subscribe();
+        loop {
+            rx.borrow_and_update();
+            if !self.lock().paused {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Configures an [`ApiServer`].
+pub struct Builder {
+    resources: Vec<ResourceType>,
+    history_limit: usize,
+    gc: bool,
+    require_namespaces: bool,
+    namespaces: Vec<String>,
+    bookmark_interval: Duration,
+}
+
+impl Builder {
+    /// Serves one more resource.
+    #[must_use]
+    pub fn resource(mut self, rt: ResourceType) -> Self {
+        self.resources.retain(|r| !(r.group == rt.group && r.version == rt.version && r.plural == rt.plural));
+        self.resources.push(rt);
+        self
+    }
+
+    /// Serves every served version of a CRD (scope, status subresource and list types from it).
+    #[must_use]
+    pub fn crd(mut self, crd: &CustomResourceDefinition) -> Self {
+        for rt in ResourceType::from_crd(crd) {
+            self = self.resource(rt);
+        }
+        self
+    }
+
+    /// How many changes watches can resume across (default 10 000); older resourceVersions
+    /// get 410 Expired.
+    #[must_use]
+    pub fn history_limit(mut self, n: usize) -> Self {
+        self.history_limit = n.max(1);
+        self
+    }
+
+    /// Garbage collection of dependents (default on).
+    #[must_use]
+    pub fn garbage_collection(mut self, on: bool) -> Self {
+        self.gc = on;
+        self
+    }
+
+    /// Whether namespaced objects can only be created in existing, non-terminating namespaces
+    /// (default on, like the NamespaceLifecycle admission plugin).
+    #[must_use]
+    pub fn require_namespaces(mut self, on: bool) -> Self {
+        self.require_namespaces = on;
+        self
+    }
+
+    /// Namespaces that exist at start (default: default, kube-system, kube-public,
+    /// kube-node-lease).
+    #[must_use]
+    pub fn namespaces(mut self, names: &[&str]) -> Self {
+        self.namespaces = names.iter().map(|n| n.to_string()).collect();
+        self
+    }
+
+    /// Interval of periodic BOOKMARK events on watches that allow them (default 60 s, like
+    /// the real watch cache). [`ApiServer::send_bookmarks`] sends one at once.
+    #[must_use]
+    pub fn bookmark_interval(mut self, d: Duration) -> Self {
+        self.bookmark_interval = d;
+        self
+    }
+
+    pub async fn start(self) -> ApiServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local address");
+        let mut store = Store::new(self.resources, self.history_limit);
+        store.gc_enabled = self.gc;
+        store.require_namespaces = self.require_namespaces;
+        let (changes, _) = watch::channel(0);
+        let shared =
+            Arc::new(Shared { store: Mutex::new(store), changes, bookmark_interval: self.bookmark_interval, addr });
+        let router = http::router(shared.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router).await.expect("serving the API server double");
+        });
+        let server = ApiServer { inner: Arc::new(Inner { shared, task }) };
+        for ns in &self.namespaces {
+            server.create_namespace(ns, &[]);
+        }
+        server
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shared.lock().watch_epoch += 1;
+        self.shared.notify();
+        self.task.abort();
+    }
+}
+
+/// Returned by [`ApiServer::wait_for`] when the condition did not hold in time.
+#[derive(Debug)]
+pub struct WaitTimeout(pub Duration);
+
+impl std::fmt::Display for WaitTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "condition not met within {:?}", self.0)
+    }
+}
+
+impl std::error::Error for WaitTimeout {}
+
+/// A consistent read-only view of the server's state.
+pub struct View<'a> {
+    store: &'a Store,
+}
+
+fn type_of<K: kube::Resource<DynamicType = ()>>() -> String {
+    let (group, plural) = (K::group(&()), K::plural(&()));
+    if group.is_empty() { plural.to_string() } else { format!("{plural}.{group}") }
+}
+
+impl View<'_> {
+    /// `resource` is `plural` or `plural.group`: `secrets`, `clientcredentials.tokensync.io`.
+    pub fn get_json(&self, resource: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
+        let rt = self.store.type_by_name(resource)?;
+        self.store.get(rt, namespace, name).ok()
+    }
+
+    pub fn get<K: kube::Resource<DynamicType = ()> + DeserializeOwned>(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<K> {
+        let v = self.get_json(&type_of::<K>(), namespace, name)?;
+        Some(serde_json::from_value(v).expect("stored object deserializes"))
+    }
+
+    /// Current objects, in key order; `namespace: None` lists all namespaces.
+    pub fn list_json(&self, resource: &str, namespace: Option<&str>) -> Vec<Value> {
+        let Some(rt) = self.store.type_by_name(resource) else { return Vec::new() };
+        self.store
+            .objects
+            .iter()
+            .filter(|(k, _)| k.group == rt.group && k.plural == rt.plural)
+            .filter(|(k, _)| namespace.is_none_or(|ns| k.namespace == ns))
+            .map(|(_, v)| Store::present(rt, v))
+            .collect()
+    }
+
+    pub fn list<K: kube::Resource<DynamicType = ()> + DeserializeOwned>(&self, namespace: Option<&str>) -> Vec<K> {
+        self.list_json(&type_of::<K>(), namespace)
+            .into_iter()
+            .map(|v| serde_json::from_value(v).expect("stored object deserializes"))
+            .collect()
+    }
+
+    pub fn requests(&self) -> &[RequestRecord] {
+        &self.store.requests
+    }
+
+    /// Requests with this verb on this resource (plural) and subresource (`None`: the main
+    /// resource), whatever their outcome.
+    pub fn count(&self, verb: Verb, resource: &str, subresource: Option<&str>) -> usize {
+        self.store
+            .requests
+            .iter()
+            .filter(|r| r.verb == verb && r.resource == resource && r.subresource.as_deref() == subresource)
+            .count()
+    }
+
+    pub fn resource_version(&self) -> u64 {
+        self.store.rv
+    }
+}
+
+/// A running API server double. Clones share the server; it stops when the last is dropped.
+#[derive(Clone)]
+pub struct ApiServer {
+    inner: Arc<Inner>,
+}
+
+impl ApiServer {
+    /// Built-in resources plus tokensync's ClientCredential CRD.
+    pub async fn start() -> Self {
+        Self::builder().crd(&tokensync::api::crd()).start().await
+    }
+
+    pub fn builder() -> Builder {
+        Builder {
+            resources: builtin_resources(),
+            history_limit: 10_000,
+            gc: true,
+            require_namespaces: true,
+            namespaces: ["default", "kube-system", "kube-public", "kube-node-lease"].map(String::from).to_vec(),
+            bookmark_interval: Duration::from_secs(60),
+        }
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.shared().addr)
+    }
+
+    /// A real `kube::Client` for this server (no auth, default namespace `default`).
+    pub fn client(&self) -> kube::Client {
+        let config = kube::Config::new(self.url().parse().expect("valid URL"));
+        kube::Client::try_from(config).expect("client for the API server double")
+    }
+
+    /// Runs `f` on a consistent view of the state.
+    pub fn inspect<T>(&self, f: impl FnOnce(&View<'_>) -> T) -> T {
+        let store = self.shared().lock();
+        f(&View { store: &store })
+    }
+
+    fn mutate<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
+        let out = f(&mut self.shared().lock());
+        self.shared().notify();
+        out
+    }
+
+    pub fn get<K: kube::Resource<DynamicType = ()> + DeserializeOwned>(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<K> {
+        self.inspect(|v| v.get(namespace, name))
+    }
+
+    pub fn get_json(&self, resource: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
+        self.inspect(|v| v.get_json(resource, namespace, name))
+    }
+
+    pub fn list<K: kube::Resource<DynamicType = ()> + DeserializeOwned>(&self, namespace: Option<&str>) -> Vec<K> {
+        self.inspect(|v| v.list(namespace))
+    }
+
+    pub fn list_json(&self, resource: &str, namespace: Option<&str>) -> Vec<Value> {
+        self.inspect(|v| v.list_json(resource, namespace))
+    }
+
+    /// Creates or replaces an object bypassing HTTP, faults and preconditions (status
+    /// included, when the resource has a status subresource). Goes through the same write
+    /// path as the API: resourceVersion, events, managedFields (manager
+    /// [`DIRECT_MANAGER`]), garbage collection.
+    pub fn put<K: kube::Resource<DynamicType = ()> + Serialize>(&self, obj: &K) -> Result<Value, ApiError> {
+        self.put_json(&type_of::<K>(), serde_json::to_value(obj).expect("object serializes"))
+    }
+
+    pub fn put_json(&self, resource: &str, mut obj: Value) -> Result<Value, ApiError> {
+        self.mutate(|store| {
+            let rt = store.type_by_name(resource).cloned().ok_or_else(ApiError::no_route)?;
+            let ctx = WriteCtx { manager: DIRECT_MANAGER.into(), dry_run: false, api_version: rt.api_version() };
+            if obj.get("apiVersion").is_none() {
+                obj["apiVersion"] = json!(rt.api_version());
+                obj["kind"] = json!(rt.kind);
+            }
+            if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                m.remove("resourceVersion");
+            }
+            let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).map(String::from);
+            let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+            let key = Store::key(&rt, ns.as_deref(), &name);
+            let mut result = match store.objects.get(&key).cloned() {
+                None => store.create(&rt, ns.as_deref(), obj.clone(), &ctx, false)?,
+                Some(live) => {
+                    let mut body = obj.clone();
+                    if body.pointer("/metadata/managedFields").is_none()
+                        && let Some(mf) = live.pointer("/metadata/managedFields")
+                    {
+                        body["metadata"]["managedFields"] = mf.clone();
+                    }
+                    store.finish_update(&rt, &key, &live, body, None, Owner::Update(DIRECT_MANAGER.into()), &ctx)?
+                }
+            };
+            if rt.status_subresource
+                && obj.get("status").is_some()
+                && let Some(live) = store.objects.get(&key).cloned()
+            {
+                let mut body = live.clone();
+                body["status"] = obj["status"].clone();
+                result = store.finish_update(
+                    &rt,
+                    &key,
+                    &live,
+                    body,
+                    Some("status"),
+                    Owner::Update(DIRECT_MANAGER.into()),
+                    &ctx,
+                )?;
+            }
+            Ok(result)
+        })
+    }
+
+    /// Deletes like an API DELETE with background propagation (finalizers honoured).
+    pub fn delete<K: kube::Resource<DynamicType = ()>>(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
+        self.delete_json(&type_of::<K>(), namespace, name)
+    }
+
+    pub fn delete_json(&self, resource: &str, namespace: Option<&str>, name: &str) -> Result<Value, ApiError> {
+        self.mutate(|store| {
+            let rt = store.type_by_name(resource).cloned().ok_or_else(ApiError::no_route)?;
+            store.delete(&rt, namespace, name, &DeleteOpts::default(), false)
+        })
+    }
+
+    /// Creates a namespace with these labels (no-op if it exists).
+    pub fn create_namespace(&self, name: &str, labels: &[(&str, &str)]) {
+        if self.get_json("namespaces", None, name).is_some() {
+            return;
+        }
+        let labels: serde_json::Map<String, Value> = labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        self.put_json(
+            "namespaces",
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}),
+        )
+        .expect("namespace created");
+    }
+
+    /// The current (latest) resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.inspect(|v| v.resource_version())
+    }
+
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.inspect(|v| v.requests().to_vec())
+    }
+
+    /// See [`View::count`].
+    pub fn count(&self, verb: Verb, resource: &str, subresource: Option<&str>) -> usize {
+        self.inspect(|v| v.count(verb, resource, subresource))
+    }
+
+    pub fn clear_requests(&self) {
+        self.mutate(|s| s.requests.clear());
+    }
+
+    /// Adds a fault rule; rules are matched in order and used up.
+    pub fn inject(&self, fault: Fault) {
+        self.mutate(|s| s.faults.push(fault));
+    }
+
+    /// The next `n` writes of any kind fail with `code` (before they change anything).
+    pub fn fail_next_writes(&self, n: usize, code: u16) {
+        self.inject(Fault::writes().code(code).times(n));
+    }
+
+    pub fn clear_faults(&self) {
+        self.mutate(|s| s.faults.clear());
+    }
+
+    /// Ends every open watch stream cleanly (clients resume from their last resourceVersion).
+    pub fn drop_watches(&self) {
+        self.mutate(|s| s.watch_epoch += 1);
+    }
+
+    /// The next `n` watch requests get a 410 Expired ERROR event and end.
+    pub fn expire_next_watches(&self, n: usize) {
+        self.mutate(|s| s.gone_watches += n);
+    }
+
+    /// Forgets the event history, like etcd compaction: open watches and watches from any
+    /// earlier resourceVersion get 410 Expired.
+    pub fn compact(&self) {
+        self.mutate(Store::compact);
+    }
+
+    /// Sends a BOOKMARK on every open watch that allows bookmarks.
+    pub fn send_bookmarks(&self) {
+        self.mutate(|s| s.bookmark_epoch += 1);
+    }
+
+    /// Holds every new request (and watch event delivery) until [`Self::resume`].
+    pub fn pause(&self) {
+        self.mutate(|s| s.paused = true);
+    }
+
+    pub fn resume(&self) {
+        self.mutate(|s| s.paused = false);
+    }
+
+    /// Waits until `condition` holds on the state, re-checking on every change (no polling).
+    pub async fn wait_for(
+        &self,
+        mut condition: impl FnMut(&View<'_>) -> bool,
+        timeout: Duration,
+    ) -> Result<(), WaitTimeout> {
+        self.wait_for_value(|v| condition(v).then_some(()), timeout).await
+    }
+
+    /// Waits until `probe` returns `Some`, re-checking on every change.
+    pub async fn wait_for_value<T>(
+        &self,
+        mut probe: impl FnMut(&View<'_>) -> Option<T>,
+        timeout: Duration,
+    ) -> Result<T, WaitTimeout> {
+        let mut rx = self.shared().changes.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            rx.borrow_and_update();
+            if let Some(value) = self.inspect(&mut probe) {
+                return Ok(value);
+            }
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return Err(WaitTimeout(timeout)) },
+                _ = tokio::time::sleep_until(deadline) => return Err(WaitTimeout(timeout)),
+            }
+        }
+    }
+}

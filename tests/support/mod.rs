@@ -1,0 +1,6 @@
+//! Shared test support. Include from an integration test with `mod support;`.
+//!
+//! Every test binary compiles this whole tree but uses only part of it.
+#![allow(dead_code)]
+
+pub mod apiserver;
