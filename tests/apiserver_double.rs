@@ -862,3 +862,65 @@ async fn discovery_lists_the_served_resources() {
     assert!(aggregated.get("").and_then(|g| g.recommended_kind("Secret")).is_some());
     assert_eq!(client.apiserver_version().await.unwrap().minor, "33");
 }
+
+// ---- data-driven resources, no-op writes, foreground deletion ---------------------------------
+
+#[tokio::test]
+async fn cluster_scoped_custom_resources_are_served_from_their_definition() {
+    let server = ApiServer::builder()
+        .resource(support::apiserver::ResourceType::custom("tokensync.io", "v1alpha1", "issuers", "Issuer", false))
+        .start()
+        .await;
+    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("tokensync.io", "v1alpha1", "Issuer"), "issuers");
+    let issuers: Api<DynamicObject> = Api::all_with(server.client(), &ar);
+    let mut issuer = DynamicObject::new("global", &ar);
+    issuer.data = json!({"spec": {"url": "https://auth.example"}});
+    let created = issuers.create(&PostParams::default(), &issuer).await.unwrap();
+    assert_eq!(created.metadata.namespace, None);
+    assert_eq!(created.metadata.generation, Some(1));
+    let list = issuers.list(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(list.items[0].types.as_ref().unwrap().kind, "Issuer", "custom resource list items keep their kind");
+    let namespaced: Api<DynamicObject> = Api::namespaced_with(server.client(), NS, &ar);
+    assert_eq!(api_error(namespaced.get("global").await.unwrap_err()).0, 404);
+}
+
+#[tokio::test]
+async fn no_op_writes_bump_nothing_and_emit_no_watch_event() {
+    let server = ApiServer::start().await;
+    let creds = clientcreds(server.client());
+    let mut stream = watcher::watcher(creds.clone(), watcher::Config::default()).boxed();
+    assert!(init_names(&mut stream).await.is_empty());
+    let created = creds.create(&PostParams::default(), &clientcred("cc", json!({"a": 1}))).await.unwrap();
+    assert!(matches!(next_event(&mut stream).await, Event::Apply(_)));
+    let rv = server.resource_version();
+    let same_spec = Patch::Merge(json!({"spec": {"a": 1}}));
+    let unchanged = creds.patch("cc", &PatchParams::default(), &same_spec).await.unwrap();
+    let replaced = creds.replace("cc", &PostParams::default(), &unchanged).await.unwrap();
+    assert_eq!(replaced.resource_version(), created.resource_version());
+    assert_eq!(server.resource_version(), rv);
+    assert!(server.requests().iter().filter(|r| r.verb.is_write()).skip(1).all(|r| !r.changed));
+    // The next event the watcher sees is the next real change.
+    creds.patch("cc", &PatchParams::default(), &Patch::Merge(json!({"spec": {"a": 2}}))).await.unwrap();
+    assert!(matches!(next_event(&mut stream).await, Event::Apply(o) if o.data["spec"]["a"] == 2));
+}
+
+#[tokio::test]
+async fn foreground_deletion_waits_for_dependents() {
+    let server = ApiServer::start().await;
+    let creds = clientcreds(server.client());
+    let owner = creds.create(&PostParams::default(), &clientcred("owner", json!({}))).await.unwrap();
+    let secrets: Api<Secret> = Api::namespaced(server.client(), NS);
+    let mut dependent = secret("dependent", &[], &[]);
+    dependent.metadata.owner_references = Some(vec![owner.controller_owner_ref(&clientcred_resource()).unwrap()]);
+    dependent.metadata.finalizers = Some(vec!["hold".into()]);
+    secrets.create(&PostParams::default(), &dependent).await.unwrap();
+    let response = creds.delete("owner", &DeleteParams::foreground()).await.unwrap();
+    let owner = response.left().expect("the owner waits for its dependents");
+    assert!(owner.finalizers().contains(&"foregroundDeletion".to_string()));
+    let held = server.get::<Secret>(Some(NS), "dependent").unwrap();
+    assert!(held.metadata.deletion_timestamp.is_some(), "the dependent is being deleted");
+    let release = Patch::Merge(json!({"metadata": {"finalizers": null}}));
+    secrets.patch("dependent", &PatchParams::default(), &release).await.unwrap();
+    server.wait_for(|s| s.get_json("clientcredentials.tokensync.io", Some(NS), "owner").is_none(), WAIT).await.unwrap();
+}
