@@ -63,8 +63,12 @@ impl ApiError {
     }
 
     pub fn conflict(rt: &ResourceType, name: &str, why: &str) -> Self {
-        Self::new(409, "Conflict", format!("Operation cannot be fulfilled on {} \"{name}\": {why}", rt.group_resource()))
-            .with_details(json!({"name": name, "group": rt.group, "kind": rt.plural}))
+        Self::new(
+            409,
+            "Conflict",
+            format!("Operation cannot be fulfilled on {} \"{name}\": {why}", rt.group_resource()),
+        )
+        .with_details(json!({"name": name, "group": rt.group, "kind": rt.plural}))
     }
 
     pub fn stale(rt: &ResourceType, name: &str) -> Self {

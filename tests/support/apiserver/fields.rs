@@ -373,6 +373,7 @@ pub fn write_entries(object: &mut Value, entries: &[ManagedEntry]) {
 
 /// Ownership after a non-apply write (create, update, patch) by `manager`: changed and added
 /// fields move to the writer's `Update` entry, removed fields leave every entry.
+#[allow(clippy::too_many_arguments)]
 pub fn record_update(
     rt: &ResourceType,
     entries: &mut Vec<ManagedEntry>,
@@ -391,8 +392,7 @@ pub fn record_update(
             .0
             .iter()
             .filter(|p| {
-                !old_set.contains(p)
-                    || (leaves.contains(p) && old.and_then(|o| get_path(o, p)) != get_path(new, p))
+                !old_set.contains(p) || (leaves.contains(p) && old.and_then(|o| get_path(o, p)) != get_path(new, p))
             })
             .cloned()
             .collect(),

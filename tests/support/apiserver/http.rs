@@ -187,7 +187,8 @@ fn parse_body(body: &Bytes, yaml_ok: bool) -> Result<Value, ApiError> {
         Ok(v) => Ok(v),
         Err(e) if yaml_ok => {
             let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request(format!("invalid body: {e}")))?;
-            serde_saphyr::from_str::<Value>(text).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+            serde_saphyr::from_str::<Value>(text)
+                .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
         }
         Err(e) => Err(ApiError::bad_request(format!("the body of the request was in an unknown format: {e}"))),
     }
@@ -231,14 +232,19 @@ async fn resource(
             ));
         }
     };
-    let field_manager = query.get("fieldManager").cloned().or_else(|| verb.is_write().then(|| user_agent_manager(&headers)));
+    let field_manager =
+        query.get("fieldManager").cloned().or_else(|| verb.is_write().then(|| user_agent_manager(&headers)));
     let mut record = RequestRecord {
         verb,
         group: t.rt.group.clone(),
         resource: t.rt.plural.clone(),
         subresource: t.subresource.clone(),
         namespace: t.namespace.clone(),
-        name: t.name.clone(),
+        // For a create, the name in the body (when it has one).
+        name: t.name.clone().or_else(|| {
+            let body: Value = serde_json::from_slice(&body).ok()?;
+            body.pointer("/metadata/name").and_then(Value::as_str).map(String::from)
+        }),
         field_manager: field_manager.clone(),
         patch_type: (method == Method::PATCH).then(|| content_type.clone()),
         code: 200,
@@ -320,19 +326,19 @@ fn dispatch(
         Verb::Get => store.get(rt, ns, name).map(|o| (200, one(o))),
         Verb::List => {
             let q = list_query(rt, query)?;
-            let (items, rv, cont, remaining) = store.list(rt, ns, &q)?;
-            let mut metadata = json!({"resourceVersion": rv.to_string()});
-            if let Some(c) = cont {
+            let page = store.list(rt, ns, &q)?;
+            let mut metadata = json!({"resourceVersion": page.resource_version.to_string()});
+            if let Some(c) = page.continue_token {
                 metadata["continue"] = json!(c);
             }
-            if let Some(r) = remaining {
+            if let Some(r) = page.remaining {
                 metadata["remainingItemCount"] = json!(r);
             }
             let (kind, api_version) = match output {
                 Output::Full => (format!("{}List", rt.kind), rt.api_version()),
                 Output::Metadata => ("PartialObjectMetadataList".into(), "meta.k8s.io/v1".into()),
             };
-            let items: Vec<Value> = items.iter().map(|o| render_item(rt, o, output)).collect();
+            let items: Vec<Value> = page.items.iter().map(|o| render_item(rt, o, output)).collect();
             Ok((200, json!({"kind": kind, "apiVersion": api_version, "metadata": metadata, "items": items})))
         }
         Verb::Create => {
@@ -357,7 +363,9 @@ fn dispatch(
         Verb::Apply => {
             let config = parse_body(body, true)?;
             let force = query.get("force").is_some_and(|f| f == "true");
-            store.apply(rt, ns, name, sub, config, force, ctx).map(|(o, created)| (if created { 201 } else { 200 }, one(o)))
+            store
+                .apply(rt, ns, name, sub, config, force, ctx)
+                .map(|(o, created)| (if created { 201 } else { 200 }, one(o)))
         }
         Verb::Delete => {
             let opts = delete_opts(body, query)?;
@@ -367,9 +375,9 @@ fn dispatch(
         Verb::DeleteCollection => {
             let opts = delete_opts(body, query)?;
             let q = ListQuery { limit: None, continue_token: None, ..list_query(rt, query)? };
-            let (items, _, _, _) = store.list(rt, ns, &q)?;
+            let page = store.list(rt, ns, &q)?;
             let mut deleted = Vec::new();
-            for item in items {
+            for item in page.items {
                 let item_name = item["metadata"]["name"].as_str().unwrap_or_default().to_string();
                 let item_ns = item["metadata"]["namespace"].as_str().map(String::from);
                 store.delete(rt, item_ns.as_deref(), &item_name, &opts, ctx.dry_run)?;
@@ -662,11 +670,16 @@ fn resource_list(store: &Store, group: &str, version: &str) -> Response {
         }
     }
     let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    json_response(200, &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
+    json_response(
+        200,
+        &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    )
 }
 
 fn discovery_aggregated(store: &Store, core: bool) -> Response {
-    let mut groups: Vec<(String, Vec<(String, Vec<Value>)>)> = Vec::new();
+    // group -> version -> resources
+    type Versions = Vec<(String, Vec<Value>)>;
+    let mut groups: Vec<(String, Versions)> = Vec::new();
     for rt in store.types.iter().filter(|t| t.group.is_empty() == core) {
         let kind = json!({"group": rt.group, "version": rt.version, "kind": rt.kind});
         let mut res = json!({"resource": rt.plural, "responseKind": kind, "singularResource": rt.singular,

@@ -484,8 +484,8 @@ impl ApiServer {
         self.mutate(|s| s.gone_watches += n);
     }
 
-    /// Forgets the event history, like etcd compaction: open watches and watches from any
-    /// earlier resourceVersion get 410 Expired.
+    /// Forgets the event history, like etcd compaction: watches (and continue tokens) from any
+    /// earlier resourceVersion get 410 Expired. Open watches that are up to date go on.
     pub fn compact(&self) {
         self.mutate(Store::compact);
     }

@@ -29,7 +29,7 @@ fn valid_key(key: &str) -> bool {
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     let prefix_ok = prefix.len() <= 253 && prefix.chars().all(|c| c.is_ascii_alphanumeric() || "-.".contains(c));
-    name_ok && prefix_ok && (prefix.is_empty() == !key.contains('/'))
+    name_ok && prefix_ok && (prefix.is_empty() != key.contains('/'))
 }
 
 fn valid_value(value: &str) -> bool {

@@ -9,7 +9,9 @@ use serde_json::{Map, Value, json};
 
 use super::errors::ApiError;
 use super::faults::{Fault, RequestRecord};
-use super::fields::{FieldSet, ManagedEntry, apply_merge, display_path, get_path, record_update, remove_path, write_entries};
+use super::fields::{
+    FieldSet, ManagedEntry, apply_merge, display_path, get_path, record_update, remove_path, write_entries,
+};
 use super::resources::{ResourceType, Special};
 use super::selectors::{FieldSelector, LabelSelector};
 
@@ -77,6 +79,13 @@ pub struct DeleteOpts {
     pub propagation: Option<String>,
     pub precondition_uid: Option<String>,
     pub precondition_rv: Option<String>,
+}
+
+pub struct ListPage {
+    pub items: Vec<Value>,
+    pub resource_version: u64,
+    pub continue_token: Option<String>,
+    pub remaining: Option<usize>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -338,16 +347,12 @@ impl Store {
 
     // ---- list ---------------------------------------------------------------------------
 
-    /// A list page: `(items, resourceVersion, continue, remainingItemCount)`.
-    pub fn list(
-        &self,
-        rt: &ResourceType,
-        namespace: Option<&str>,
-        q: &ListQuery,
-    ) -> Result<(Vec<Value>, u64, Option<String>, Option<usize>), ApiError> {
+    /// One page of a list.
+    pub fn list(&self, rt: &ResourceType, namespace: Option<&str>, q: &ListQuery) -> Result<ListPage, ApiError> {
         let (at, start) = match &q.continue_token {
             Some(token) => {
-                let bad = || ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion");
+                let bad =
+                    || ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion");
                 let raw = URL_SAFE_NO_PAD.decode(token.trim_end_matches('=')).map_err(|_| bad())?;
                 let t: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
                 let rv = t.get("rv").and_then(Value::as_u64).ok_or_else(bad)?;
@@ -362,9 +367,11 @@ impl Store {
             None => {
                 let exact = q.resource_version_match.as_deref() == Some("Exact");
                 match q.resource_version.as_deref() {
-                    Some(rv) if exact => {
-                        (rv.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?, None)
-                    }
+                    Some(rv) if exact => (
+                        rv.parse::<u64>()
+                            .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?,
+                        None,
+                    ),
                     _ => (self.rv, None),
                 }
             }
@@ -391,7 +398,7 @@ impl Store {
             _ => (None, None),
         };
         let items = page.into_iter().map(|(_, v)| v).collect();
-        Ok((items, at, cont, remaining_count))
+        Ok(ListPage { items, resource_version: at, continue_token: cont, remaining: remaining_count })
     }
 
     // ---- validation and normalisation -----------------------------------------------------
@@ -493,7 +500,10 @@ impl Store {
         {
             let before = finalizers(old);
             if finalizers(new).iter().any(|f| !before.contains(f)) {
-                bad("metadata.finalizers", "Forbidden: no new finalizers can be added if the object is being deleted".into());
+                bad(
+                    "metadata.finalizers",
+                    "Forbidden: no new finalizers can be added if the object is being deleted".into(),
+                );
             }
         }
         if rt.special == Special::Secret {
@@ -502,7 +512,7 @@ impl Store {
                     if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)) {
                         bad(&format!("data[{k}]"), "Invalid value: a valid config key must consist of alphanumeric characters, '-', '_' or '.'".into());
                     }
-                    if !v.as_str().is_some_and(|s| STANDARD.decode(s).is_ok()) {
+                    if v.as_str().is_none_or(|s| STANDARD.decode(s).is_err()) {
                         bad(&format!("data[{k}]"), "Invalid value: not valid base64".into());
                     }
                 }
@@ -653,6 +663,7 @@ impl Store {
 
     /// The shared tail of every write to an existing object. `new` is the requested state.
     /// Returns the object as stored (or as it was, for a no-op).
+    #[allow(clippy::too_many_arguments)]
     pub fn finish_update(
         &mut self,
         rt: &ResourceType,
@@ -744,11 +755,7 @@ impl Store {
         if ctx.dry_run {
             return Ok(Self::present(rt, &new));
         }
-        let stored = if deleting {
-            self.commit_as(key, None, Some(new))
-        } else {
-            self.commit(key, Some(new))
-        };
+        let stored = if deleting { self.commit_as(key, None, Some(new)) } else { self.commit(key, Some(new)) };
         self.gc();
         Ok(Self::present(rt, &stored))
     }
@@ -984,8 +991,7 @@ impl Store {
                 entries[*i].fields.0.remove(p);
             }
         }
-        let others =
-            entries.iter().filter(|e| !is_me(e)).fold(FieldSet::default(), |acc, e| acc.union(&e.fields));
+        let others = entries.iter().filter(|e| !is_me(e)).fold(FieldSet::default(), |acc, e| acc.union(&e.fields));
         let keep = others.union(&applied);
         let mut new = live.clone();
         let mut removed: Vec<Vec<String>> = Vec::new();
@@ -1087,8 +1093,8 @@ impl Store {
             }
             set_finalizers(&mut obj, &list);
         }
-        let namespace_pending =
-            rt.special == Special::Namespace && obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+        let namespace_pending = rt.special == Special::Namespace
+            && obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
         if finalizers(&obj).is_empty() && !namespace_pending {
             let last = self.commit(key, None);
             return json!({
@@ -1181,7 +1187,9 @@ impl Store {
                 let dependents: Vec<&Key> = if deleting {
                     self.objects
                         .iter()
-                        .filter(|(_, o)| owner_refs(o).iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid)))
+                        .filter(|(_, o)| {
+                            owner_refs(o).iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid))
+                        })
                         .map(|(k, _)| k)
                         .collect()
                 } else {
@@ -1213,9 +1221,10 @@ impl Store {
                     continue;
                 }
                 let present = |r: &Value| {
-                    r.get("uid").and_then(Value::as_str).and_then(|u| uids.get(u)).is_some_and(|owner| {
-                        owner.namespace.is_empty() || owner.namespace == key.namespace
-                    })
+                    r.get("uid")
+                        .and_then(Value::as_str)
+                        .and_then(|u| uids.get(u))
+                        .is_some_and(|owner| owner.namespace.is_empty() || owner.namespace == key.namespace)
                 };
                 let alive = refs.iter().filter(|r| present(r)).count();
                 if alive == 0 {
