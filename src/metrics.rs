@@ -45,6 +45,9 @@ pub struct Metrics {
     pub token_request_duration: Family<ResultLabels, Histogram>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Histogram,
+    /// Completed reconciles, also observable as a stream: tests and the benchmark wait on it
+    /// instead of sleeping.
+    reconciled: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for Metrics {
@@ -88,6 +91,7 @@ impl Default for Metrics {
             token_request_duration,
             reconcile_errors,
             reconcile_duration,
+            reconciled: tokio::sync::watch::channel(0).0,
         }
     }
 }
@@ -106,21 +110,33 @@ impl Metrics {
         self.token_renewal.remove(&labels);
     }
 
-    /// Starts a timer that records into `histogram` when dropped, so every exit path of a
-    /// reconcile is measured.
-    pub fn timer(histogram: &Histogram) -> Timer<'_> {
-        Timer { histogram, started: Instant::now() }
+    /// Starts measuring a reconcile; the measurement is recorded when the guard is dropped,
+    /// so every exit path of a reconcile is measured and counted.
+    pub fn reconcile_started(&self) -> ReconcileTimer<'_> {
+        ReconcileTimer { metrics: self, started: Instant::now() }
+    }
+
+    /// How many reconciles have completed.
+    pub fn reconciles(&self) -> u64 {
+        *self.reconciled.borrow()
+    }
+
+    /// Waits until at least `count` reconciles have completed; false on timeout.
+    pub async fn wait_for_reconciles(&self, count: u64, timeout: std::time::Duration) -> bool {
+        let mut rx = self.reconciled.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|n| *n >= count)).await.is_ok_and(|r| r.is_ok())
     }
 }
 
-/// Observes the elapsed time into a histogram when dropped.
-pub struct Timer<'a> {
-    histogram: &'a Histogram,
+/// Records a reconcile's duration and completion when dropped.
+pub struct ReconcileTimer<'a> {
+    metrics: &'a Metrics,
     started: Instant,
 }
 
-impl Drop for Timer<'_> {
+impl Drop for ReconcileTimer<'_> {
     fn drop(&mut self) {
-        self.histogram.observe(self.started.elapsed().as_secs_f64());
+        self.metrics.reconcile_duration.observe(self.started.elapsed().as_secs_f64());
+        self.metrics.reconciled.send_modify(|n| *n += 1);
     }
 }

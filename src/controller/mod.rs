@@ -60,6 +60,12 @@ pub struct ControllerArgs {
     #[arg(long, default_value = "60s", value_parser = duration_arg)]
     pub propagation_margin: Duration,
 
+    /// A credential is never renewed sooner than this after its token was issued, however
+    /// short the token's lifetime: a server handing out 1-second tokens is not asked in a
+    /// tight loop.
+    #[arg(long, default_value = "10s", value_parser = duration_arg)]
+    pub min_renewal_interval: Duration,
+
     /// Permit plain http:// token endpoints. Only for tests and endpoints reached over a
     /// trusted network.
     #[arg(long)]
@@ -113,7 +119,11 @@ fn duration_arg(s: &str) -> Result<Duration, String> {
 impl ControllerArgs {
     pub fn policy(&self) -> Policy {
         Policy {
-            renewal: RenewalPolicy { propagation_margin: self.propagation_margin, ..Default::default() },
+            renewal: RenewalPolicy {
+                propagation_margin: self.propagation_margin,
+                min_interval: self.min_renewal_interval,
+                ..Default::default()
+            },
             backoff: BackoffPolicy { initial: self.backoff_min, max: self.backoff_max.max(self.backoff_min) },
             ..Default::default()
         }
@@ -135,10 +145,14 @@ impl ControllerArgs {
 /// Which ClientCredentials reference a Secret: (namespace, secret name) -> credentials.
 /// Kept up to date from the ClientCredential watch so that a Secret event maps to its
 /// credentials in O(1), however many unrelated Secrets and credentials exist.
+type CredentialRef = ObjectRef<ClientCredential>;
+/// (namespace, Secret name).
+type SecretKey = (String, String);
+
 #[derive(Default, Clone)]
 struct SourceIndex {
-    by_secret: Arc<RwLock<HashMap<(String, String), HashSet<ObjectRef<ClientCredential>>>>>,
-    by_credential: Arc<RwLock<HashMap<ObjectRef<ClientCredential>, BTreeSet<String>>>>,
+    by_secret: Arc<RwLock<HashMap<SecretKey, HashSet<CredentialRef>>>>,
+    by_credential: Arc<RwLock<HashMap<CredentialRef, BTreeSet<String>>>>,
 }
 
 impl SourceIndex {

@@ -32,9 +32,9 @@ use super::target::{self, Ownership};
 use crate::api::engine::{self, SourceError};
 use crate::api::validate::validate;
 use crate::api::{ClientCredential, ClientCredentialStatus};
-use crate::metrics::{CredentialLabels, Metrics, RequestLabels, ResultLabels};
+use crate::metrics::{CredentialLabels, RequestLabels, ResultLabels};
 use crate::oauth::{Credentials, TokenError, TokenRequestConfig};
-use crate::schedule::{Decision, Published, RequestReason, ScheduleState, decide};
+use crate::schedule::{Decision, Published, RenewalPolicy, RequestReason, ScheduleState, decide};
 
 /// Kubernetes API failures; everything else is a condition.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +63,7 @@ struct Prepared {
 }
 
 pub async fn reconcile(cc: Arc<ClientCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _timer = Metrics::timer(&ctx.metrics.reconcile_duration);
+    let _timer = ctx.metrics.reconcile_started();
     let namespace = cc.namespace().ok_or(Error::NoNamespace)?;
     let name = cc.name_any();
     if cc.metadata.deletion_timestamp.is_some() {
@@ -75,6 +75,11 @@ pub async fn reconcile(cc: Arc<ClientCredential>, ctx: Arc<Context>) -> Result<A
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let now = Timestamp::now();
     let jitter_key = format!("{namespace}/{name}");
+    let renewal = RenewalPolicy {
+        renew_before: cc.spec.renew_before.as_ref().and_then(|d| d.parse().ok()),
+        renew_before_percentage: cc.spec.renew_before_percentage.and_then(|p| u8::try_from(p).ok()),
+        ..ctx.policy.renewal.clone()
+    };
 
     // 1. load (from the cache: no API call on routine reconciles)
     let state_name = labels::state_secret_name(&name);
@@ -85,7 +90,7 @@ pub async fn reconcile(cc: Arc<ClientCredential>, ctx: Arc<Context>) -> Result<A
     // 2. validate
     let prepared = prepare(&cc, &secrets).await?;
     let conflict = match &cached_target {
-        Some(t) => conflict_with(&t, &name),
+        Some(t) => conflict_with(t, &name),
         // Not a Secret of ours (or not created yet): look before applying, because an
         // apply would take over a Secret somebody else owns.
         None => secrets.get_opt(&target_name).await?.and_then(|t| conflict_with(&t, &name)),
@@ -101,7 +106,7 @@ pub async fn reconcile(cc: Arc<ClientCredential>, ctx: Arc<Context>) -> Result<A
     if let (Ok(prep), None) = (&prepared, &conflict) {
         let due = |stored: Option<&StoredToken>| {
             let schedule = schedule_state(&cc, now, stored, prep, &record, renew_annotation.as_deref());
-            match decide(&schedule, &ctx.policy.renewal, &ctx.policy.backoff, &jitter_key) {
+            match decide(&schedule, &renewal, &ctx.policy.backoff, &jitter_key) {
                 Decision::RequestNow(reason) => Some(reason),
                 _ => None,
             }
@@ -167,7 +172,15 @@ pub async fn reconcile(cc: Arc<ClientCredential>, ctx: Arc<Context>) -> Result<A
         }
     }
 
-    // 6. status
+    // 6. status. Failed attempts still pending (waiting out a backoff) keep the failure
+    // they recorded: Degraded stays True until a request succeeds.
+    if failure.is_none() && record.attempts > 0 {
+        failure = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == status::DEGRADED && c.status == "True")
+            .map(|c| Failure { reason: Reason::from_reason_str(&c.reason), message: c.message.clone() });
+    }
     let inputs = prepared.as_ref().ok().map(|p| p.inputs.clone());
     let next_decision = match (&prepared, &conflict) {
         (Ok(prep), None) => {
@@ -175,7 +188,7 @@ pub async fn reconcile(cc: Arc<ClientCredential>, ctx: Arc<Context>) -> Result<A
                 renewal_requested: false,
                 ..schedule_state(&cc, now, stored.as_ref(), prep, &record, None)
             };
-            Some(decide(&schedule, &ctx.policy.renewal, &ctx.policy.backoff, &jitter_key))
+            Some(decide(&schedule, &renewal, &ctx.policy.backoff, &jitter_key))
         }
         _ => None,
     };
@@ -446,7 +459,16 @@ async fn patch_status(
     let api: Api<ClientCredential> = Api::namespaced(ctx.client.clone(), namespace);
     // A merge patch of the whole status: conditions are replaced as a list, which is what
     // we want, and no resourceVersion precondition is needed since status has one writer.
-    let patch = serde_json::json!({ "status": status });
+    // Fields that are no longer set are sent as null, which is how a merge patch removes.
+    let mut body = serde_json::to_value(status).unwrap_or_default();
+    if let (Some(current), Some(map)) =
+        (cc.status.as_ref().and_then(|s| serde_json::to_value(s).ok()), body.as_object_mut())
+    {
+        for key in current.as_object().into_iter().flat_map(|o| o.keys()) {
+            map.entry(key.clone()).or_insert(serde_json::Value::Null);
+        }
+    }
+    let patch = serde_json::json!({ "status": body });
     api.patch_status(&cc.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
     Ok(())
 }

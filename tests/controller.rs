@@ -1,0 +1,478 @@
+//! The controller end to end: a real kube::Client against the API server double, real
+//! token servers on 127.0.0.1, the controller running in-process. Each test names the
+//! behaviour it proves; waits are on conditions with a timeout, never sleeps.
+
+mod controller_support;
+mod support;
+mod token_server;
+
+use std::sync::{Arc, Mutex};
+
+use controller_support::*;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use support::apiserver::{ApiServer, Verb};
+use token_server::{Recorded, Reply, TokenServer};
+use tokensync::api::ClientCredential;
+
+/// How the test token server behaves; tests change it while the controller runs.
+struct Behaviour {
+    lifetime: u64,
+    issued: u32,
+    /// Answer with this instead of a token.
+    fail: Option<Box<dyn Fn() -> Reply + Send>>,
+    /// Issue a new refresh token with every response and accept only the latest.
+    rotating_refresh: bool,
+    current_refresh: String,
+}
+
+struct Issuer {
+    server: TokenServer,
+    behaviour: Arc<Mutex<Behaviour>>,
+}
+
+impl Issuer {
+    async fn start(lifetime: u64) -> Issuer {
+        let behaviour = Arc::new(Mutex::new(Behaviour {
+            lifetime,
+            issued: 0,
+            fail: None,
+            rotating_refresh: false,
+            current_refresh: String::new(),
+        }));
+        let b = behaviour.clone();
+        let server = TokenServer::start(move |r: &Recorded| {
+            let mut b = b.lock().unwrap();
+            if let Some(fail) = &b.fail {
+                return fail();
+            }
+            let p = r.params();
+            if b.rotating_refresh && p.get("grant_type").map(String::as_str) == Some("refresh_token") {
+                if p.get("refresh_token") != Some(&b.current_refresh) {
+                    return Reply::oauth_error(400, "invalid_grant", "refresh token reused");
+                }
+            }
+            b.issued += 1;
+            let mut body = json!({"access_token": format!("token-{}", b.issued), "token_type": "Bearer", "expires_in": b.lifetime});
+            if b.rotating_refresh {
+                b.current_refresh = format!("refresh-{}", b.issued);
+                body["refresh_token"] = b.current_refresh.clone().into();
+            }
+            Reply::json(200, body)
+        })
+        .await;
+        Issuer { server, behaviour }
+    }
+
+    fn url(&self) -> String {
+        self.server.url("/token")
+    }
+
+    fn requests(&self) -> usize {
+        self.server.requests().len()
+    }
+
+    fn fail_with(&self, reply: impl Fn() -> Reply + Send + 'static) {
+        self.behaviour.lock().unwrap().fail = Some(Box::new(reply));
+    }
+
+    fn heal(&self) {
+        self.behaviour.lock().unwrap().fail = None;
+    }
+}
+
+async fn setup(name: &str, issuer: &Issuer, api: &ApiServer) -> ClientCredential {
+    create_secret(api, source_secret(&format!("{name}-client"), &[("client_id", "cid"), ("client_secret", "csecret")]))
+        .await;
+    Cc::new(name, &issuer.url()).create(api).await
+}
+
+fn ccs(api: &ApiServer) -> Api<ClientCredential> {
+    Api::namespaced(api.client(), NS)
+}
+
+async fn merge_patch_cc(api: &ApiServer, name: &str, patch: serde_json::Value) {
+    ccs(api).patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+}
+
+#[tokio::test]
+async fn issues_a_token_into_an_owned_labelled_target_secret_and_reports_ready() {
+    let api = api_server().await;
+    let issuer = Issuer::start(3600).await;
+    let _c = start(&api, args(&[]));
+    let cc = setup("demo", &issuer, &api).await;
+    wait_condition(&api, "demo", "Ready", ("True", "TokenIssued")).await;
+    wait_secret_value(&api, "demo", "access_token", "token-1").await;
+
+    let target: Secret = api.get(Some(NS), "demo").unwrap();
+    let data = secret_data(&api, "demo").unwrap();
+    assert_eq!(data.keys().collect::<Vec<_>>(), ["access_token", "expires_at", "token_type"]);
+    assert_eq!(data["token_type"], "Bearer");
+    let labels = target.metadata.labels.unwrap();
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "tokensync");
+    let owner = &target.metadata.owner_references.unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+        ("ClientCredential", cc.metadata.uid.as_deref().unwrap(), Some(true))
+    );
+    assert!(
+        target
+            .metadata
+            .managed_fields
+            .unwrap()
+            .iter()
+            .any(|m| m.manager.as_deref() == Some("tokensync") && m.operation.as_deref() == Some("Apply"))
+    );
+
+    let st = status(&api, "demo").unwrap();
+    assert_eq!(st.observed_generation, cc.metadata.generation);
+    assert!(st.expires_at.is_some() && st.renew_at.is_some() && st.last_refresh_time.is_some());
+    assert!(st.renew_at.unwrap().0 < st.expires_at.unwrap().0);
+    assert_eq!(condition(&api, "demo", "Degraded"), Some(("False".into(), "Healthy".into())));
+    assert_eq!(issuer.requests(), 1);
+    // The client secret is in the request, never in the target Secret.
+    assert!(!data.values().any(|v| v.contains("csecret")));
+}
+
+#[tokio::test]
+async fn a_restarted_controller_requests_nothing_while_the_token_is_valid() {
+    let api = api_server().await;
+    let issuer = Issuer::start(3600).await;
+    let first = start(&api, args(&[]));
+    setup("demo", &issuer, &api).await;
+    wait_condition(&api, "demo", "Ready", ("True", "TokenIssued")).await;
+    first.crash();
+    let second = start(&api, args(&[]));
+    assert!(second.metrics.wait_for_reconciles(1, WAIT).await, "the new controller reconciled");
+    // And once more after a resync-like trigger: an unrelated annotation.
+    merge_patch_cc(&api, "demo", json!({"metadata": {"annotations": {"note": "x"}}})).await;
+    assert!(second.metrics.wait_for_reconciles(2, WAIT).await);
+    assert_eq!(issuer.requests(), 1, "no token request on restart or resync");
+}
+
+#[tokio::test]
+async fn renews_before_expiry_with_exactly_one_request_per_renewal() {
+    let api = api_server().await;
+    let issuer = Issuer::start(3).await; // renewed after ~1.5 s (half of a lifetime shorter than the margin)
+    let _c = start(&api, args(&["--min-renewal-interval", "1s"]));
+    setup("demo", &issuer, &api).await;
+    wait_secret_value(&api, "demo", "access_token", "token-3").await;
+    let requests = issuer.server.requests();
+    // Every request's token was published, in order, and requests are a renewal apart.
+    assert!(requests.len() <= 4, "{} requests for 3 tokens", requests.len());
+    let n = requests.len();
+    wait_secret_value(&api, "demo", "access_token", &format!("token-{n}")).await;
+    let st = status(&api, "demo").unwrap();
+    assert!(st.failed_attempts.is_none());
+}
+
+#[tokio::test]
+async fn a_spec_change_and_a_rotated_client_secret_each_cause_one_prompt_new_token() {
+    let api = api_server().await;
+    let issuer = Issuer::start(3600).await;
+    let c = start(&api, args(&[]));
+    setup("demo", &issuer, &api).await;
+    wait_secret_value(&api, "demo", "access_token", "token-1").await;
+
+    merge_patch_cc(&api, "demo", json!({"spec": {"scopes": ["read"]}})).await;
+    wait_secret_value(&api, "demo", "access_token", "token-2").await;
+    assert_eq!(issuer.server.requests().last().unwrap().params()["scope"], "read");
+    let cc: ClientCredential = api.get(Some(NS), "demo").unwrap();
+    api.wait_for(
+        |v| {
+            v.get::<ClientCredential>(Some(NS), "demo").and_then(|c| c.status).and_then(|s| s.observed_generation)
+                == cc.metadata.generation
+        },
+        WAIT,
+    )
+    .await
+    .expect("observedGeneration follows the spec change");
+    assert_eq!(condition(&api, "demo", "Ready"), Some(("True".into(), "TokenIssued".into())));
+
+    let secrets: Api<Secret> = Api::namespaced(api.client(), NS);
+    let patch = json!({"stringData": {"client_secret": "rotated-secret"}});
+    secrets.patch("demo-client", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    wait_secret_value(&api, "demo", "access_token", "token-3").await;
+    assert_eq!(issuer.server.requests().last().unwrap().params()["client_secret"], "rotated-secret");
+
+    // A change to a key the spec does not use is not a reason for a new token.
+    let before = c.metrics.reconciles();
+    let patch = json!({"stringData": {"unrelated": "x"}});
+    secrets.patch("demo-client", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    assert!(c.metrics.wait_for_reconciles(before + 1, WAIT).await);
+    assert_eq!(issuer.requests(), 3);
+}
+
+#[tokio::test]
+async fn a_deleted_or_edited_target_secret_is_restored_without_a_token_request() {
+    let api = api_server().await;
+    let issuer = Issuer::start(3600).await;
+    let _c = start(&api, args(&[]));
+    setup("demo", &issuer, &api).await;
+    wait_secret_value(&api, "demo", "access_token", "token-1").await;
+
+    let secrets: Api<Secret> = Api::namespaced(api.client(), NS);
+    secrets.delete("demo", &Default::default()).await.unwrap();
+    wait_secret_value(&api, "demo", "access_token", "token-1").await;
+
+    let patch = json!({"stringData": {"access_token": "tampered", "extra": "x"}});
+    secrets.patch("demo", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    wait_secret_value(&api, "demo", "access_token", "token-1").await;
+    assert_eq!(issuer.requests(), 1);
+}
+
+#[tokio::test]
+async fn a_secret_tokensync_does_not_manage_is_never_touched() {
+    let api = api_server().await;
+    let issuer = Issuer::start(3600).await;
+    create_secret(&api, source_secret("demo", &[("mine", "do not touch")])).await;
+    let _c = start(&api, args(&[]));
+    setup("demo", &issuer, &api).await;
+    wait_condition(&api, "demo", "Ready", ("False", "TargetSecretConflict")).await;
+    assert_eq!(
+        secret_data(&api, "demo").unwrap().into_iter().collect::<Vec<_>>(),
+        [("mine".to_owned(), "do not touch".to_owned())]
+    );
+    assert_eq!(issuer.requests(), 0, "no token is requested for a Secret that cannot be written");
+}
+
+#[tokio::test]
+async fn templates_type_labels_and_retain_policy_shape_the_target_secret() {
+    let api = api_server().await;
+    let issuer = Issuer::start(3600).await;
+    let _c = start(&api, args(&[]));
+    create_secret(&api, source_secret("demo-client", &[("client_id", "cid"), ("client_secret", "s")])).await;
+    Cc::new("demo", &issuer.url())
+        .spec(json!({"target": {
+            "name": "demo-header",
+            "labels": {"team": "a"},
+            "annotations": {"note": "hi"},
+            "template": {"Authorization": "Bearer {{ access_token }}"},
+            "deletionPolicy": "Retain"
+        }}))
+        .create(&api)
+        .await;
+    wait_secret_value(&api, "demo-header", "Authorization", "Bearer token-1").await;
+    let s: Secret = api.get(Some(NS), "demo-header").unwrap();
+    assert_eq!(s.data.unwrap().len(), 1);
+    assert_eq!(s.metadata.labels.unwrap()["team"], "a");
+    assert_eq!(s.metadata.annotations.unwrap()["note"], "hi");
+    assert!(s.metadata.owner_references.unwrap_or_default().is_empty(), "Retain: no ownerReference");
+    assert!(api.get::<Secret>(Some(NS), "demo.tokensync-state").unwrap().metadata.owner_references.is_some());
+}
+
+#[tokio::test]
+async fn missing_source_secret_and_key_are_reported_and_recovered_from() {
+    let api = api_server().await;
+    let issuer = Issuer::start(3600).await;
+    let _c = start(&api, args(&[]));
+    Cc::new("demo", &issuer.url()).create(&api).await;
+    wait_condition(&api, "demo", "Ready", ("False", "SourceSecretNotFound")).await;
+    create_secret(&api, source_secret("demo-client", &[("client_id", "cid")])).await;
+    wait_condition(&api, "demo", "Ready", ("False", "SourceSecretInvalid")).await;
+    let msg = status(&api, "demo").unwrap().conditions[0].message.clone();
+    assert!(msg.contains("client_secret"), "{msg}");
+    let secrets: Api<Secret> = Api::namespaced(api.client(), NS);
+    let patch = json!({"stringData": {"client_secret": "s"}});
+    secrets.patch("demo-client", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    wait_condition(&api, "demo", "Ready", ("True", "TokenIssued")).await;
+    assert_eq!(issuer.requests(), 1);
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_reported_with_the_field_and_requests_nothing() {
+    let api = api_server().await;
+    let issuer = Issuer::start(3600).await;
+    let _c = start(&api, args(&[]));
+    create_secret(&api, source_secret("demo-client", &[("client_id", "cid"), ("client_secret", "s")])).await;
+    Cc::new("demo", &issuer.url()).spec(json!({"grantType": "refresh_token"})).create(&api).await;
+    wait_condition(&api, "demo", "Ready", ("False", "InvalidSpec")).await;
+    assert!(status(&api, "demo").unwrap().conditions[0].message.contains("spec.credentialsRef.refreshTokenKey"));
+    assert_eq!(issuer.requests(), 0);
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_keeps_the_valid_token_ready_and_reports_degraded() {
+    let api = api_server().await;
+    let issuer = Issuer::start(3600).await;
+    let _c = start(&api, args(&[]));
+    setup("demo", &issuer, &api).await;
+    wait_secret_value(&api, "demo", "access_token", "token-1").await;
+    issuer.fail_with(|| Reply::text(503, "text/html", "<h1>down</h1>"));
+    merge_patch_cc(&api, "demo", json!({"spec": {"scopes": ["new"]}})).await;
+    wait_condition(&api, "demo", "Degraded", ("True", "TokenEndpointUnavailable")).await;
+    assert_eq!(condition(&api, "demo", "Ready"), Some(("True".into(), "TokenIssued".into())));
+    assert_eq!(secret_data(&api, "demo").unwrap()["access_token"], "token-1", "the valid token stays");
+    let st = status(&api, "demo").unwrap();
+    assert_eq!(st.failed_attempts, Some(1));
+    let wait = st.renew_at.unwrap().0.as_second() - st.last_failure_time.unwrap().0.as_second();
+    assert!((4..=6).contains(&wait), "first retry after ~5s, got {wait}s");
+
+    issuer.heal();
+    wait_secret_value(&api, "demo", "access_token", "token-2").await;
+    wait_condition(&api, "demo", "Degraded", ("False", "Healthy")).await;
+    let st = status(&api, "demo").unwrap();
+    assert!(st.failed_attempts.is_none(), "{st:#?}");
+}
+
+#[tokio::test]
+async fn a_permanent_rejection_waits_the_maximum_backoff_and_retry_after_is_persisted() {
+    let api = api_server().await;
+    let issuer = Issuer::start(3600).await;
+    issuer.fail_with(|| Reply::oauth_error(401, "invalid_client", "bad secret"));
+    let c = start(&api, args(&["--backoff-max", "2m"]));
+    setup("demo", &issuer, &api).await;
+    wait_condition(&api, "demo", "Ready", ("False", "TokenRequestRejected")).await;
+    let st = status(&api, "demo").unwrap();
+    assert_eq!(st.retry_after_seconds, Some(120));
+    let wait = st.renew_at.unwrap().0.as_second() - st.last_failure_time.unwrap().0.as_second();
+    assert!(wait >= 120, "{wait}");
+    assert!(st.conditions[0].message.contains("invalid_client"));
+
+    // The backoff lives in status: a restarted controller does not retry early.
+    c.crash();
+    let c2 = start(&api, args(&["--backoff-max", "2m"]));
+    assert!(c2.metrics.wait_for_reconciles(1, WAIT).await);
+    assert_eq!(issuer.requests(), 1);
+
+    // 429 with Retry-After: honoured and persisted.
+    issuer.fail_with(|| Reply::text(429, "text/plain", "slow down").header("retry-after", "300"));
+    merge_patch_cc(&api, "demo", json!({"spec": {"scopes": ["x"]}})).await;
+    api.wait_for(
+        |v| {
+            v.get::<ClientCredential>(Some(NS), "demo").and_then(|c| c.status).and_then(|s| s.retry_after_seconds)
+                == Some(300)
+        },
+        WAIT,
+    )
+    .await
+    .expect("Retry-After persisted");
+    assert_eq!(issuer.requests(), 2);
+}
+
+#[tokio::test]
+async fn the_renew_annotation_triggers_exactly_one_immediate_renewal() {
+    let api = api_server().await;
+    let issuer = Issuer::start(3600).await;
+    let c = start(&api, args(&[]));
+    setup("demo", &issuer, &api).await;
+    wait_secret_value(&api, "demo", "access_token", "token-1").await;
+    merge_patch_cc(
+        &api,
+        "demo",
+        json!({"metadata": {"annotations": {"tokensync.io/renew-requested-at": "2026-11-23T10:00:00Z"}}}),
+    )
+    .await;
+    wait_secret_value(&api, "demo", "access_token", "token-2").await;
+    api.wait_for(
+        |v| {
+            v.get::<ClientCredential>(Some(NS), "demo")
+                .and_then(|c| c.status)
+                .and_then(|s| s.handled_renewal_request)
+                .as_deref()
+                == Some("2026-11-23T10:00:00Z")
+        },
+        WAIT,
+    )
+    .await
+    .unwrap();
+    let before = c.metrics.reconciles();
+    merge_patch_cc(&api, "demo", json!({"metadata": {"annotations": {"other": "y"}}})).await;
+    assert!(c.metrics.wait_for_reconciles(before + 1, WAIT).await);
+    assert_eq!(issuer.requests(), 2, "the same annotation value does not renew again");
+}
+
+#[tokio::test]
+async fn suspend_stops_requests_and_leaves_the_published_token() {
+    let api = api_server().await;
+    let issuer = Issuer::start(3600).await;
+    let c = start(&api, args(&[]));
+    setup("demo", &issuer, &api).await;
+    wait_secret_value(&api, "demo", "access_token", "token-1").await;
+    merge_patch_cc(
+        &api,
+        "demo",
+        json!({"spec": {"suspend": true}, "metadata": {"annotations": {"tokensync.io/renew-requested-at": "now"}}}),
+    )
+    .await;
+    wait_condition(&api, "demo", "Ready", ("True", "Suspended")).await;
+    let before = c.metrics.reconciles();
+    merge_patch_cc(&api, "demo", json!({"spec": {"scopes": ["changed"]}})).await;
+    assert!(c.metrics.wait_for_reconciles(before + 1, WAIT).await);
+    assert_eq!(issuer.requests(), 1);
+    assert_eq!(secret_data(&api, "demo").unwrap()["access_token"], "token-1");
+}
+
+#[tokio::test]
+async fn a_rotated_refresh_token_lives_in_the_state_secret_and_survives_a_restart() {
+    let api = api_server().await;
+    let issuer = Issuer::start(3).await;
+    issuer.behaviour.lock().unwrap().rotating_refresh = true;
+    let c = start(&api, args(&["--min-renewal-interval", "1s"]));
+    create_secret(&api, source_secret("demo-client", &[("client_id", "cid"), ("client_secret", "s")])).await;
+    Cc::new("demo", &issuer.url()).spec(json!({"refreshEndpoint": {"url": issuer.url()}})).create(&api).await;
+    wait_secret_value(&api, "demo", "access_token", "token-2").await;
+    let state = secret_data(&api, "demo.tokensync-state").unwrap();
+    assert!(state["refresh_token"].starts_with("refresh-"));
+    assert!(!secret_data(&api, "demo").unwrap().contains_key("refresh_token"), "workloads never see the refresh token");
+    c.crash();
+    let _c2 = start(&api, args(&["--min-renewal-interval", "1s"]));
+    wait_secret_value(&api, "demo", "access_token", "token-4").await;
+    // Every renewal after the first was a refresh with the latest rotated token.
+    let refreshes: Vec<_> = issuer
+        .server
+        .requests()
+        .into_iter()
+        .filter(|r| r.params().get("grant_type").map(String::as_str) == Some("refresh_token"))
+        .collect();
+    assert!(refreshes.len() >= 3, "{}", refreshes.len());
+    assert_eq!(condition(&api, "demo", "Degraded"), Some(("False".into(), "Healthy".into())));
+}
+
+#[tokio::test]
+async fn routine_reconciles_skip_unchanged_status_and_secret_writes() {
+    let api = api_server().await;
+    let issuer = Issuer::start(3600).await;
+    let c = start(&api, args(&[]));
+    setup("demo", &issuer, &api).await;
+    wait_condition(&api, "demo", "Ready", ("True", "TokenIssued")).await;
+    let writes = |api: &ApiServer| {
+        api.requests()
+            .iter()
+            .filter(|r| r.verb.is_write() && r.resource != "events" && r.code < 300 && r.changed)
+            .count()
+    };
+    let before_writes = writes(&api);
+    let before = c.metrics.reconciles();
+    merge_patch_cc(&api, "demo", json!({"metadata": {"annotations": {"touch": "1"}}})).await;
+    assert!(c.metrics.wait_for_reconciles(before + 1, WAIT).await);
+    assert_eq!(writes(&api), before_writes + 1, "only the test's own patch changed anything");
+    assert_eq!(api.count(Verb::Apply, "secrets", None), 2, "state and target applied once each");
+}
+
+#[tokio::test]
+async fn events_report_issuance_and_failures_without_secrets() {
+    let api = api_server().await;
+    let issuer = Issuer::start(3600).await;
+    let _c = start(&api, args(&[]));
+    setup("demo", &issuer, &api).await;
+    wait_condition(&api, "demo", "Ready", ("True", "TokenIssued")).await;
+    issuer.fail_with(|| Reply::oauth_error(400, "invalid_client", "client csecret unknown"));
+    merge_patch_cc(&api, "demo", json!({"spec": {"scopes": ["x"]}})).await;
+    wait_condition(&api, "demo", "Degraded", ("True", "TokenRequestRejected")).await;
+    let events = api
+        .wait_for_value(
+            |v| {
+                let all = [v.list_json("events.events.k8s.io", Some(NS)), v.list_json("events", Some(NS))].concat();
+                let reasons: Vec<String> = all.iter().filter_map(|e| e["reason"].as_str().map(str::to_owned)).collect();
+                (reasons.iter().any(|r| r == "TokenIssued") && reasons.iter().any(|r| r == "TokenRequestRejected"))
+                    .then_some(all)
+            },
+            WAIT,
+        )
+        .await
+        .expect("TokenIssued and TokenRequestRejected events");
+    let text = serde_json::to_string(&events).unwrap();
+    assert!(!text.contains("csecret") && !text.contains("token-1"), "{text}");
+}
