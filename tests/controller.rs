@@ -48,10 +48,11 @@ impl Issuer {
                 return fail();
             }
             let p = r.params();
-            if b.rotating_refresh && p.get("grant_type").map(String::as_str) == Some("refresh_token") {
-                if p.get("refresh_token") != Some(&b.current_refresh) {
-                    return Reply::oauth_error(400, "invalid_grant", "refresh token reused");
-                }
+            if b.rotating_refresh
+                && p.get("grant_type").map(String::as_str) == Some("refresh_token")
+                && p.get("refresh_token") != Some(&b.current_refresh)
+            {
+                return Reply::oauth_error(400, "invalid_grant", "refresh token reused");
             }
             b.issued += 1;
             let mut body = json!({"access_token": format!("token-{}", b.issued), "token_type": "Bearer", "expires_in": b.lifetime});
