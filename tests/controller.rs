@@ -2,17 +2,16 @@
 //! token servers on 127.0.0.1, the controller running in-process. Each test names the
 //! behaviour it proves; waits are on conditions with a timeout, never sleeps.
 
-mod controller_support;
 mod support;
 mod token_server;
 
 use std::sync::{Arc, Mutex};
 
-use controller_support::*;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use support::apiserver::{ApiServer, Verb};
+use support::controller::*;
 use token_server::{Recorded, Reply, TokenServer};
 use tokensync::api::ClientCredential;
 

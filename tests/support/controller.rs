@@ -1,8 +1,6 @@
 //! Shared pieces of the controller tests: a running controller against the API server
 //! double, fixtures as builders on the resource, and waits on conditions.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -18,7 +16,7 @@ use tokensync::api::{ClientCredential, ClientCredentialStatus};
 use tokensync::controller::ControllerArgs;
 use tokensync::metrics::Metrics;
 
-use crate::support::apiserver::ApiServer;
+use super::apiserver::ApiServer;
 
 pub const NS: &str = "team-a";
 pub const WAIT: Duration = Duration::from_secs(20);
