@@ -21,6 +21,8 @@ pub struct LeaseLock {
     api: Api<Lease>,
     name: String,
     identity: String,
+    lease_duration: Duration,
+    retry_period: Duration,
 }
 
 /// A held leadership; [`Held::lost`] resolves when renewing fails for a whole lease term.
@@ -30,7 +32,20 @@ pub struct Held {
 
 impl LeaseLock {
     pub fn new(client: Client, namespace: &str, name: &str, identity: &str) -> Self {
-        LeaseLock { api: Api::namespaced(client, namespace), name: name.into(), identity: identity.into() }
+        LeaseLock {
+            api: Api::namespaced(client, namespace),
+            name: name.into(),
+            identity: identity.into(),
+            lease_duration: LEASE_DURATION,
+            retry_period: RETRY_PERIOD,
+        }
+    }
+
+    /// Other timings than the defaults (tests, or clusters with slow API servers).
+    pub fn with_timing(mut self, lease_duration: Duration, retry_period: Duration) -> Self {
+        self.lease_duration = lease_duration;
+        self.retry_period = retry_period;
+        self
     }
 
     /// Waits until this replica holds the Lease.
@@ -42,7 +57,7 @@ impl LeaseLock {
                 Err(kube::Error::Api(e)) if e.code == 409 => {}
                 Err(e) => tracing::warn!(error = %e, "leader election: cannot read or write the Lease"),
             }
-            tokio::time::sleep(RETRY_PERIOD).await;
+            tokio::time::sleep(self.retry_period).await;
         }
     }
 
@@ -61,8 +76,9 @@ impl LeaseLock {
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().unwrap_or_default();
         let renewed = spec.renew_time.as_ref().map(|t| t.0).unwrap_or(Timestamp::UNIX_EPOCH);
-        let duration =
-            Duration::from_secs(spec.lease_duration_seconds.unwrap_or(LEASE_DURATION.as_secs() as i32).max(1) as u64);
+        let duration = Duration::from_secs(
+            spec.lease_duration_seconds.unwrap_or(self.lease_duration.as_secs() as i32).max(1) as u64,
+        );
         let expired = renewed + duration <= now;
         if holder != self.identity && !holder.is_empty() && !expired {
             return Ok(false);
@@ -77,7 +93,7 @@ impl LeaseLock {
     fn spec(&self, acquired: Timestamp, transitions: i32, now: Timestamp) -> LeaseSpec {
         LeaseSpec {
             holder_identity: Some(self.identity.clone()),
-            lease_duration_seconds: Some(LEASE_DURATION.as_secs() as i32),
+            lease_duration_seconds: Some(self.lease_duration.as_secs().max(1) as i32),
             acquire_time: Some(MicroTime(acquired)),
             renew_time: Some(MicroTime(now)),
             lease_transitions: Some(transitions),
@@ -92,13 +108,13 @@ impl Held {
     pub async fn lost(self) {
         let mut last_renewal = std::time::Instant::now();
         loop {
-            tokio::time::sleep(RETRY_PERIOD).await;
+            tokio::time::sleep(self.lock.retry_period).await;
             match self.lock.try_acquire_or_renew().await {
                 Ok(true) => last_renewal = std::time::Instant::now(),
                 Ok(false) => return,
                 Err(e) => tracing::warn!(error = %e, "cannot renew the leader Lease"),
             }
-            if last_renewal.elapsed() >= LEASE_DURATION {
+            if last_renewal.elapsed() >= self.lock.lease_duration {
                 return;
             }
         }

@@ -1,0 +1,150 @@
+//! Operating the controller: leader election, the admin endpoints, watched-namespace
+//! scoping, the endpoint deny list, expiry reporting and graceful shutdown.
+
+mod support;
+mod token_server;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use serde_json::json;
+use support::controller::*;
+use token_server::{Reply, TokenServer};
+use tokensync::admin::{self, AdminState};
+use tokensync::controller::leader::LeaseLock;
+use tokensync::metrics::Metrics;
+
+async fn token_server(lifetime: u64) -> TokenServer {
+    TokenServer::start(move |_| Reply::json(200, json!({"access_token": "tok", "expires_in": lifetime}))).await
+}
+
+async fn credential(api: &support::apiserver::ApiServer, name: &str, endpoint: &str) {
+    create_secret(api, source_secret(&format!("{name}-client"), &[("client_id", "c"), ("client_secret", "s")])).await;
+    Cc::new(name, endpoint).create(api).await;
+}
+
+#[tokio::test]
+async fn only_one_replica_holds_the_lease_and_another_takes_over_when_it_lapses() {
+    let api = api_server().await;
+    let timing = (Duration::from_secs(1), Duration::from_millis(100));
+    let a = LeaseLock::new(api.client(), NS, "tokensync-controller", "replica-a").with_timing(timing.0, timing.1);
+    assert!(a.try_acquire_or_renew().await.unwrap(), "a free Lease is taken");
+    let b = LeaseLock::new(api.client(), NS, "tokensync-controller", "replica-b").with_timing(timing.0, timing.1);
+    assert!(!b.try_acquire_or_renew().await.unwrap(), "a held Lease is not taken");
+    assert!(a.try_acquire_or_renew().await.unwrap(), "the holder renews");
+    // replica-a stops renewing (crashed); b takes over once the Lease has lapsed.
+    drop(a);
+    let held = tokio::time::timeout(Duration::from_secs(10), b.acquire()).await.expect("b acquires").unwrap();
+    let lease: Lease = api.get(Some(NS), "tokensync-controller").unwrap();
+    let spec = lease.spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("replica-b"));
+    assert_eq!(spec.lease_transitions, Some(1));
+    drop(held);
+}
+
+#[tokio::test]
+async fn readyz_answers_only_after_the_caches_synced_and_metrics_are_exported() {
+    let api = api_server().await;
+    let server = token_server(3600).await;
+    let running = start(&api, args(&[]));
+    let state = AdminState { ready: running.ready.clone(), metrics: running.metrics.clone() };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, admin::router(state)).await.unwrap() });
+    let get = |path: &'static str| async move {
+        let r = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    assert_eq!(get("/healthz").await.0, 200);
+
+    // Not ready before sync: an admin state whose flag was never set.
+    let unsynced = AdminState { ready: Arc::new(AtomicBool::new(false)), metrics: Arc::new(Metrics::default()) };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cold = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, admin::router(unsynced)).await.unwrap() });
+    assert_eq!(reqwest::get(format!("http://{cold}/readyz")).await.unwrap().status().as_u16(), 503);
+
+    credential(&api, "demo", &server.url("/token")).await;
+    wait_condition(&api, "demo", "Ready", ("True", "TokenIssued")).await;
+    assert!(running.ready.load(Ordering::Acquire));
+    assert_eq!(get("/readyz").await.0, 200);
+    let (_, metrics) = get("/metrics").await;
+    for name in [
+        "tokensync_token_expiry_timestamp_seconds{namespace=\"team-a\",name=\"demo\"}",
+        "tokensync_token_renewal_timestamp_seconds{namespace=\"team-a\",name=\"demo\"}",
+        "tokensync_token_requests_total{result=\"success\",reason=\"TokenIssued\"} 1",
+        "tokensync_token_request_duration_seconds_count{result=\"success\"} 1",
+        "tokensync_reconcile_duration_seconds_count",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn a_namespaced_controller_ignores_other_namespaces() {
+    let api = api_server().await;
+    let server = token_server(3600).await;
+    let running = start(&api, args(&["--namespace", "default"]));
+    credential(&api, "demo", &server.url("/token")).await;
+    // A credential in the watched namespace is served...
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(api.client(), "default");
+    let mut source = source_secret("other-client", &[("client_id", "c"), ("client_secret", "s")]);
+    source.metadata.namespace = Some("default".into());
+    secrets.create(&Default::default(), &source).await.unwrap();
+    let mut other = Cc::new("other", &server.url("/token")).build();
+    other.metadata.namespace = Some("default".into());
+    let ccs: kube::Api<tokensync::api::ClientCredential> = kube::Api::namespaced(api.client(), "default");
+    ccs.create(&Default::default(), &other).await.unwrap();
+    api.wait_for(|v| v.get::<k8s_openapi::api::core::v1::Secret>(Some("default"), "other").is_some(), WAIT)
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, running.stop()).await.unwrap();
+    // ...and the one in team-a is not: no status, and only the one request from "other".
+    assert!(status(&api, "demo").is_none());
+    assert_eq!(server.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn cloud_metadata_endpoints_are_refused_before_any_connection() {
+    let api = api_server().await;
+    let _c = start(&api, args(&[]));
+    credential(&api, "demo", "http://169.254.169.254/latest/token").await;
+    wait_condition(&api, "demo", "Ready", ("False", "InvalidSpec")).await;
+    let message = status(&api, "demo").unwrap().conditions[0].message.clone();
+    assert!(message.contains("metadata"), "{message}");
+}
+
+#[tokio::test]
+async fn an_expired_token_is_reported_while_the_endpoint_fails() {
+    let api = api_server().await;
+    let healthy = Arc::new(AtomicBool::new(true));
+    let h = healthy.clone();
+    let server = TokenServer::start(move |_| {
+        if h.load(Ordering::SeqCst) {
+            Reply::json(200, json!({"access_token": "short", "expires_in": 2}))
+        } else {
+            Reply::text(503, "text/plain", "down")
+        }
+    })
+    .await;
+    let _c = start(&api, args(&["--min-renewal-interval", "1s", "--backoff-min", "1s", "--backoff-max", "1s"]));
+    credential(&api, "demo", &server.url("/token")).await;
+    wait_condition(&api, "demo", "Ready", ("True", "TokenIssued")).await;
+    healthy.store(false, Ordering::SeqCst);
+    wait_condition(&api, "demo", "Ready", ("False", "TokenEndpointUnavailable")).await;
+    assert_eq!(secret_data(&api, "demo").unwrap()["access_token"], "short", "the lapsed token is left, not deleted");
+    healthy.store(true, Ordering::SeqCst);
+    wait_condition(&api, "demo", "Ready", ("True", "TokenIssued")).await;
+}
+
+#[tokio::test]
+async fn shutdown_stops_the_controller_promptly() {
+    let api = api_server().await;
+    let server = token_server(3600).await;
+    let running = start(&api, args(&[]));
+    credential(&api, "demo", &server.url("/token")).await;
+    wait_condition(&api, "demo", "Ready", ("True", "TokenIssued")).await;
+    tokio::time::timeout(WAIT, running.stop()).await.expect("graceful shutdown completes");
+}
