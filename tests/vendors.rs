@@ -5,17 +5,13 @@
 
 mod token_server;
 
-use std::sync::{Arc, Mutex};
-
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
-use token_server::{Recorded, Reply, TokenServer};
+use token_server::{Recorded, Reply, TokenServer, vendors};
 use tokensync::api::engine;
 use tokensync::fetch::{self, FetchArgs, OutputFormat};
 use tokensync::manifest::Manifests;
 use tokensync::oauth::{EndpointPolicy, Flow, TokenClient, TransportSettings};
-
-const CLIENT_ID: &str = "replace-with-your-client-id";
 
 /// The example file with the vendor's host swapped for the local server.
 fn example_pointing_at(name: &str, real_base: &str, server: &TokenServer) -> (tempfile::TempDir, std::path::PathBuf) {
@@ -52,28 +48,9 @@ fn client() -> TokenClient {
     TokenClient::new(EndpointPolicy { allow_http: true, ..Default::default() }, TransportSettings::default())
 }
 
-fn str_map(params: &std::collections::BTreeMap<String, Value>) -> Vec<(&str, &str)> {
-    params.iter().map(|(k, v)| (k.as_str(), v.as_str().unwrap_or("<not a string>"))).collect()
-}
-
 #[tokio::test]
 async fn chalk_client_credentials_as_documented_and_verified_with_who_am_i() {
-    let server = TokenServer::start(|r: &Recorded| match (r.method.as_str(), r.path.as_str()) {
-        ("POST", "/v1/oauth/token") => {
-            let body = r.json().unwrap_or_default();
-            let wanted = json!({"client_id": CLIENT_ID, "client_secret": "replace-with-your-client-secret", "grant_type": "client_credentials"});
-            if serde_json::to_value(&body).unwrap() == wanted {
-                Reply::json(200, json!({"access_token": "chalk-token-1", "expires_in": 3600, "token_type": "Bearer"}))
-            } else {
-                Reply::json(401, json!({"detail": "invalid credentials"}))
-            }
-        }
-        ("GET", "/v1/who-am-i") if r.header("authorization") == Some("Bearer chalk-token-1") => {
-            Reply::json(200, json!({"user": "svc-account"}))
-        }
-        _ => Reply::json(401, json!({"detail": "unauthorized"})),
-    })
-    .await;
+    let server = TokenServer::start(vendors::chalk()).await;
     let (_dir, file) = example_pointing_at("chalk", "https://api.chalk.ai", &server);
     let out = fetch_json(&file).await;
     assert_eq!(out["access_token"], "chalk-token-1");
@@ -102,26 +79,8 @@ async fn chalk_token_refused_by_who_am_i_is_not_returned() {
 
 #[tokio::test]
 async fn chatlayer_keycloak_form_body_with_credentials_in_the_body() {
-    let path = "/auth/realms/Chatlayer/protocol/openid-connect/token";
-    let server = TokenServer::start(move |r: &Recorded| {
-        if r.path != path || r.method != "POST" {
-            return Reply::text(404, "text/html", "<html>Not Found</html>");
-        }
-        let form = r.form().unwrap_or_default();
-        let ok = form.get("grant_type").map(String::as_str) == Some("client_credentials")
-            && form.get("client_id").map(String::as_str) == Some(CLIENT_ID)
-            && form.get("client_secret").map(String::as_str) == Some("replace-with-your-client-secret")
-            && r.header("authorization").is_none();
-        if !ok {
-            return Reply::oauth_error(401, "unauthorized_client", "Invalid client or Invalid client credentials");
-        }
-        Reply::json(
-            200,
-            json!({"access_token": "eyJhbGciOi.chatlayer", "expires_in": 300, "refresh_expires_in": 0, "token_type": "Bearer",
-                   "not-before-policy": 0, "scope": "offline_access profile public_api email"}),
-        )
-    })
-    .await;
+    let path = vendors::CHATLAYER_PATH;
+    let server = TokenServer::start(vendors::chatlayer()).await;
     let (_dir, file) = example_pointing_at("chatlayer", "https://auth.prod.europe-west1.gc.chatlayer.ai", &server);
     let before = jiff::Timestamp::now();
     let out = fetch_json(&file).await;
@@ -137,19 +96,7 @@ async fn chatlayer_keycloak_form_body_with_credentials_in_the_body() {
 
 #[tokio::test]
 async fn cerkl_http_basic_form_body_and_documented_headers() {
-    let server = TokenServer::start(|r: &Recorded| {
-        let ok = r.path == "/v3/oauth/Token"
-            && r.basic() == Some((CLIENT_ID.into(), "replace-with-your-client-secret".into()))
-            && r.form() == Some([("grant_type".to_owned(), "client_credentials".to_owned())].into())
-            && r.header("accept") == Some("application/json")
-            && r.header("accept-language") == Some("en_US");
-        if ok {
-            Reply::json(200, json!({"access_token": "cerkl-token", "token_type": "bearer", "expires_in": 43200}))
-        } else {
-            Reply::oauth_error(401, "invalid_client", "Client authentication failed")
-        }
-    })
-    .await;
+    let server = TokenServer::start(vendors::cerkl()).await;
     let (_dir, file) = example_pointing_at("cerkl", "https://api.cerkl.com", &server);
     let out = fetch_json(&file).await;
     assert_eq!(out["access_token"], "cerkl-token");
@@ -157,47 +104,9 @@ async fn cerkl_http_basic_form_body_and_documented_headers() {
     assert_eq!(server.requests().len(), 1);
 }
 
-/// Charp: the refresh token each response carries is the only one that works next.
-struct CharpState {
-    current_refresh: String,
-    issued: u32,
-}
-
 #[tokio::test]
 async fn charp_json_token_without_grant_type_then_separate_refresh_endpoint_with_rotation() {
-    let state = Arc::new(Mutex::new(CharpState { current_refresh: String::new(), issued: 0 }));
-    let s = state.clone();
-    let server = TokenServer::start(move |r: &Recorded| {
-        let mut st = s.lock().unwrap();
-        let body = r.json();
-        let issue = |st: &mut CharpState| {
-            st.issued += 1;
-            st.current_refresh = format!("def5020{}", st.issued);
-            Reply::json(
-                200,
-                json!({"access_token": format!("charp-access-{}", st.issued), "token_type": "Bearer",
-                                    "expires_in": 3600, "refresh_token": st.current_refresh}),
-            )
-        };
-        match (r.path.as_str(), body) {
-            ("/auth/token", Some(b))
-                if str_map(&b) == [("client_id", CLIENT_ID), ("client_secret", "replace-with-your-secret-key")] =>
-            {
-                issue(&mut st)
-            }
-            ("/auth/refresh", Some(b))
-                if b.len() == 1
-                    && b.get("refresh_token").and_then(Value::as_str) == Some(st.current_refresh.as_str()) =>
-            {
-                issue(&mut st)
-            }
-            ("/auth/refresh", _) => {
-                Reply::json(401, json!({"error": "invalid_grant", "message": "Invalid refresh token"}))
-            }
-            _ => Reply::json(400, json!({"error": "invalid_request"})),
-        }
-    })
-    .await;
+    let server = TokenServer::start(vendors::charp()).await;
     let (_dir, file) = example_pointing_at("charp", "https://api.charp.ai", &server);
     let out = fetch_json(&file).await;
     assert_eq!(out["access_token"], "charp-access-1");
@@ -227,29 +136,7 @@ async fn charp_json_token_without_grant_type_then_separate_refresh_endpoint_with
 
 #[tokio::test]
 async fn tali_authorization_code_exchange_then_json_refresh_with_string_expires_in() {
-    let redirect = "https://yoursite.example/callback";
-    let server = TokenServer::start(move |r: &Recorded| {
-        let b = r.json().unwrap_or_default();
-        let s = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
-        let client_ok = s("client_id") == CLIENT_ID && s("client_secret") == "replace-with-your-client-secret" && s("redirect_uri") == redirect;
-        if r.path != "/oauth/token" || !client_ok {
-            return Reply::oauth_error(401, "invalid_client", "unknown client");
-        }
-        match (s("grant_type").as_str(), b.len()) {
-            ("authorization_code", 5) if s("code") == "replace-with-the-code-from-the-redirect" => Reply::json(
-                200,
-                json!({"access_token": "MBEehXv6KQcLH39ObZ8F6FVhQsJ2Bcf7XTf64", "refresh_token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9",
-                       "expires_in": "86400", "token_type": "Bearer"}),
-            ),
-            ("refresh_token", 5) if s("refresh_token") == "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9" => Reply::json(
-                200,
-                json!({"access_token": "second-access", "refresh_token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9",
-                       "expires_in": "86400", "token_type": "Bearer"}),
-            ),
-            _ => Reply::oauth_error(400, "invalid_grant", "bad code or refresh token"),
-        }
-    })
-    .await;
+    let server = TokenServer::start(vendors::tali()).await;
     let (_dir, file) = example_pointing_at("tali", "https://api.tali.ai", &server);
     let before = jiff::Timestamp::now();
     let out = fetch_json(&file).await;

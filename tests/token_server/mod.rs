@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod vendors;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
