@@ -476,3 +476,31 @@ async fn events_report_issuance_and_failures_without_secrets() {
     let text = serde_json::to_string(&events).unwrap();
     assert!(!text.contains("csecret") && !text.contains("token-1"), "{text}");
 }
+
+#[tokio::test]
+async fn changing_the_target_type_replaces_the_secret_without_a_token_request() {
+    let api = api_server().await;
+    let issuer = Issuer::start(3600).await;
+    let _c = start(&api, args(&[]));
+    setup("demo", &issuer, &api).await;
+    wait_secret_value(&api, "demo", "access_token", "token-1").await;
+    let template =
+        json!({"auths": {"registry.example": {"auth": "{{ ('x:' ~ access_token) | b64encode }}"}}}).to_string();
+    merge_patch_cc(
+        &api,
+        "demo",
+        json!({"spec": {"target": {"type": "kubernetes.io/dockerconfigjson", "template": {".dockerconfigjson": template}}}}),
+    )
+    .await;
+    api.wait_for(
+        |v| {
+            v.get::<Secret>(Some(NS), "demo").and_then(|s| s.type_).as_deref() == Some("kubernetes.io/dockerconfigjson")
+        },
+        WAIT,
+    )
+    .await
+    .expect("the target was replaced with the new type");
+    let data = secret_data(&api, "demo").unwrap();
+    assert!(data[".dockerconfigjson"].contains("registry.example"));
+    assert_eq!(issuer.requests(), 1);
+}

@@ -162,7 +162,14 @@ pub async fn reconcile(cc: Arc<ClientCredential>, ctx: Arc<Context>) -> Result<A
     {
         match target::desired(&cc, s) {
             Ok(desired) if cached_target.as_deref().is_some_and(|t| target::up_to_date(t, &desired)) => {}
-            Ok(desired) => apply(&secrets, &desired).await?,
+            Ok(desired) => {
+                // A Secret's type is immutable: when spec.target.type changed, replace ours.
+                let old_type = cached_target.as_deref().map(|t| t.type_.clone().unwrap_or_else(|| "Opaque".into()));
+                if old_type.is_some_and(|t| Some(&t) != desired.type_.as_ref()) {
+                    secrets.delete(&target_name, &Default::default()).await?;
+                }
+                apply(&secrets, &desired).await?
+            }
             Err(e) => {
                 failure.get_or_insert(Failure {
                     reason: Reason::InvalidSpec,
