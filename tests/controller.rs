@@ -504,3 +504,25 @@ async fn changing_the_target_type_replaces_the_secret_without_a_token_request() 
     assert!(data[".dockerconfigjson"].contains("registry.example"));
     assert_eq!(issuer.requests(), 1);
 }
+
+#[tokio::test]
+async fn secrets_are_watched_whole_only_when_tokensync_manages_them() {
+    let api = api_server().await;
+    let issuer = Issuer::start(3600).await;
+    let c = start(&api, args(&[]));
+    setup("demo", &issuer, &api).await;
+    wait_condition(&api, "demo", "Ready", ("True", "TokenIssued")).await;
+    assert!(c.metrics.wait_for_reconciles(1, WAIT).await);
+    let reads: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.resource == "secrets" && matches!(r.verb, Verb::List | Verb::Watch))
+        .collect();
+    assert!(reads.iter().any(|r| r.metadata_only), "a metadata-only watch notices source Secret changes");
+    for r in &reads {
+        assert!(
+            r.metadata_only || r.label_selector.as_deref() == Some("app.kubernetes.io/managed-by=tokensync"),
+            "a full Secret list/watch must select tokensync's own Secrets: {r:?}"
+        );
+    }
+}

@@ -39,6 +39,10 @@ pub struct RequestRecord {
     pub code: u16,
     /// Whether the request changed stored state (bumped the resourceVersion).
     pub changed: bool,
+    /// Whether the client asked for PartialObjectMetadata (metadata-only get/list/watch).
+    pub metadata_only: bool,
+    /// The labelSelector query parameter, if any.
+    pub label_selector: Option<String>,
 }
 
 /// A rule that makes matching requests fail. Build with [`Fault::writes`] or [`Fault::verbs`].

@@ -249,6 +249,8 @@ async fn resource(
         patch_type: (method == Method::PATCH).then(|| content_type.clone()),
         code: 200,
         changed: false,
+        metadata_only: output == Output::Metadata,
+        label_selector: query.get("labelSelector").cloned(),
     };
     if verb == Verb::Watch {
         return start_watch(shared, t, query, output, record);
