@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod api;
 pub mod controller;
+pub mod engine_args;
 pub mod fetch;
 pub mod manifest;
 pub mod metrics;
@@ -15,3 +16,4 @@ pub mod oauth;
 pub mod render;
 pub mod schedule;
 pub mod telemetry;
+pub mod token_state;
