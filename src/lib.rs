@@ -6,8 +6,10 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod agent;
 pub mod api;
 pub mod controller;
+pub mod engine_args;
 pub mod fetch;
 pub mod manifest;
 pub mod metrics;
@@ -15,3 +17,4 @@ pub mod oauth;
 pub mod render;
 pub mod schedule;
 pub mod telemetry;
+pub mod token_state;

@@ -43,6 +43,16 @@ enum Command {
     /// errors say whether the server refused (and with which OAuth error) or could not be
     /// reached. Exit code 1: the token request failed; 2: the files or the spec are unusable.
     Fetch(tokensync::fetch::FetchArgs),
+
+    /// Keep tokens fresh in files, without a cluster (laptops, VMs, sidecars).
+    ///
+    /// Reads ClientCredentials and the Secrets they reference from YAML files (secret values
+    /// may also come from files, directories or environment variables), and keeps one token
+    /// per credential in OUT_DIR/<namespace>/<name>/<key>, one file per key like a mounted
+    /// Secret. Renewal, backoff and refresh-token handling are the controller's. SIGHUP or
+    /// a change of the watched files reloads the configuration; SIGTERM/SIGINT stop it.
+    /// Exit code 2: the configuration could not be loaded at start.
+    Agent(tokensync::agent::AgentArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +73,23 @@ fn main() -> ExitCode {
                     tracing::error!(error = %e, "controller stopped");
                     eprintln!("error: {e}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Agent(args) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(tokensync::agent::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "agent stopped");
+                    eprintln!("error: {e}");
+                    ExitCode::from(e.exit_code())
                 }
             }
         }

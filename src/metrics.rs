@@ -2,7 +2,7 @@
 //! the per-credential gauges, which have one series per ClientCredential and are removed
 //! when it is deleted.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -110,6 +110,19 @@ impl Metrics {
         self.token_renewal.remove(&labels);
     }
 
+    /// Counts one token acquisition and records its duration, by result and condition
+    /// reason. Shared by the controller and the agent.
+    pub fn observe_token_request<T>(&self, result: &Result<T, crate::oauth::TokenError>, elapsed: Duration) {
+        let (outcome, reason) = match result {
+            Ok(_) => ("success", "TokenIssued"),
+            Err(e) => ("failure", e.kind.reason()),
+        };
+        self.token_request_duration
+            .get_or_create(&ResultLabels { result: outcome.into() })
+            .observe(elapsed.as_secs_f64());
+        self.token_requests.get_or_create(&RequestLabels { result: outcome.into(), reason: reason.into() }).inc();
+    }
+
     /// Starts measuring a reconcile; the measurement is recorded when the guard is dropped,
     /// so every exit path of a reconcile is measured and counted.
     pub fn reconcile_started(&self) -> ReconcileTimer<'_> {
@@ -122,7 +135,7 @@ impl Metrics {
     }
 
     /// Waits until at least `count` reconciles have completed; false on timeout.
-    pub async fn wait_for_reconciles(&self, count: u64, timeout: std::time::Duration) -> bool {
+    pub async fn wait_for_reconciles(&self, count: u64, timeout: Duration) -> bool {
         let mut rx = self.reconciled.subscribe();
         tokio::time::timeout(timeout, rx.wait_for(|n| *n >= count)).await.is_ok_and(|r| r.is_ok())
     }

@@ -14,7 +14,6 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use clap::Args;
 use futures::{FutureExt, StreamExt};
@@ -29,10 +28,9 @@ use kube::{Client, ResourceExt};
 
 use crate::admin::{self, AdminState};
 use crate::api::ClientCredential;
-use crate::api::duration::parse_duration;
+use crate::engine_args::EngineArgs;
 use crate::metrics::Metrics;
-use crate::oauth::{EndpointPolicy, TokenClient, TransportSettings};
-use crate::schedule::{BackoffPolicy, RenewalPolicy};
+use crate::oauth::TokenClient;
 use context::{Context, Policy};
 
 /// Flags of `tokensync controller`.
@@ -46,49 +44,8 @@ pub struct ControllerArgs {
     #[arg(long, default_value_t = 16)]
     pub concurrency: u16,
 
-    /// Delay after the first failed token request; it doubles with each further failure.
-    #[arg(long, default_value = "5s", value_parser = duration_arg)]
-    pub backoff_min: Duration,
-
-    /// Longest delay between failed token requests (also the delay after a permanent error).
-    #[arg(long, default_value = "5m", value_parser = duration_arg)]
-    pub backoff_max: Duration,
-
-    /// A token is renewed at least this long before it expires (where its lifetime allows),
-    /// so pods reading a mounted Secret, which kubelet refreshes about once a minute, never
-    /// get a token that is about to expire.
-    #[arg(long, default_value = "60s", value_parser = duration_arg)]
-    pub propagation_margin: Duration,
-
-    /// A credential is never renewed sooner than this after its token was issued, however
-    /// short the token's lifetime: a server handing out 1-second tokens is not asked in a
-    /// tight loop.
-    #[arg(long, default_value = "10s", value_parser = duration_arg)]
-    pub min_renewal_interval: Duration,
-
-    /// Permit plain http:// token endpoints. Only for tests and endpoints reached over a
-    /// trusted network.
-    #[arg(long)]
-    pub allow_http: bool,
-
-    /// Token endpoint hosts that may be called (comma-separated; `*.example.com` matches
-    /// subdomains). Default: any host not denied.
-    #[arg(long, value_delimiter = ',', value_name = "HOSTS")]
-    pub allowed_token_hosts: Vec<String>,
-
-    /// Token endpoint hosts that may never be called (comma-separated, wildcards allowed).
-    #[arg(long, value_delimiter = ',', value_name = "HOSTS")]
-    pub denied_token_hosts: Vec<String>,
-
-    /// Allow link-local and cloud metadata addresses (169.254.169.254 and friends) as token
-    /// endpoints. Off by default: a ClientCredential author must not be able to reach the
-    /// node's cloud credentials through the operator.
-    #[arg(long)]
-    pub allow_metadata_addresses: bool,
-
-    /// Timeout of each token, refresh, discovery or verify request.
-    #[arg(long, default_value = "30s", value_parser = duration_arg)]
-    pub request_timeout: Duration,
+    #[command(flatten)]
+    pub engine: EngineArgs,
 
     /// Address of the admin server (/healthz, /readyz, /metrics).
     #[arg(long, default_value = "0.0.0.0:8080")]
@@ -112,33 +69,13 @@ pub struct ControllerArgs {
     pub identity: Option<String>,
 }
 
-fn duration_arg(s: &str) -> Result<Duration, String> {
-    parse_duration(s)
-}
-
 impl ControllerArgs {
     pub fn policy(&self) -> Policy {
-        Policy {
-            renewal: RenewalPolicy {
-                propagation_margin: self.propagation_margin,
-                min_interval: self.min_renewal_interval,
-                ..Default::default()
-            },
-            backoff: BackoffPolicy { initial: self.backoff_min, max: self.backoff_max.max(self.backoff_min) },
-            ..Default::default()
-        }
+        Policy { renewal: self.engine.renewal_policy(), backoff: self.engine.backoff_policy(), ..Default::default() }
     }
 
     pub fn engine(&self) -> TokenClient {
-        TokenClient::new(
-            EndpointPolicy {
-                allow_http: self.allow_http,
-                allowed_hosts: self.allowed_token_hosts.clone(),
-                denied_hosts: self.denied_token_hosts.clone(),
-                deny_metadata_addresses: !self.allow_metadata_addresses,
-            },
-            TransportSettings { request_timeout: self.request_timeout, ..Default::default() },
-        )
+        self.engine.engine()
     }
 }
 

@@ -22,19 +22,18 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
-use secrecy::SecretString;
 
 use super::context::Context;
 use super::labels;
 use super::state::{self, StoredToken};
 use super::status::{self, Facts, Failure, Reason, TokenFacts};
 use super::target::{self, Ownership};
-use crate::api::engine::{self, SourceError};
-use crate::api::validate::validate;
+use crate::api::engine;
 use crate::api::{ClientCredential, ClientCredentialStatus};
-use crate::metrics::{CredentialLabels, RequestLabels, ResultLabels};
-use crate::oauth::{Credentials, TokenError, TokenRequestConfig};
-use crate::schedule::{Decision, Published, RenewalPolicy, RequestReason, ScheduleState, decide};
+use crate::metrics::CredentialLabels;
+use crate::oauth::TokenError;
+use crate::schedule::{Decision, RenewalPolicy, RequestReason, ScheduleState, decide};
+use crate::token_state::{self, FailureRecord, Prepared};
 
 /// Kubernetes API failures; everything else is a condition.
 #[derive(Debug, thiserror::Error)]
@@ -52,14 +51,6 @@ impl Error {
             Error::NoNamespace => "no_namespace",
         }
     }
-}
-
-/// Everything the token request needs, once the spec and the source material are valid.
-struct Prepared {
-    config: TokenRequestConfig,
-    credentials: Credentials,
-    inputs: String,
-    bootstrap: Option<String>,
 }
 
 pub async fn reconcile(cc: Arc<ClientCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -98,7 +89,7 @@ pub async fn reconcile(cc: Arc<ClientCredential>, ctx: Arc<Context>) -> Result<A
 
     let status = cc.status.clone().unwrap_or_default();
     let renew_annotation = cc.annotations().get(labels::RENEW_REQUESTED_AT).cloned();
-    let mut record = FailureRecord::from_status(&status);
+    let mut record = failure_record(&status);
     let mut failure = conflict.clone().or_else(|| prepared.as_ref().err().cloned());
     let mut handled_request = status.handled_renewal_request.clone();
 
@@ -256,79 +247,27 @@ fn conflict_with(secret: &Secret, credential: &str) -> Option<Failure> {
     }
 }
 
-/// Validates the spec and reads the source material. API errors other than NotFound are
-/// returned as errors; everything a user can fix is a Failure.
+/// Reads the source Secrets and validates the spec and the material
+/// ([`token_state::prepare`]). API errors other than NotFound are returned as errors;
+/// everything a user can fix is a Failure.
 async fn prepare(cc: &ClientCredential, secrets: &Api<Secret>) -> Result<Result<Prepared, Failure>, Error> {
-    let invalid = |message: String| Failure { reason: Reason::InvalidSpec, message };
-    if let Err(e) = validate(&cc.spec, &cc.name_any()) {
-        return Ok(Err(invalid(e.to_string())));
-    }
-    if let Some(templates) = &cc.spec.target.template
-        && let Err(e) = crate::render::validate_templates(templates)
-    {
-        return Ok(Err(invalid(format!("spec.target.template: {e}"))));
-    }
-    let mut config = match engine::token_request_config(&cc.spec) {
-        Ok(c) => c,
-        Err(e) => return Ok(Err(invalid(e))),
-    };
     let mut data: BTreeMap<String, engine::SecretData> = BTreeMap::new();
     for name in engine::referenced_secrets(&cc.spec) {
-        match secrets.get_opt(&name).await? {
-            Some(s) => {
-                data.insert(name, s.data.unwrap_or_default());
-            }
-            None => {
-                let e = SourceError::NotFound(name);
-                return Ok(Err(Failure { reason: Reason::SourceSecretNotFound, message: e.to_string() }));
-            }
+        if let Some(s) = secrets.get_opt(&name).await? {
+            data.insert(name, s.data.unwrap_or_default());
         }
     }
-    let source = |e: SourceError| Failure { reason: Reason::from_reason_str(e.reason()), message: e.to_string() };
-    let credentials = match engine::credentials(&cc.spec, &data[&cc.spec.credentials_ref.name]) {
-        Ok(c) => c,
-        Err(e) => return Ok(Err(source(e))),
-    };
-    config.tls = match engine::tls_material(&cc.spec, |n| data.get(n)) {
-        Ok(t) => t,
-        Err(e) => return Ok(Err(source(e))),
-    };
-    let inputs = state::inputs_fingerprint(&cc.spec, &credentials, &config.tls);
-    let bootstrap = state::bootstrap_fingerprint(&credentials);
-    Ok(Ok(Prepared { config, credentials, inputs, bootstrap }))
+    Ok(token_state::prepare(&cc.spec, &cc.name_any(), &data)
+        .map_err(|p| Failure { reason: Reason::from_reason_str(p.reason), message: p.message }))
 }
 
-/// Consecutive failed token requests, as persisted in status.
-#[derive(Debug, Clone, Default)]
-struct FailureRecord {
-    attempts: u32,
-    last_failure: Option<Timestamp>,
-    retry_after: Option<Duration>,
-    inputs: Option<String>,
-}
-
-impl FailureRecord {
-    fn from_status(s: &ClientCredentialStatus) -> Self {
-        FailureRecord {
-            attempts: s.failed_attempts.unwrap_or(0).max(0) as u32,
-            last_failure: s.last_failure_time.as_ref().map(|t| t.0),
-            retry_after: s.retry_after_seconds.map(|s| Duration::from_secs(s.max(0) as u64)),
-            inputs: s.failed_inputs.clone(),
-        }
-    }
-
-    /// The record after one more failure. Failures made with other inputs start over.
-    fn failed(self, now: Timestamp, e: &TokenError, inputs: &str, max_backoff: Duration) -> Self {
-        let same_inputs = self.inputs.as_deref() == Some(inputs);
-        let attempts = if same_inputs { self.attempts.saturating_add(1) } else { 1 };
-        // A permanent error (wrong credentials, rejected request) will not succeed sooner
-        // by asking more often: wait the maximum backoff at once.
-        let floor = if e.permanent { Some(max_backoff) } else { None };
-        let retry_after = match (e.retry_after, floor) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
-        FailureRecord { attempts, last_failure: Some(now), retry_after, inputs: Some(inputs.to_owned()) }
+/// The failure record as persisted in status.
+fn failure_record(s: &ClientCredentialStatus) -> FailureRecord {
+    FailureRecord {
+        attempts: s.failed_attempts.unwrap_or(0).max(0) as u32,
+        last_failure: s.last_failure_time.as_ref().map(|t| t.0),
+        retry_after: s.retry_after_seconds.map(|s| Duration::from_secs(s.max(0) as u64)),
+        inputs: s.failed_inputs.clone(),
     }
 }
 
@@ -344,18 +283,7 @@ fn schedule_state(
     let renewal_requested = renew_annotation.is_some_and(|value| {
         Some(value) != handled && Some(value) != stored.and_then(|s| s.renewal_request.as_deref())
     });
-    let bootstrap_changed = prep.bootstrap.is_some() && stored.is_some_and(|s| s.bootstrap != prep.bootstrap);
-    ScheduleState {
-        now,
-        published: stored.map(|s| Published { issued_at: s.issued_at, expires_at: s.expires_at }),
-        inputs_changed: stored.is_some_and(|s| s.inputs != prep.inputs) || bootstrap_changed,
-        renewal_requested,
-        suspended: cc.spec.suspend,
-        failed_attempts: record.attempts,
-        last_failure: record.last_failure,
-        retry_after: record.retry_after,
-        inputs_changed_since_failure: record.attempts > 0 && record.inputs.as_deref() != Some(prep.inputs.as_str()),
-    }
+    token_state::schedule_state(now, stored, prep, record, cc.spec.suspend, renewal_requested)
 }
 
 /// Requests one token. Returns the new state, and whether a bootstrap refresh token from
@@ -367,26 +295,11 @@ async fn acquire(
     stored: Option<&StoredToken>,
     renewal_request: Option<String>,
 ) -> Result<(StoredToken, bool), TokenError> {
-    // The refresh token tokensync holds, unless the bootstrap value in the source Secret
-    // changed (a user starting a new chain) or there is none yet.
-    let same_chain = stored.is_some_and(|s| s.bootstrap == prep.bootstrap);
-    let held: Option<&SecretString> = stored.filter(|_| same_chain).and_then(|s| s.refresh_token.as_ref());
+    let held = token_state::held_refresh_token(stored, prep);
     let started = std::time::Instant::now();
     let result = ctx.engine.acquire(&prep.config, &prep.credentials, held).await;
-    let (outcome, reason) = match &result {
-        Ok(_) => ("success", "TokenIssued"),
-        Err(e) => ("failure", e.kind.reason()),
-    };
-    ctx.metrics
-        .token_request_duration
-        .get_or_create(&ResultLabels { result: outcome.into() })
-        .observe(started.elapsed().as_secs_f64());
-    ctx.metrics.token_requests.get_or_create(&RequestLabels { result: outcome.into(), reason: reason.into() }).inc();
+    ctx.metrics.observe_token_request(&result, started.elapsed());
     let acquired = result?;
-    let used = held.or(prep.credentials.refresh_token.as_ref());
-    let rotated_bootstrap =
-        held.is_none() && prep.credentials.refresh_token.is_some() && acquired.refresh_token_rotated(used);
-    let refresh_token = acquired.refresh_token_to_keep(used).cloned();
     tracing::info!(
         namespace = cc.namespace().unwrap_or_default(),
         name = cc.name_any(),
@@ -394,21 +307,7 @@ async fn acquire(
         expires_at = %acquired.token.expires_at,
         "token issued"
     );
-    let token = acquired.token;
-    Ok((
-        StoredToken {
-            access_token: token.access_token,
-            token_type: token.token_type,
-            scope: token.scope,
-            issued_at: token.issued_at,
-            expires_at: token.expires_at,
-            refresh_token,
-            inputs: prep.inputs.clone(),
-            bootstrap: prep.bootstrap.clone(),
-            renewal_request,
-        },
-        rotated_bootstrap,
-    ))
+    Ok(token_state::issued(acquired, held, prep, renewal_request))
 }
 
 fn describe(reason: RequestReason) -> &'static str {

@@ -5,6 +5,9 @@
 //! it is deleted, edited or its template changes), the refresh token tokensync holds, and
 //! fingerprints of the inputs the token was made from. It is written BEFORE the target
 //! Secret, so a crash between the two writes never loses a rotated refresh token.
+//!
+//! What is stored ([`StoredToken`]) and the fingerprints are shared with the agent and live
+//! in the Kubernetes-free [`crate::token_state`]; this module maps them onto a Secret.
 
 use std::collections::BTreeMap;
 
@@ -14,37 +17,11 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use super::labels;
-use crate::api::{ClientCredential, ClientCredentialSpec};
-use crate::oauth::Credentials;
-use crate::oauth::config::TlsMaterial;
+use crate::api::ClientCredential;
 
-/// The published token and what it was made from.
-#[derive(Debug, Clone)]
-pub struct StoredToken {
-    pub access_token: SecretString,
-    pub token_type: String,
-    pub scope: Option<String>,
-    pub issued_at: Timestamp,
-    pub expires_at: Timestamp,
-    pub refresh_token: Option<SecretString>,
-    /// Fingerprint of the spec and source material ([`inputs_fingerprint`]).
-    pub inputs: String,
-    /// Fingerprint of the bootstrap refresh token or authorization code that started the
-    /// current refresh chain; a new value in the source Secret starts a new chain.
-    pub bootstrap: Option<String>,
-    /// The renew-requested-at value this token answered, if it was a manual renewal.
-    pub renewal_request: Option<String>,
-}
-
-impl StoredToken {
-    pub fn is_valid_at(&self, now: Timestamp) -> bool {
-        self.expires_at > now
-    }
-}
+pub use crate::token_state::{StoredToken, bootstrap_fingerprint, inputs_fingerprint, seconds};
 
 /// Reads a state Secret; None when it is missing or unreadable (a hand-edited state Secret
 /// is treated as no state: the next reconcile requests a token and rewrites it).
@@ -110,53 +87,10 @@ pub fn desired(cc: &ClientCredential, stored: &StoredToken) -> Secret {
     }
 }
 
-/// RFC 3339 with whole seconds, as Kubernetes stores times.
-pub fn seconds(t: Timestamp) -> String {
-    Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()
-}
-
-/// A fingerprint of everything that determines which token the server issues: the spec
-/// minus the fields that only affect where and when it is published, plus the credential
-/// material and TLS material actually used. A change to any of them means the published
-/// token no longer reflects the configuration, so a new one is requested.
-pub fn inputs_fingerprint(spec: &ClientCredentialSpec, credentials: &Credentials, tls: &TlsMaterial) -> String {
-    let mut relevant = serde_json::to_value(spec).unwrap_or_default();
-    if let Some(map) = relevant.as_object_mut() {
-        for field in ["target", "renewBefore", "renewBeforePercentage", "suspend"] {
-            map.remove(field);
-        }
-    }
-    let secret = |s: &Option<SecretString>| s.as_ref().map(|v| v.expose_secret().to_owned());
-    let material = json!({
-        "spec": relevant,
-        "client_id": credentials.client_id,
-        "client_secret": secret(&credentials.client_secret),
-        "private_key": secret(&credentials.private_key),
-        "ca": tls.ca_bundle_pem.as_ref().map(hex::encode),
-        "client_cert": tls.client_identity.as_ref().map(|i| (hex::encode(&i.certificate_pem), i.private_key_pem.expose_secret().to_owned())),
-    });
-    fingerprint(material.to_string().as_bytes())
-}
-
-/// A fingerprint of the bootstrap material (refresh token or authorization code) in the
-/// source Secret. Kept apart from the inputs: using a bootstrap value once must not make
-/// every later refresh look like a configuration change.
-pub fn bootstrap_fingerprint(credentials: &Credentials) -> Option<String> {
-    let value = credentials.refresh_token.as_ref().or(credentials.authorization_code.as_ref())?;
-    Some(fingerprint(value.expose_secret().as_bytes()))
-}
-
-/// A salted, truncated SHA-256: enough to detect change, useless to recover a secret from
-/// (the inputs hold high-entropy secrets, and the salt defeats precomputed tables).
-fn fingerprint(bytes: &[u8]) -> String {
-    let mut h = Sha256::new();
-    h.update(b"tokensync-inputs-v1\0");
-    h.update(bytes);
-    hex::encode(&h.finalize()[..16])
-}
-
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn cc() -> ClientCredential {
@@ -192,22 +126,5 @@ mod tests {
         assert_eq!(back.refresh_token.unwrap().expose_secret(), "rt");
         assert_eq!(back.issued_at.as_second(), stored().issued_at.as_second());
         assert_eq!((back.inputs.as_str(), back.renewal_request.as_deref()), ("abc", Some("now")));
-    }
-
-    #[test]
-    fn fingerprint_ignores_publishing_fields_but_not_credentials() {
-        let creds =
-            Credentials { client_id: "c".into(), client_secret: Some("s".to_owned().into()), ..Default::default() };
-        let tls = TlsMaterial::default();
-        let mut spec = cc().spec;
-        let base = inputs_fingerprint(&spec, &creds, &tls);
-        spec.target.name = Some("other".into());
-        spec.suspend = true;
-        assert_eq!(inputs_fingerprint(&spec, &creds, &tls), base);
-        spec.scopes = vec!["write".into()];
-        assert_ne!(inputs_fingerprint(&spec, &creds, &tls), base);
-        let rotated = Credentials { client_secret: Some("s2".to_owned().into()), ..creds.clone() };
-        assert_ne!(inputs_fingerprint(&cc().spec, &rotated, &tls), base);
-        assert!(!base.contains('s') || base.len() == 32);
     }
 }

@@ -7,12 +7,11 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
-use secrecy::ExposeSecret;
 
 use super::labels;
 use super::state::{StoredToken, seconds};
 use crate::api::{ClientCredential, DeletionPolicy};
-use crate::render::{self, RenderError, TokenView};
+use crate::render::RenderError;
 
 /// The target Secret's name: spec.target.name, or the ClientCredential's own name.
 pub fn name(cc: &ClientCredential) -> String {
@@ -47,14 +46,7 @@ pub fn ownership(secret: &Secret, credential: &str) -> Ownership {
 /// The target Secret for `stored`, as tokensync applies it.
 pub fn desired(cc: &ClientCredential, stored: &StoredToken) -> Result<Secret, RenderError> {
     let target = &cc.spec.target;
-    let view = TokenView {
-        access_token: stored.access_token.expose_secret(),
-        token_type: &stored.token_type,
-        expires_at: stored.expires_at,
-        issued_at: stored.issued_at,
-        scope: stored.scope.as_deref(),
-    };
-    let data = render::render(target.template.as_ref(), &view)?;
+    let data = crate::token_state::render_target(target.template.as_ref(), stored)?;
     let credential = cc.metadata.name.clone().unwrap_or_default();
     let mut labels_map = target.labels.clone();
     labels_map.insert(labels::MANAGED_BY.into(), labels::MANAGED_BY_VALUE.into());

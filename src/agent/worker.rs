@@ -1,0 +1,271 @@
+//! One task per credential: the controller's reconcile pipeline with files instead of
+//! Secrets. Each pass: decide ([`crate::schedule::decide`]) -> acquire (at most one token
+//! request) -> state file -> token files. Then sleep until the next decision point, a new
+//! configuration, or shutdown. A pass in progress is never interrupted, so a rotated
+//! refresh token the server has already handed out is always persisted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+
+use super::files::{self, Layout};
+use super::sources::LoadedCredential;
+use super::state_file::{self, AgentState};
+use crate::controller::labels::RENEW_REQUESTED_AT;
+use crate::metrics::{CredentialLabels, Metrics};
+use crate::oauth::TokenClient;
+use crate::schedule::{BackoffPolicy, Decision, RenewalPolicy, RequestReason, decide};
+use crate::token_state::{self, StoredToken};
+
+/// How soon a failed state or token file write is retried.
+const WRITE_RETRY: Duration = Duration::from_secs(5);
+
+/// Counters of what the agent did, observable as a stream (tests wait on it instead of
+/// sleeping; the same numbers are in /metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Completed passes over a credential.
+    pub passes: u64,
+    /// Tokens issued and persisted.
+    pub issued: u64,
+    /// Failed token requests.
+    pub failures: u64,
+    /// Configuration loads that succeeded (the initial one included).
+    pub reloads: u64,
+    /// Configuration loads that failed (the previous configuration was kept).
+    pub reload_failures: u64,
+}
+
+/// What every worker shares.
+pub struct Shared {
+    pub engine: TokenClient,
+    pub renewal: RenewalPolicy,
+    pub backoff: BackoffPolicy,
+    pub metrics: Arc<Metrics>,
+    pub out_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub progress: tokio::sync::watch::Sender<Progress>,
+    /// Per credential: whether a valid token is on disk.
+    pub health: Mutex<HashMap<String, bool>>,
+    /// True once the configuration loaded and every credential has a valid token on disk.
+    pub ready: Arc<AtomicBool>,
+}
+
+impl Shared {
+    pub fn set_health(&self, id: &str, healthy: Option<bool>) {
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        match healthy {
+            Some(h) => health.insert(id.to_owned(), h),
+            None => health.remove(id),
+        };
+        self.ready.store(!health.is_empty() && health.values().all(|h| *h), Ordering::Release);
+    }
+}
+
+/// Runs one credential until its configuration sender is dropped (removed from the
+/// configuration) or `stop` turns true (shutdown).
+pub async fn run(
+    shared: Arc<Shared>,
+    mut config: tokio::sync::watch::Receiver<Arc<LoadedCredential>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let first = config.borrow_and_update().clone();
+    let layout = Layout::new(&shared.out_dir, &shared.state_dir, &first.namespace, &first.name);
+    let id = first.id();
+    let mut worker = Worker {
+        shared: shared.clone(),
+        layout: layout.clone(),
+        state: state_file::read(&layout.state_file),
+        dirty: false,
+    };
+    loop {
+        let cred = config.borrow_and_update().clone();
+        let wake = worker.pass(&cred).await;
+        let millis = (wake.as_millisecond() - Timestamp::now().as_millisecond()).clamp(0, 86_400_000);
+        let delay = Duration::from_millis(millis as u64);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            changed = config.changed() => if changed.is_err() { break },
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    shared.set_health(&id, None);
+    shared.metrics.forget_credential(&first.namespace, &first.name);
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    layout: Layout,
+    /// The state as last written (or to be written, when `dirty`).
+    state: AgentState,
+    /// The last state write failed; publishing waits until it succeeds.
+    dirty: bool,
+}
+
+impl Worker {
+    /// One pass; returns when to run the next one.
+    async fn pass(&mut self, cred: &LoadedCredential) -> Timestamp {
+        let metrics = self.shared.metrics.clone();
+        let _timer = metrics.reconcile_started();
+        let (ns, name) = (cred.namespace.as_str(), cred.name.as_str());
+        let spec = &cred.cc.spec;
+        let jitter_key = cred.id();
+        let renewal = RenewalPolicy {
+            renew_before: spec.renew_before.as_ref().and_then(|d| d.parse().ok()),
+            renew_before_percentage: spec.renew_before_percentage.and_then(|p| u8::try_from(p).ok()),
+            ..self.shared.renewal.clone()
+        };
+        let annotation = cred.cc.metadata.annotations.as_ref().and_then(|a| a.get(RENEW_REQUESTED_AT)).cloned();
+        let now = Timestamp::now();
+
+        // decide, acquire
+        match &cred.prepared {
+            Err(problem) => {
+                tracing::warn!(namespace = ns, name, reason = problem.reason, message = %problem.message, "cannot request a token");
+            }
+            Ok(prep) if !self.dirty => {
+                let requested = annotation.as_deref().is_some_and(|v| {
+                    Some(v) != self.state.handled_renewal_request.as_deref()
+                        && Some(v) != self.state.token.as_ref().and_then(|t| t.renewal_request.as_deref())
+                });
+                let schedule = token_state::schedule_state(
+                    now,
+                    self.state.token.as_ref(),
+                    prep,
+                    &self.state.failures,
+                    spec.suspend,
+                    requested,
+                );
+                if let Decision::RequestNow(reason) = decide(&schedule, &renewal, &self.shared.backoff, &jitter_key) {
+                    let manual = reason == RequestReason::ManualRenewal;
+                    if manual {
+                        self.state.handled_renewal_request = annotation.clone();
+                    }
+                    let held = token_state::held_refresh_token(self.state.token.as_ref(), prep);
+                    let started = Instant::now();
+                    let result = self.shared.engine.acquire(&prep.config, &prep.credentials, held).await;
+                    self.shared.metrics.observe_token_request(&result, started.elapsed());
+                    match result {
+                        Ok(acquired) => {
+                            let flow = acquired.flow;
+                            let renewal_request = if manual { annotation.clone() } else { None };
+                            let (stored, rotated) = token_state::issued(acquired, held, prep, renewal_request);
+                            tracing::info!(namespace = ns, name, ?flow, reason = describe(reason), expires_at = %stored.expires_at, "token issued");
+                            if rotated {
+                                tracing::info!(
+                                    namespace = ns,
+                                    name,
+                                    "the bootstrap refresh token was exchanged; the agent now keeps the rotated refresh token in its state file"
+                                );
+                            }
+                            self.state.token = Some(stored);
+                            self.state.failures = Default::default();
+                            self.shared.progress.send_modify(|p| p.issued += 1);
+                        }
+                        Err(e) => {
+                            self.state.failures = std::mem::take(&mut self.state.failures).failed(
+                                now,
+                                &e,
+                                &prep.inputs,
+                                self.shared.backoff.max,
+                            );
+                            tracing::warn!(namespace = ns, name, reason = e.kind.reason(), attempts = self.state.failures.attempts, error = %e, "token request failed");
+                            self.shared.progress.send_modify(|p| p.failures += 1);
+                        }
+                    }
+                    // The state first: it may hold a rotated refresh token that exists
+                    // nowhere else.
+                    self.dirty = true;
+                }
+            }
+            Ok(_) => {}
+        }
+        if self.dirty {
+            match state_file::write(&self.layout.state_file, &self.state) {
+                Ok(()) => self.dirty = false,
+                Err(e) => {
+                    tracing::error!(namespace = ns, name, path = %self.layout.state_file.display(), error = %e, "cannot write the state file; retrying before publishing");
+                }
+            }
+        }
+
+        // publish the token files from the stored token: also restores deleted or edited
+        // files without a token request. A failure never removes a valid token.
+        let now = Timestamp::now();
+        let mut healthy = false;
+        let mut retry_soon = self.dirty;
+        if let Some(stored) = self.state.token.clone().filter(|t| t.is_valid_at(now) && !self.dirty) {
+            match self.publish(spec.target.template.as_ref(), &stored) {
+                Ok(()) => healthy = true,
+                Err(e) => {
+                    tracing::error!(namespace = ns, name, dir = %self.layout.token_dir.display(), error = %e, "cannot write the token files");
+                    retry_soon = true;
+                }
+            }
+        } else if self.state.token.as_ref().is_some_and(|t| !t.is_valid_at(now)) {
+            tracing::warn!(namespace = ns, name, "the token on disk has expired");
+        }
+        self.shared.set_health(&cred.id(), Some(healthy));
+
+        // when to look again
+        let next = cred.prepared.as_ref().ok().map(|prep| {
+            let schedule = token_state::schedule_state(
+                now,
+                self.state.token.as_ref(),
+                prep,
+                &self.state.failures,
+                spec.suspend,
+                false,
+            );
+            decide(&schedule, &renewal, &self.shared.backoff, &jitter_key)
+        });
+        let renew_at = next.as_ref().and_then(Decision::requeue_at).filter(|_| !spec.suspend);
+        self.record_gauges(ns, name, renew_at);
+        let mut wake = vec![now + Duration::from_secs(86_400)];
+        wake.extend(next.as_ref().and_then(Decision::requeue_at));
+        wake.extend(self.state.token.as_ref().map(|t| t.expires_at).filter(|e| *e > now));
+        if retry_soon {
+            wake.push(now + WRITE_RETRY);
+        }
+        self.shared.progress.send_modify(|p| p.passes += 1);
+        // Never sooner than a second from now: no tight loop, whatever the inputs.
+        wake.into_iter().min().unwrap_or(now).max(now + Duration::from_secs(1))
+    }
+
+    /// Writes the token files; records the published keys in the state file.
+    fn publish(&mut self, templates: Option<&BTreeMap<String, String>>, stored: &StoredToken) -> std::io::Result<()> {
+        let data = token_state::render_target(templates, stored).map_err(std::io::Error::other)?;
+        files::publish(&self.layout.token_dir, &data, &self.state.published_keys)?;
+        let keys: Vec<String> = data.into_keys().collect();
+        if keys != self.state.published_keys {
+            self.state.published_keys = keys;
+            state_file::write(&self.layout.state_file, &self.state)?;
+        }
+        Ok(())
+    }
+
+    fn record_gauges(&self, namespace: &str, name: &str, renew_at: Option<Timestamp>) {
+        let labels = CredentialLabels { namespace: namespace.into(), name: name.into() };
+        if let Some(t) = &self.state.token {
+            self.shared.metrics.token_expiry.get_or_create(&labels).set(t.expires_at.as_second());
+        }
+        if let Some(r) = renew_at {
+            self.shared.metrics.token_renewal.get_or_create(&labels).set(r.as_second());
+        }
+    }
+}
+
+fn describe(reason: RequestReason) -> &'static str {
+    match reason {
+        RequestReason::NoToken => "first token",
+        RequestReason::InputsChanged => "the spec or the source material changed",
+        RequestReason::ManualRenewal => "renewal requested with the tokensync.io/renew-requested-at annotation",
+        RequestReason::RenewalDue => "scheduled renewal",
+        RequestReason::Expired => "the token on disk had expired",
+        RequestReason::Retry => "retry after a failure",
+    }
+}

@@ -1,0 +1,294 @@
+//! What tokensync remembers about a credential's token and its failed attempts, and the
+//! steps of one renewal that do not depend on where that memory is kept: the controller
+//! keeps it in a state Secret and the ClientCredential's status, `tokensync agent` in a
+//! state file. Both run exactly these functions, so they prepare the same requests, decide
+//! the same schedule ([`crate::schedule::decide`]), back off the same way and keep the same
+//! refresh-token chain. No Kubernetes API here.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::api::ClientCredentialSpec;
+use crate::api::engine::{self, SecretData, SourceError};
+use crate::api::validate::validate;
+use crate::oauth::config::TlsMaterial;
+use crate::oauth::{Acquired, Credentials, TokenError, TokenRequestConfig};
+use crate::render::{RenderError, TokenView};
+use crate::schedule::{Published, ScheduleState};
+
+/// The published token and what it was made from.
+#[derive(Debug, Clone)]
+pub struct StoredToken {
+    pub access_token: SecretString,
+    pub token_type: String,
+    pub scope: Option<String>,
+    pub issued_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub refresh_token: Option<SecretString>,
+    /// Fingerprint of the spec and source material ([`inputs_fingerprint`]).
+    pub inputs: String,
+    /// Fingerprint of the bootstrap refresh token or authorization code that started the
+    /// current refresh chain; a new value in the source Secret starts a new chain.
+    pub bootstrap: Option<String>,
+    /// The renew-requested-at value this token answered, if it was a manual renewal.
+    pub renewal_request: Option<String>,
+}
+
+impl StoredToken {
+    pub fn is_valid_at(&self, now: Timestamp) -> bool {
+        self.expires_at > now
+    }
+}
+
+/// The target data (Secret keys or files) for `stored`: the default keys, or the
+/// templates rendered ([`crate::render::render`]).
+pub fn render_target(
+    templates: Option<&BTreeMap<String, String>>,
+    stored: &StoredToken,
+) -> Result<BTreeMap<String, Vec<u8>>, RenderError> {
+    let view = TokenView {
+        access_token: stored.access_token.expose_secret(),
+        token_type: &stored.token_type,
+        expires_at: stored.expires_at,
+        issued_at: stored.issued_at,
+        scope: stored.scope.as_deref(),
+    };
+    crate::render::render(templates, &view)
+}
+
+/// RFC 3339 with whole seconds, as Kubernetes stores times.
+pub fn seconds(t: Timestamp) -> String {
+    Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()
+}
+
+/// Everything the token request needs, once the spec and the source material are valid.
+pub struct Prepared {
+    pub config: TokenRequestConfig,
+    pub credentials: Credentials,
+    /// [`inputs_fingerprint`] of the spec and the material.
+    pub inputs: String,
+    /// [`bootstrap_fingerprint`] of the material.
+    pub bootstrap: Option<String>,
+}
+
+/// Why a credential cannot be prepared: a condition reason (`InvalidSpec`,
+/// `SourceSecretNotFound`, `SourceSecretInvalid`) and a message without secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Validates a spec and its templates and builds the request from the source Secrets'
+/// data (`secrets`: the referenced Secrets that exist, by name).
+pub fn prepare(
+    spec: &ClientCredentialSpec,
+    name: &str,
+    secrets: &BTreeMap<String, SecretData>,
+) -> Result<Prepared, Problem> {
+    let invalid = |message: String| Problem { reason: "InvalidSpec", message };
+    validate(spec, name).map_err(|e| invalid(e.to_string()))?;
+    if let Some(templates) = &spec.target.template {
+        crate::render::validate_templates(templates).map_err(|e| invalid(format!("spec.target.template: {e}")))?;
+    }
+    let mut config = engine::token_request_config(spec).map_err(invalid)?;
+    let source = |e: SourceError| Problem { reason: e.reason(), message: e.to_string() };
+    if let Some(missing) = engine::referenced_secrets(spec).into_iter().find(|n| !secrets.contains_key(n)) {
+        return Err(source(SourceError::NotFound(missing)));
+    }
+    let credentials = engine::credentials(spec, &secrets[&spec.credentials_ref.name]).map_err(source)?;
+    config.tls = engine::tls_material(spec, |n| secrets.get(n)).map_err(source)?;
+    let inputs = inputs_fingerprint(spec, &credentials, &config.tls);
+    let bootstrap = bootstrap_fingerprint(&credentials);
+    Ok(Prepared { config, credentials, inputs, bootstrap })
+}
+
+/// Consecutive failed token requests since the last success.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FailureRecord {
+    pub attempts: u32,
+    pub last_failure: Option<Timestamp>,
+    pub retry_after: Option<Duration>,
+    /// The inputs fingerprint the failures were made with.
+    pub inputs: Option<String>,
+}
+
+impl FailureRecord {
+    /// The record after one more failure. Failures made with other inputs start over.
+    pub fn failed(self, now: Timestamp, e: &TokenError, inputs: &str, max_backoff: Duration) -> Self {
+        let same_inputs = self.inputs.as_deref() == Some(inputs);
+        let attempts = if same_inputs { self.attempts.saturating_add(1) } else { 1 };
+        // A permanent error (wrong credentials, rejected request) will not succeed sooner
+        // by asking more often: wait the maximum backoff at once.
+        let floor = if e.permanent { Some(max_backoff) } else { None };
+        let retry_after = match (e.retry_after, floor) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        FailureRecord { attempts, last_failure: Some(now), retry_after, inputs: Some(inputs.to_owned()) }
+    }
+}
+
+/// The input of [`crate::schedule::decide`] for a credential: what is published, whether it
+/// still reflects the inputs, and the failures pending.
+pub fn schedule_state(
+    now: Timestamp,
+    stored: Option<&StoredToken>,
+    prep: &Prepared,
+    record: &FailureRecord,
+    suspended: bool,
+    renewal_requested: bool,
+) -> ScheduleState {
+    let bootstrap_changed = prep.bootstrap.is_some() && stored.is_some_and(|s| s.bootstrap != prep.bootstrap);
+    ScheduleState {
+        now,
+        published: stored.map(|s| Published { issued_at: s.issued_at, expires_at: s.expires_at }),
+        inputs_changed: stored.is_some_and(|s| s.inputs != prep.inputs) || bootstrap_changed,
+        renewal_requested,
+        suspended,
+        failed_attempts: record.attempts,
+        last_failure: record.last_failure,
+        retry_after: record.retry_after,
+        inputs_changed_since_failure: record.attempts > 0 && record.inputs.as_deref() != Some(prep.inputs.as_str()),
+    }
+}
+
+/// The refresh token tokensync holds for the next request, unless the bootstrap value in
+/// the source material changed (a user starting a new chain) or there is none yet.
+pub fn held_refresh_token<'a>(stored: Option<&'a StoredToken>, prep: &Prepared) -> Option<&'a SecretString> {
+    stored.filter(|s| s.bootstrap == prep.bootstrap).and_then(|s| s.refresh_token.as_ref())
+}
+
+/// The state to persist after a successful acquisition made with `held` (from
+/// [`held_refresh_token`]), and whether a bootstrap refresh token from the source material
+/// was consumed and replaced by a rotated one.
+pub fn issued(
+    acquired: Acquired,
+    held: Option<&SecretString>,
+    prep: &Prepared,
+    renewal_request: Option<String>,
+) -> (StoredToken, bool) {
+    let used = held.or(prep.credentials.refresh_token.as_ref());
+    let rotated_bootstrap =
+        held.is_none() && prep.credentials.refresh_token.is_some() && acquired.refresh_token_rotated(used);
+    let refresh_token = acquired.refresh_token_to_keep(used).cloned();
+    let token = acquired.token;
+    let stored = StoredToken {
+        access_token: token.access_token,
+        token_type: token.token_type,
+        scope: token.scope,
+        issued_at: token.issued_at,
+        expires_at: token.expires_at,
+        refresh_token,
+        inputs: prep.inputs.clone(),
+        bootstrap: prep.bootstrap.clone(),
+        renewal_request,
+    };
+    (stored, rotated_bootstrap)
+}
+
+/// A fingerprint of everything that determines which token the server issues: the spec
+/// minus the fields that only affect where and when it is published, plus the credential
+/// material and TLS material actually used. A change to any of them means the published
+/// token no longer reflects the configuration, so a new one is requested.
+pub fn inputs_fingerprint(spec: &ClientCredentialSpec, credentials: &Credentials, tls: &TlsMaterial) -> String {
+    let mut relevant = serde_json::to_value(spec).unwrap_or_default();
+    if let Some(map) = relevant.as_object_mut() {
+        for field in ["target", "renewBefore", "renewBeforePercentage", "suspend"] {
+            map.remove(field);
+        }
+    }
+    let secret = |s: &Option<SecretString>| s.as_ref().map(|v| v.expose_secret().to_owned());
+    let material = json!({
+        "spec": relevant,
+        "client_id": credentials.client_id,
+        "client_secret": secret(&credentials.client_secret),
+        "private_key": secret(&credentials.private_key),
+        "ca": tls.ca_bundle_pem.as_ref().map(hex::encode),
+        "client_cert": tls.client_identity.as_ref().map(|i| (hex::encode(&i.certificate_pem), i.private_key_pem.expose_secret().to_owned())),
+    });
+    fingerprint(material.to_string().as_bytes())
+}
+
+/// A fingerprint of the bootstrap material (refresh token or authorization code) in the
+/// source Secret. Kept apart from the inputs: using a bootstrap value once must not make
+/// every later refresh look like a configuration change.
+pub fn bootstrap_fingerprint(credentials: &Credentials) -> Option<String> {
+    let value = credentials.refresh_token.as_ref().or(credentials.authorization_code.as_ref())?;
+    Some(fingerprint(value.expose_secret().as_bytes()))
+}
+
+/// A salted, truncated SHA-256: enough to detect change, useless to recover a secret from
+/// (the inputs hold high-entropy secrets, and the salt defeats precomputed tables).
+fn fingerprint(bytes: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"tokensync-inputs-v1\0");
+    h.update(bytes);
+    hex::encode(&h.finalize()[..16])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oauth::ErrorKind;
+
+    fn spec() -> ClientCredentialSpec {
+        serde_json::from_value(
+            json!({"tokenEndpoint": "https://auth.example/token", "credentialsRef": {"name": "demo-client"}}),
+        )
+        .unwrap()
+    }
+
+    fn data(pairs: &[(&str, &str)]) -> SecretData {
+        pairs.iter().map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.as_bytes().to_vec()))).collect()
+    }
+
+    #[test]
+    fn fingerprint_ignores_publishing_fields_but_not_credentials() {
+        let creds =
+            Credentials { client_id: "c".into(), client_secret: Some("s".to_owned().into()), ..Default::default() };
+        let tls = TlsMaterial::default();
+        let mut spec = spec();
+        let base = inputs_fingerprint(&spec, &creds, &tls);
+        spec.target.name = Some("other".into());
+        spec.suspend = true;
+        assert_eq!(inputs_fingerprint(&spec, &creds, &tls), base);
+        spec.scopes = vec!["write".into()];
+        assert_ne!(inputs_fingerprint(&spec, &creds, &tls), base);
+        let rotated = Credentials { client_secret: Some("s2".to_owned().into()), ..creds.clone() };
+        assert_ne!(inputs_fingerprint(&self::spec(), &rotated, &tls), base);
+        assert!(!base.contains('s') || base.len() == 32);
+    }
+
+    #[test]
+    fn prepare_reports_missing_secrets_and_keys_by_reason() {
+        let none = BTreeMap::new();
+        assert_eq!(prepare(&spec(), "demo", &none).err().unwrap().reason, "SourceSecretNotFound");
+        let partial = BTreeMap::from([("demo-client".to_owned(), data(&[("client_id", "c")]))]);
+        let problem = prepare(&spec(), "demo", &partial).err().unwrap();
+        assert_eq!(problem.reason, "SourceSecretInvalid");
+        assert!(problem.message.contains("client_secret"), "{}", problem.message);
+        let full = BTreeMap::from([("demo-client".to_owned(), data(&[("client_id", "c"), ("client_secret", "s")]))]);
+        let prep = prepare(&spec(), "demo", &full).unwrap();
+        assert_eq!(prep.inputs.len(), 32);
+    }
+
+    #[test]
+    fn permanent_failures_wait_the_maximum_backoff_and_other_inputs_start_over() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let max = Duration::from_secs(300);
+        let transient = TokenError::unavailable("down");
+        let record = FailureRecord::default().failed(now, &transient, "a", max);
+        assert_eq!((record.attempts, record.retry_after), (1, None));
+        let record = record.failed(now, &transient, "a", max);
+        assert_eq!(record.attempts, 2);
+        let rejected = TokenError::new(ErrorKind::Rejected, true, "no");
+        let record = record.failed(now, &rejected, "b", max);
+        assert_eq!((record.attempts, record.retry_after), (1, Some(max)));
+    }
+}
