@@ -31,6 +31,7 @@ pub const LEASE: &str = "tokensync-controller";
 /// One object of an install, as the typed Kubernetes struct of its kind. A kind that is not
 /// listed here makes parsing fail: an install must not grow objects no test looks at.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // test data, a handful of objects
 pub enum Object {
     Namespace(Namespace),
     ServiceAccount(ServiceAccount),
