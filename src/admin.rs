@@ -1,5 +1,5 @@
-//! The admin HTTP server: liveness, readiness (only after the initial lists have synced)
-//! and Prometheus metrics.
+//! The admin HTTP server: liveness, readiness (only after the initial lists have synced,
+//! or while a standby replica waits for the leader election Lease) and Prometheus metrics.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -145,6 +145,10 @@ pub async fn run(args: ControllerArgs) -> anyhow_like::Result<()> {
         .unwrap_or_else(|| std::env::var("HOSTNAME").unwrap_or_else(|_| format!("tokensync-{}", std::process::id())));
     let mut leadership = None;
     if args.leader_elect {
+        // A standby replica is healthy and able to take over, so it reports ready. Were it
+        // unready until it leads, a Deployment of several replicas would never be Available:
+        // every rolling update and every drain under a PodDisruptionBudget would stall.
+        ready.store(true, Ordering::Release);
         let lease = leader::LeaseLock::new(
             client.clone(),
             &args.leader_election_namespace,
@@ -160,6 +164,7 @@ pub async fn run(args: ControllerArgs) -> anyhow_like::Result<()> {
             held = lease.acquire() => leadership = Some(held.map_err(|e| format!("leader election failed: {e}"))?),
         }
         tracing::info!("became leader");
+        // Unready again until this replica's caches have synced (run_controllers flips it).
         ready.store(false, Ordering::Release);
     }
     let lost = async {
