@@ -156,9 +156,6 @@ pub async fn run(args: ControllerArgs) -> anyhow_like::Result<()> {
             &identity,
         );
         tracing::info!(lease = %args.leader_election_lease, %identity, "waiting for leadership");
-        // A standby replica is ready: it is healthy and has nothing to sync until it leads.
-        // Reporting it unready would make a PodDisruptionBudget block every eviction.
-        ready.store(true, Ordering::Release);
         tokio::select! {
             _ = shutdown.clone() => return Ok(()),
             held = lease.acquire() => leadership = Some(held.map_err(|e| format!("leader election failed: {e}"))?),

@@ -214,7 +214,7 @@ pub const NEEDED: &[Needed] = &[
         scope: Scope::Watched,
         grant: ("", "secrets", "get", None),
         sites: &[
-            ("src/controller/reconcile.rs", "match secrets.get_opt(&name)"),
+            ("src/controller/reconcile.rs", "if let Some(s) = secrets.get_opt(&name)"),
             ("src/controller/reconcile.rs", "secrets.get_opt(&target_name)"),
             ("src/controller/reconcile.rs", "secrets.get_opt(&state_name)"),
         ],
@@ -250,6 +250,13 @@ pub const NEEDED: &[Needed] = &[
         scope: Scope::Watched,
         grant: ("", "secrets", "create", None),
         sites: &[("src/controller/reconcile.rs", "secrets.patch(&secret.name_any(), &params, &Patch::Apply(")],
+    },
+    // src/controller/reconcile.rs: a Secret's type is immutable, so when spec.target.type
+    // changes, tokensync deletes its own target Secret and applies it anew.
+    Needed {
+        scope: Scope::Watched,
+        grant: ("", "secrets", "delete", None),
+        sites: &[("src/controller/reconcile.rs", "secrets.delete(&target_name, ")],
     },
     // src/controller/reconcile.rs event(): kube-runtime's Recorder::publish creates an
     // events.k8s.io/v1 Event in the ClientCredential's namespace, and patches it (series
