@@ -53,6 +53,27 @@ impl Error {
     }
 }
 
+/// What one reconcile knows about a credential; each pipeline step reads and updates it.
+struct Run {
+    cc: Arc<ClientCredential>,
+    ctx: Arc<Context>,
+    secrets: Api<Secret>,
+    now: Timestamp,
+    jitter_key: String,
+    renewal: RenewalPolicy,
+    state_name: String,
+    target_name: String,
+    /// The published token, from the state Secret.
+    stored: Option<StoredToken>,
+    /// Consecutive failed token requests, from status.
+    record: FailureRecord,
+    /// What went wrong in this reconcile (or is still pending from earlier ones).
+    failure: Option<Failure>,
+    /// The renew-requested-at value acted upon.
+    handled_request: Option<String>,
+    renew_annotation: Option<String>,
+}
+
 pub async fn reconcile(cc: Arc<ClientCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started();
     let namespace = cc.namespace().ok_or(Error::NoNamespace)?;
@@ -63,167 +84,198 @@ pub async fn reconcile(cc: Arc<ClientCredential>, ctx: Arc<Context>) -> Result<A
         ctx.metrics.forget_credential(&namespace, &name);
         return Ok(Action::await_change());
     }
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let now = Timestamp::now();
-    let jitter_key = format!("{namespace}/{name}");
-    let renewal = RenewalPolicy {
-        renew_before: cc.spec.renew_before.as_ref().and_then(|d| d.parse().ok()),
-        renew_before_percentage: cc.spec.renew_before_percentage.and_then(|p| u8::try_from(p).ok()),
-        ..ctx.policy.renewal.clone()
-    };
-
-    // 1. load (from the cache: no API call on routine reconciles)
+    let status = cc.status.clone().unwrap_or_default();
     let state_name = labels::state_secret_name(&name);
-    let mut stored = cached(&ctx, &namespace, &state_name).as_deref().and_then(state::read);
-    let target_name = target::name(&cc);
-    let cached_target = cached(&ctx, &namespace, &target_name);
+    let mut run = Run {
+        secrets: Api::namespaced(ctx.client.clone(), &namespace),
+        now: Timestamp::now(),
+        jitter_key: format!("{namespace}/{name}"),
+        renewal: RenewalPolicy {
+            renew_before: cc.spec.renew_before.as_ref().and_then(|d| d.parse().ok()),
+            renew_before_percentage: cc.spec.renew_before_percentage.and_then(|p| u8::try_from(p).ok()),
+            ..ctx.policy.renewal.clone()
+        },
+        // 1. load (from the cache: no API call on routine reconciles)
+        stored: cached(&ctx, &namespace, &state_name).as_deref().and_then(state::read),
+        state_name,
+        target_name: target::name(&cc),
+        record: failure_record(&status),
+        failure: None,
+        handled_request: status.handled_renewal_request.clone(),
+        renew_annotation: cc.annotations().get(labels::RENEW_REQUESTED_AT).cloned(),
+        cc,
+        ctx: ctx.clone(),
+    };
+    let cached_target = cached(&run.ctx, &namespace, &run.target_name);
 
     // 2. validate
-    let prepared = prepare(&cc, &secrets).await?;
+    let prepared = prepare(&run.cc, &run.secrets).await?;
     let conflict = match &cached_target {
         Some(t) => conflict_with(t, &name),
         // Not a Secret of ours (or not created yet): look before applying, because an
         // apply would take over a Secret somebody else owns.
-        None => secrets.get_opt(&target_name).await?.and_then(|t| conflict_with(&t, &name)),
+        None => run.secrets.get_opt(&run.target_name).await?.and_then(|t| conflict_with(&t, &name)),
     };
+    run.failure = conflict.clone().or_else(|| prepared.as_ref().err().cloned());
+    let ready_to_request = prepared.as_ref().ok().filter(|_| conflict.is_none());
 
-    let status = cc.status.clone().unwrap_or_default();
-    let renew_annotation = cc.annotations().get(labels::RENEW_REQUESTED_AT).cloned();
-    let mut record = failure_record(&status);
-    let mut failure = conflict.clone().or_else(|| prepared.as_ref().err().cloned());
-    let mut handled_request = status.handled_renewal_request.clone();
+    // 3. decide, 4. acquire, 5. publish the state Secret
+    if let Some(prep) = ready_to_request {
+        run.renew_if_due(prep).await?;
+    }
+    // 5. publish the target Secret
+    if conflict.is_none() {
+        run.publish_target(cached_target.as_deref()).await?;
+    }
+    // 6. status
+    let next = ready_to_request.map(|prep| run.next_decision(prep));
+    run.update_status(ready_to_request, next.as_ref()).await?;
+    Ok(run.requeue(next.as_ref()))
+}
 
-    // 3. decide, 4. acquire
-    if let (Ok(prep), None) = (&prepared, &conflict) {
-        let due = |stored: Option<&StoredToken>| {
-            let schedule = schedule_state(&cc, now, stored, prep, &record, renew_annotation.as_deref());
-            match decide(&schedule, &renewal, &ctx.policy.backoff, &jitter_key) {
-                Decision::RequestNow(reason) => Some(reason),
-                _ => None,
-            }
-        };
+impl Run {
+    /// Decides whether a token is due and, if so, requests it and writes the state Secret.
+    async fn renew_if_due(&mut self, prep: &Prepared) -> Result<(), Error> {
+        if self.due(prep).is_none() {
+            return Ok(());
+        }
         // The cache may lag behind our own last write: before spending a token request,
         // confirm with the state Secret as the API server has it.
-        let reason = match due(stored.as_ref()) {
-            Some(_) => {
-                stored = secrets.get_opt(&state_name).await?.as_ref().and_then(state::read);
-                due(stored.as_ref())
-            }
-            None => None,
-        };
-        if let Some(reason_now) = reason {
-            let manual = reason_now == RequestReason::ManualRenewal;
-            if manual {
-                handled_request = renew_annotation.clone();
-            }
-            match acquire(&ctx, &cc, prep, stored.as_ref(), manual.then(|| renew_annotation.clone()).flatten()).await {
-                Ok((new_state, rotated_bootstrap)) => {
-                    // 5. publish: state first, so a rotated refresh token is never lost.
-                    apply_state(&secrets, &state::desired(&cc, &new_state)).await?;
-                    stored = Some(new_state);
-                    record = FailureRecord::default();
-                    if reason_now != RequestReason::RenewalDue && reason_now != RequestReason::Expired {
-                        event(
-                            &ctx,
-                            &cc,
-                            EventType::Normal,
-                            "TokenIssued",
-                            format!("issued a new token ({})", describe(reason_now)),
-                        )
-                        .await;
-                    }
-                    if rotated_bootstrap {
-                        event(&ctx, &cc, EventType::Normal, "RefreshTokenRotated", "the bootstrap refresh token from the source Secret was exchanged; tokensync now keeps the rotated refresh token in its state Secret".into()).await;
-                    }
+        self.stored = self.secrets.get_opt(&self.state_name).await?.as_ref().and_then(state::read);
+        let Some(reason) = self.due(prep) else { return Ok(()) };
+        let manual = reason == RequestReason::ManualRenewal;
+        if manual {
+            self.handled_request = self.renew_annotation.clone();
+        }
+        let request = manual.then(|| self.renew_annotation.clone()).flatten();
+        match acquire(&self.ctx, &self.cc, prep, self.stored.as_ref(), request).await {
+            Ok((new_state, rotated_bootstrap)) => {
+                // State first, so a rotated refresh token is never lost.
+                apply_state(&self.secrets, &state::desired(&self.cc, &new_state)).await?;
+                self.stored = Some(new_state);
+                self.record = FailureRecord::default();
+                // Routine renewals emit no Event; everything else is worth telling.
+                if reason != RequestReason::RenewalDue && reason != RequestReason::Expired {
+                    let note = format!("issued a new token ({})", describe(reason));
+                    event(&self.ctx, &self.cc, EventType::Normal, "TokenIssued", note).await;
                 }
-                Err(e) => {
-                    record = record.failed(now, &e, &prep.inputs, ctx.policy.backoff.max);
-                    let f = Failure { reason: Reason::from_reason_str(e.kind.reason()), message: e.to_string() };
-                    event(&ctx, &cc, EventType::Warning, f.reason.as_str(), f.message.clone()).await;
-                    failure = Some(f);
+                if rotated_bootstrap {
+                    let note = "the bootstrap refresh token from the source Secret was exchanged; tokensync now keeps \
+                                the rotated refresh token in its state Secret";
+                    event(&self.ctx, &self.cc, EventType::Normal, "RefreshTokenRotated", note.into()).await;
                 }
             }
+            Err(e) => {
+                self.record = self.record.clone().failed(self.now, &e, &prep.inputs, self.ctx.policy.backoff.max);
+                let f = Failure { reason: Reason::from_reason_str(e.kind.reason()), message: e.to_string() };
+                event(&self.ctx, &self.cc, EventType::Warning, f.reason.as_str(), f.message.clone()).await;
+                self.failure = Some(f);
+            }
+        }
+        Ok(())
+    }
+
+    fn due(&self, prep: &Prepared) -> Option<RequestReason> {
+        let schedule = schedule_state(
+            &self.cc,
+            self.now,
+            self.stored.as_ref(),
+            prep,
+            &self.record,
+            self.renew_annotation.as_deref(),
+        );
+        match decide(&schedule, &self.renewal, &self.ctx.policy.backoff, &self.jitter_key) {
+            Decision::RequestNow(reason) => Some(reason),
+            _ => None,
         }
     }
 
-    // 5. publish the target from the stored token: also restores a deleted or edited
-    // target Secret, without a token request.
-    if conflict.is_none()
-        && let Some(s) = stored.as_ref().filter(|s| s.is_valid_at(now))
-    {
-        match target::desired(&cc, s) {
-            Ok(desired) if cached_target.as_deref().is_some_and(|t| target::up_to_date(t, &desired)) => {}
+    /// Publishes the stored token into the target Secret when it differs from what is
+    /// there: also restores a deleted or edited target, without a token request.
+    async fn publish_target(&mut self, cached_target: Option<&Secret>) -> Result<(), Error> {
+        let Some(stored) = self.stored.as_ref().filter(|s| s.is_valid_at(self.now)) else { return Ok(()) };
+        match target::desired(&self.cc, stored) {
+            Ok(desired) if cached_target.is_some_and(|t| target::up_to_date(t, &desired)) => {}
             Ok(desired) => {
                 // A Secret's type is immutable: when spec.target.type changed, replace ours.
-                let old_type = cached_target.as_deref().map(|t| t.type_.clone().unwrap_or_else(|| "Opaque".into()));
+                let old_type = cached_target.map(|t| t.type_.clone().unwrap_or_else(|| "Opaque".into()));
                 if old_type.is_some_and(|t| Some(&t) != desired.type_.as_ref()) {
-                    secrets.delete(&target_name, &Default::default()).await?;
+                    self.secrets.delete(&self.target_name, &Default::default()).await?;
                 }
-                apply(&secrets, &desired).await?
+                apply(&self.secrets, &desired).await?
             }
             Err(e) => {
-                failure.get_or_insert(Failure {
+                self.failure.get_or_insert(Failure {
                     reason: Reason::InvalidSpec,
                     message: format!("spec.target.template: {e}"),
                 });
             }
         }
+        Ok(())
     }
 
-    // 6. status. Failed attempts still pending (waiting out a backoff) keep the failure
-    // they recorded: Degraded stays True until a request succeeds.
-    if failure.is_none() && record.attempts > 0 {
-        failure = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == status::DEGRADED && c.status == "True")
-            .map(|c| Failure { reason: Reason::from_reason_str(&c.reason), message: c.message.clone() });
+    /// What happens next if nothing changes: the basis of renewAt and the requeue.
+    fn next_decision(&self, prep: &Prepared) -> Decision {
+        let schedule = ScheduleState {
+            renewal_requested: false,
+            ..schedule_state(&self.cc, self.now, self.stored.as_ref(), prep, &self.record, None)
+        };
+        decide(&schedule, &self.renewal, &self.ctx.policy.backoff, &self.jitter_key)
     }
-    let inputs = prepared.as_ref().ok().map(|p| p.inputs.clone());
-    let next_decision = match (&prepared, &conflict) {
-        (Ok(prep), None) => {
-            let schedule = ScheduleState {
-                renewal_requested: false,
-                ..schedule_state(&cc, now, stored.as_ref(), prep, &record, None)
-            };
-            Some(decide(&schedule, &renewal, &ctx.policy.backoff, &jitter_key))
+
+    async fn update_status(&mut self, prep: Option<&Prepared>, next: Option<&Decision>) -> Result<(), Error> {
+        let cc = self.cc.clone();
+        // Failed attempts still pending (waiting out a backoff) keep the failure they
+        // recorded: Degraded stays True until a request succeeds.
+        if self.failure.is_none() && self.record.attempts > 0 {
+            self.failure = cc
+                .status
+                .iter()
+                .flat_map(|s| s.conditions.iter())
+                .find(|c| c.type_ == status::DEGRADED && c.status == "True")
+                .map(|c| Failure { reason: Reason::from_reason_str(&c.reason), message: c.message.clone() });
         }
-        _ => None,
-    };
-    let renew_at = next_decision.as_ref().and_then(Decision::requeue_at).filter(|_| !cc.spec.suspend);
-    let facts = Facts {
-        now,
-        generation: cc.metadata.generation,
-        suspended: cc.spec.suspend,
-        token: stored.as_ref().map(|s| TokenFacts {
-            token_type: s.token_type.clone(),
-            scope: s.scope.clone(),
-            issued_at: s.issued_at,
-            expires_at: s.expires_at,
-        }),
-        failure,
-        renew_at,
-        failed_attempts: record.attempts,
-        last_failure: record.last_failure,
-        retry_after_seconds: record.retry_after.map(|d| d.as_secs() as i64),
-        failed_inputs: if record.attempts > 0 { record.inputs.clone().or(inputs) } else { None },
-        handled_renewal_request: handled_request,
-        target_secret_name: target_name,
-    };
-    let next = status::next(cc.status.as_ref(), &facts);
-    if status::needs_patch(cc.status.as_ref(), &next) {
-        patch_status(&ctx, &cc, &namespace, &next).await?;
+        let renew_at = next.and_then(Decision::requeue_at).filter(|_| !cc.spec.suspend);
+        let record = &self.record;
+        let facts = Facts {
+            now: self.now,
+            generation: cc.metadata.generation,
+            suspended: cc.spec.suspend,
+            token: self.stored.as_ref().map(|s| TokenFacts {
+                token_type: s.token_type.clone(),
+                scope: s.scope.clone(),
+                issued_at: s.issued_at,
+                expires_at: s.expires_at,
+            }),
+            failure: self.failure.clone(),
+            renew_at,
+            failed_attempts: record.attempts,
+            last_failure: record.last_failure,
+            retry_after_seconds: record.retry_after.map(|d| d.as_secs() as i64),
+            failed_inputs: (record.attempts > 0)
+                .then(|| record.inputs.clone().or_else(|| prep.map(|p| p.inputs.clone())))
+                .flatten(),
+            handled_renewal_request: self.handled_request.clone(),
+            target_secret_name: self.target_name.clone(),
+        };
+        let next_status = status::next(cc.status.as_ref(), &facts);
+        if status::needs_patch(cc.status.as_ref(), &next_status) {
+            patch_status(&self.ctx, &cc, &next_status).await?;
+        }
+        record_gauges(&self.ctx, &cc, self.stored.as_ref(), renew_at);
+        Ok(())
     }
-    record_gauges(&ctx, &namespace, &name, stored.as_ref(), renew_at);
 
-    // Requeue at the next decision point, and no later than expiry (to report Expired) or
-    // the recheck interval.
-    let mut wake = vec![now + ctx.policy.recheck];
-    wake.extend(next_decision.as_ref().and_then(Decision::requeue_at));
-    wake.extend(stored.as_ref().map(|s| s.expires_at).filter(|e| *e > now));
-    let at = wake.into_iter().min().unwrap_or(now);
-    let delay = Duration::from_secs((at.as_second() - now.as_second()).max(1) as u64);
-    Ok(Action::requeue(delay))
+    /// Requeue at the next decision point, and no later than expiry (to report Expired)
+    /// or the recheck interval.
+    fn requeue(&self, next: Option<&Decision>) -> Action {
+        let now = self.now;
+        let mut wake = vec![now + self.ctx.policy.recheck];
+        wake.extend(next.and_then(Decision::requeue_at));
+        wake.extend(self.stored.as_ref().map(|s| s.expires_at).filter(|e| *e > now));
+        let at = wake.into_iter().min().unwrap_or(now);
+        Action::requeue(Duration::from_secs((at.as_second() - now.as_second()).max(1) as u64))
+    }
 }
 
 fn cached(ctx: &Context, namespace: &str, name: &str) -> Option<Arc<Secret>> {
@@ -356,13 +408,8 @@ async fn apply_state(secrets: &Api<Secret>, secret: &Secret) -> Result<(), Error
     apply(secrets, secret).await
 }
 
-async fn patch_status(
-    ctx: &Context,
-    cc: &ClientCredential,
-    namespace: &str,
-    status: &ClientCredentialStatus,
-) -> Result<(), Error> {
-    let api: Api<ClientCredential> = Api::namespaced(ctx.client.clone(), namespace);
+async fn patch_status(ctx: &Context, cc: &ClientCredential, status: &ClientCredentialStatus) -> Result<(), Error> {
+    let api: Api<ClientCredential> = Api::namespaced(ctx.client.clone(), &cc.namespace().unwrap_or_default());
     // A merge patch of the whole status: conditions are replaced as a list, which is what
     // we want, and no resourceVersion precondition is needed since status has one writer.
     // Fields that are no longer set are sent as null, which is how a merge patch removes.
@@ -392,14 +439,8 @@ async fn event(ctx: &Context, cc: &ClientCredential, type_: EventType, reason: &
     }
 }
 
-fn record_gauges(
-    ctx: &Context,
-    namespace: &str,
-    name: &str,
-    stored: Option<&StoredToken>,
-    renew_at: Option<Timestamp>,
-) {
-    let labels = CredentialLabels { namespace: namespace.into(), name: name.into() };
+fn record_gauges(ctx: &Context, cc: &ClientCredential, stored: Option<&StoredToken>, renew_at: Option<Timestamp>) {
+    let labels = CredentialLabels { namespace: cc.namespace().unwrap_or_default(), name: cc.name_any() };
     if let Some(s) = stored {
         ctx.metrics.token_expiry.get_or_create(&labels).set(s.expires_at.as_second());
     }

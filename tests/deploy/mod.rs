@@ -215,8 +215,8 @@ pub const NEEDED: &[Needed] = &[
         grant: ("", "secrets", "get", None),
         sites: &[
             ("src/controller/reconcile.rs", "if let Some(s) = secrets.get_opt(&name)"),
-            ("src/controller/reconcile.rs", "secrets.get_opt(&target_name)"),
-            ("src/controller/reconcile.rs", "secrets.get_opt(&state_name)"),
+            ("src/controller/reconcile.rs", "run.secrets.get_opt(&run.target_name)"),
+            ("src/controller/reconcile.rs", "self.secrets.get_opt(&self.state_name)"),
         ],
     },
     // src/controller/mod.rs: the watch of managed Secrets (label selector) and the
@@ -256,7 +256,7 @@ pub const NEEDED: &[Needed] = &[
     Needed {
         scope: Scope::Watched,
         grant: ("", "secrets", "delete", None),
-        sites: &[("src/controller/reconcile.rs", "secrets.delete(&target_name, ")],
+        sites: &[("src/controller/reconcile.rs", "self.secrets.delete(&self.target_name, ")],
     },
     // src/controller/reconcile.rs event(): kube-runtime's Recorder::publish creates an
     // events.k8s.io/v1 Event in the ClientCredential's namespace, and patches it (series
