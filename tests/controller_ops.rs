@@ -148,3 +148,59 @@ async fn shutdown_stops_the_controller_promptly() {
     wait_condition(&api, "demo", "Ready", ("True", "TokenIssued")).await;
     tokio::time::timeout(WAIT, running.stop()).await.expect("graceful shutdown completes");
 }
+
+#[tokio::test]
+async fn a_standby_replica_takes_over_without_requesting_a_valid_token_again() {
+    let api = api_server().await;
+    let server = token_server(3600).await;
+    let replica = |id: &str| {
+        args(&[
+            "--leader-elect",
+            "--leader-election-namespace",
+            NS,
+            "--leader-election-lease-duration",
+            "1s",
+            "--leader-election-retry-period",
+            "100ms",
+            "--identity",
+            id,
+        ])
+    };
+    let a_metrics = Arc::new(Metrics::default());
+    let b_metrics = Arc::new(Metrics::default());
+    let (a_stop, a_rx) = tokio::sync::oneshot::channel::<()>();
+    let a = tokio::spawn(tokensync::controller::run_with(
+        api.client(),
+        replica("a"),
+        async {
+            let _ = a_rx.await;
+        },
+        a_metrics.clone(),
+    ));
+    api.wait_for(|v| v.get::<Lease>(Some(NS), "tokensync-controller").is_some(), WAIT).await.unwrap();
+    let (_b_stop, b_rx) = tokio::sync::oneshot::channel::<()>();
+    let b = tokio::spawn(tokensync::controller::run_with(
+        api.client(),
+        replica("b"),
+        async {
+            let _ = b_rx.await;
+        },
+        b_metrics.clone(),
+    ));
+
+    credential(&api, "demo", &server.url("/token")).await;
+    wait_condition(&api, "demo", "Ready", ("True", "TokenIssued")).await;
+    assert_eq!(b_metrics.reconciles(), 0, "the standby does not reconcile");
+    let holder = |v: &support::apiserver::View<'_>| {
+        v.get::<Lease>(Some(NS), "tokensync-controller").and_then(|l| l.spec).and_then(|s| s.holder_identity)
+    };
+    assert_eq!(api.inspect(holder).as_deref(), Some("a"));
+
+    // The leader dies without releasing the Lease; b takes over and finds the token valid.
+    a.abort();
+    drop(a_stop);
+    api.wait_for(|v| holder(v).as_deref() == Some("b"), WAIT).await.expect("b takes the Lease");
+    assert!(b_metrics.wait_for_reconciles(1, WAIT).await, "the new leader reconciles");
+    assert_eq!(server.requests().len(), 1, "failover causes no token request");
+    b.abort();
+}

@@ -14,6 +14,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use clap::Args;
 use futures::{FutureExt, StreamExt};
@@ -63,6 +64,15 @@ pub struct ControllerArgs {
     /// Name of the leader election Lease.
     #[arg(long, default_value = "tokensync-controller")]
     pub leader_election_lease: String,
+
+    /// How long the Lease stays valid without renewal: the longest a failed leader can
+    /// leave renewals unattended before another replica takes over.
+    #[arg(long, default_value = "15s", value_parser = crate::engine_args::duration_arg)]
+    pub leader_election_lease_duration: Duration,
+
+    /// How often the leader renews the Lease and standby replicas try to take it.
+    #[arg(long, default_value = "4s", value_parser = crate::engine_args::duration_arg)]
+    pub leader_election_retry_period: Duration,
 
     /// This replica's identity in the Lease. Default: the pod name (POD_NAME) or hostname.
     #[arg(long, env = "POD_NAME")]
@@ -132,9 +142,19 @@ impl SourceIndex {
 /// Runs the controller until SIGTERM/SIGINT (or loss of leadership).
 pub async fn run(args: ControllerArgs) -> anyhow_like::Result<()> {
     let client = Client::try_default().await.map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
-    let metrics = Arc::new(Metrics::default());
+    run_with(client, args, shutdown_signal(), Arc::new(Metrics::default())).await
+}
+
+/// [`run`] with a given client, shutdown trigger and metrics: the whole operator, admin
+/// server and leader election included.
+pub async fn run_with(
+    client: Client,
+    args: ControllerArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    metrics: Arc<Metrics>,
+) -> anyhow_like::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
-    let shutdown = shutdown_signal().shared();
+    let shutdown = shutdown.boxed().shared();
 
     let admin_state = AdminState { ready: ready.clone(), metrics: metrics.clone() };
     let admin = tokio::spawn(admin::serve(args.admin_addr, admin_state, shutdown.clone()));
@@ -154,7 +174,8 @@ pub async fn run(args: ControllerArgs) -> anyhow_like::Result<()> {
             &args.leader_election_namespace,
             &args.leader_election_lease,
             &identity,
-        );
+        )
+        .with_timing(args.leader_election_lease_duration, args.leader_election_retry_period);
         tracing::info!(lease = %args.leader_election_lease, %identity, "waiting for leadership");
         tokio::select! {
             _ = shutdown.clone() => return Ok(()),
