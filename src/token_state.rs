@@ -74,6 +74,11 @@ pub struct Prepared {
     pub inputs: String,
     /// [`bootstrap_fingerprint`] of the material.
     pub bootstrap: Option<String>,
+    /// What failed attempts are recorded against (failedInputs): the inputs and the
+    /// bootstrap refresh token or code. A new bootstrap value (the fix for a refused refresh
+    /// token) is a change like a rotated client secret: it is tried at once, not after the
+    /// backoff earned by the old one.
+    pub attempt_inputs: String,
 }
 
 /// Why a credential cannot be prepared: a condition reason (`InvalidSpec`,
@@ -105,7 +110,11 @@ pub fn prepare(
     config.tls = engine::tls_material(spec, |n| secrets.get(n)).map_err(source)?;
     let inputs = inputs_fingerprint(spec, &credentials, &config.tls);
     let bootstrap = bootstrap_fingerprint(&credentials);
-    Ok(Prepared { config, credentials, inputs, bootstrap })
+    let attempt_inputs = match &bootstrap {
+        Some(b) => format!("{inputs}+{b}"),
+        None => inputs.clone(),
+    };
+    Ok(Prepared { config, credentials, inputs, bootstrap, attempt_inputs })
 }
 
 /// Consecutive failed token requests since the last success.
@@ -154,7 +163,8 @@ pub fn schedule_state(
         failed_attempts: record.attempts,
         last_failure: record.last_failure,
         retry_after: record.retry_after,
-        inputs_changed_since_failure: record.attempts > 0 && record.inputs.as_deref() != Some(prep.inputs.as_str()),
+        inputs_changed_since_failure: record.attempts > 0
+            && record.inputs.as_deref() != Some(prep.attempt_inputs.as_str()),
     }
 }
 

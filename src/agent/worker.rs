@@ -170,7 +170,7 @@ impl Worker {
                             self.state.failures = std::mem::take(&mut self.state.failures).failed(
                                 now,
                                 &e,
-                                &prep.inputs,
+                                &prep.attempt_inputs,
                                 self.shared.backoff.max,
                             );
                             tracing::warn!(namespace = ns, name, reason = e.kind.reason(), attempts = self.state.failures.attempts, error = %e, "token request failed");

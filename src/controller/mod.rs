@@ -301,6 +301,7 @@ pub fn controller_for_scope(
         engine,
         metrics,
         policy,
+        unsaved: Default::default(),
     });
 
     let sources = index.clone();

@@ -82,6 +82,7 @@ pub async fn reconcile(cc: Arc<ClientCredential>, ctx: Arc<Context>) -> Result<A
         // The state Secret and (unless Retain) the target are garbage-collected through
         // their ownerReferences.
         ctx.metrics.forget_credential(&namespace, &name);
+        ctx.take_unsaved(&namespace, &name);
         return Ok(Action::await_change());
     }
     let status = cc.status.clone().unwrap_or_default();
@@ -107,6 +108,15 @@ pub async fn reconcile(cc: Arc<ClientCredential>, ctx: Arc<Context>) -> Result<A
         ctx: ctx.clone(),
     };
     let cached_target = cached(&run.ctx, &namespace, &run.target_name);
+    // A token acquired by an earlier reconcile whose state write failed: write it now. It is
+    // newer than anything stored, and may carry the only copy of a rotated refresh token.
+    if let Some(unsaved) = run.ctx.take_unsaved(&namespace, &name) {
+        if let Err(e) = apply_state(&run.secrets, &state::desired(&run.cc, &unsaved)).await {
+            run.ctx.keep_unsaved(&namespace, &name, unsaved);
+            return Err(e);
+        }
+        run.stored = Some(unsaved);
+    }
 
     // 2. validate
     let prepared = prepare(&run.cc, &run.secrets).await?;
@@ -151,7 +161,11 @@ impl Run {
         match acquire(&self.ctx, &self.cc, prep, self.stored.as_ref(), request).await {
             Ok((new_state, rotated_bootstrap)) => {
                 // State first, so a rotated refresh token is never lost.
-                apply_state(&self.secrets, &state::desired(&self.cc, &new_state)).await?;
+                if let Err(e) = apply_state(&self.secrets, &state::desired(&self.cc, &new_state)).await {
+                    let (namespace, name) = (self.cc.namespace().unwrap_or_default(), self.cc.name_any());
+                    self.ctx.keep_unsaved(&namespace, &name, new_state);
+                    return Err(e);
+                }
                 self.stored = Some(new_state);
                 self.record = FailureRecord::default();
                 // Routine renewals emit no Event; everything else is worth telling.
@@ -166,7 +180,8 @@ impl Run {
                 }
             }
             Err(e) => {
-                self.record = self.record.clone().failed(self.now, &e, &prep.inputs, self.ctx.policy.backoff.max);
+                self.record =
+                    self.record.clone().failed(self.now, &e, &prep.attempt_inputs, self.ctx.policy.backoff.max);
                 let f = Failure { reason: Reason::from_reason_str(e.kind.reason()), message: e.to_string() };
                 event(&self.ctx, &self.cc, EventType::Warning, f.reason.as_str(), f.message.clone()).await;
                 self.failure = Some(f);
@@ -253,7 +268,7 @@ impl Run {
             last_failure: record.last_failure,
             retry_after_seconds: record.retry_after.map(|d| d.as_secs() as i64),
             failed_inputs: (record.attempts > 0)
-                .then(|| record.inputs.clone().or_else(|| prep.map(|p| p.inputs.clone())))
+                .then(|| record.inputs.clone().or_else(|| prep.map(|p| p.attempt_inputs.clone())))
                 .flatten(),
             handled_renewal_request: self.handled_request.clone(),
             target_secret_name: self.target_name.clone(),
