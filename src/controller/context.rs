@@ -1,12 +1,14 @@
 //! What every reconcile shares: API client, caches, the token engine, policies, metrics.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 
+use super::state::StoredToken;
 use crate::metrics::Metrics;
 use crate::oauth::TokenClient;
 use crate::schedule::{BackoffPolicy, RenewalPolicy};
@@ -39,4 +41,19 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub policy: Policy,
+    /// Tokens acquired whose state Secret write failed (API errors, conflicts, a lost
+    /// response), by (namespace, name). The next reconcile writes them before anything else
+    /// instead of requesting again: a second request would be a duplicate and, with rotating
+    /// refresh tokens, would present a refresh token the server already replaced.
+    pub unsaved: Mutex<HashMap<(String, String), StoredToken>>,
+}
+
+impl Context {
+    pub fn take_unsaved(&self, namespace: &str, name: &str) -> Option<StoredToken> {
+        self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).remove(&(namespace.to_owned(), name.to_owned()))
+    }
+
+    pub fn keep_unsaved(&self, namespace: &str, name: &str, token: StoredToken) {
+        self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).insert((namespace.to_owned(), name.to_owned()), token);
+    }
 }

@@ -337,6 +337,7 @@ pub fn controller_for_scope(
         engine,
         metrics,
         policy,
+        unsaved: Default::default(),
     });
 
     let sources = index.clone();

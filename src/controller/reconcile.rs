@@ -60,6 +60,11 @@ struct Prepared {
     credentials: Credentials,
     inputs: String,
     bootstrap: Option<String>,
+    /// What failed attempts are recorded against (status.failedInputs): the inputs and the
+    /// bootstrap refresh token or code. A new bootstrap value (the fix for a refused refresh
+    /// token) is a change like a rotated client secret: it is tried at once, not after the
+    /// backoff earned by the old one.
+    attempt_inputs: String,
 }
 
 pub async fn reconcile(cc: Arc<ClientCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -70,6 +75,7 @@ pub async fn reconcile(cc: Arc<ClientCredential>, ctx: Arc<Context>) -> Result<A
         // The state Secret and (unless Retain) the target are garbage-collected through
         // their ownerReferences.
         ctx.metrics.forget_credential(&namespace, &name);
+        ctx.take_unsaved(&namespace, &name);
         return Ok(Action::await_change());
     }
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -84,6 +90,15 @@ pub async fn reconcile(cc: Arc<ClientCredential>, ctx: Arc<Context>) -> Result<A
     // 1. load (from the cache: no API call on routine reconciles)
     let state_name = labels::state_secret_name(&name);
     let mut stored = cached(&ctx, &namespace, &state_name).as_deref().and_then(state::read);
+    // A token acquired by an earlier reconcile whose state write failed: write it now. It is
+    // newer than anything stored, and may carry the only copy of a rotated refresh token.
+    if let Some(unsaved) = ctx.take_unsaved(&namespace, &name) {
+        if let Err(e) = apply_state(&secrets, &state::desired(&cc, &unsaved)).await {
+            ctx.keep_unsaved(&namespace, &name, unsaved);
+            return Err(e);
+        }
+        stored = Some(unsaved);
+    }
     let target_name = target::name(&cc);
     let cached_target = cached(&ctx, &namespace, &target_name);
 
@@ -128,7 +143,10 @@ pub async fn reconcile(cc: Arc<ClientCredential>, ctx: Arc<Context>) -> Result<A
             match acquire(&ctx, &cc, prep, stored.as_ref(), manual.then(|| renew_annotation.clone()).flatten()).await {
                 Ok((new_state, rotated_bootstrap)) => {
                     // 5. publish: state first, so a rotated refresh token is never lost.
-                    apply_state(&secrets, &state::desired(&cc, &new_state)).await?;
+                    if let Err(e) = apply_state(&secrets, &state::desired(&cc, &new_state)).await {
+                        ctx.keep_unsaved(&namespace, &name, new_state);
+                        return Err(e);
+                    }
                     stored = Some(new_state);
                     record = FailureRecord::default();
                     if reason_now != RequestReason::RenewalDue && reason_now != RequestReason::Expired {
@@ -146,7 +164,7 @@ pub async fn reconcile(cc: Arc<ClientCredential>, ctx: Arc<Context>) -> Result<A
                     }
                 }
                 Err(e) => {
-                    record = record.failed(now, &e, &prep.inputs, ctx.policy.backoff.max);
+                    record = record.failed(now, &e, &prep.attempt_inputs, ctx.policy.backoff.max);
                     let f = Failure { reason: Reason::from_reason_str(e.kind.reason()), message: e.to_string() };
                     event(&ctx, &cc, EventType::Warning, f.reason.as_str(), f.message.clone()).await;
                     failure = Some(f);
@@ -181,7 +199,7 @@ pub async fn reconcile(cc: Arc<ClientCredential>, ctx: Arc<Context>) -> Result<A
             .find(|c| c.type_ == status::DEGRADED && c.status == "True")
             .map(|c| Failure { reason: Reason::from_reason_str(&c.reason), message: c.message.clone() });
     }
-    let inputs = prepared.as_ref().ok().map(|p| p.inputs.clone());
+    let inputs = prepared.as_ref().ok().map(|p| p.attempt_inputs.clone());
     let next_decision = match (&prepared, &conflict) {
         (Ok(prep), None) => {
             let schedule = ScheduleState {
@@ -288,7 +306,11 @@ async fn prepare(cc: &ClientCredential, secrets: &Api<Secret>) -> Result<Result<
     };
     let inputs = state::inputs_fingerprint(&cc.spec, &credentials, &config.tls);
     let bootstrap = state::bootstrap_fingerprint(&credentials);
-    Ok(Ok(Prepared { config, credentials, inputs, bootstrap }))
+    let attempt_inputs = match &bootstrap {
+        Some(b) => format!("{inputs}+{b}"),
+        None => inputs.clone(),
+    };
+    Ok(Ok(Prepared { config, credentials, inputs, bootstrap, attempt_inputs }))
 }
 
 /// Consecutive failed token requests, as persisted in status.
@@ -347,7 +369,8 @@ fn schedule_state(
         failed_attempts: record.attempts,
         last_failure: record.last_failure,
         retry_after: record.retry_after,
-        inputs_changed_since_failure: record.attempts > 0 && record.inputs.as_deref() != Some(prep.inputs.as_str()),
+        inputs_changed_since_failure: record.attempts > 0
+            && record.inputs.as_deref() != Some(prep.attempt_inputs.as_str()),
     }
 }
 
