@@ -228,6 +228,10 @@ fn view_token(v: &support::apiserver::View<'_>, name: &str) -> Option<String> {
     s.data?.get("access_token").map(|b| String::from_utf8_lossy(&b.0).into_owned())
 }
 
+fn view_token_now(api: &ApiServer, name: &str) -> Option<String> {
+    api.inspect(|v| view_token(v, name))
+}
+
 fn cond(s: &ClientCredentialStatus, type_: &str) -> (String, String) {
     s.conditions.iter().find(|c| c.type_ == type_).map(|c| (c.status.clone(), c.reason.clone())).unwrap_or_default()
 }
@@ -327,8 +331,24 @@ async fn every_transient_endpoint_fault_keeps_the_valid_token_backs_off_to_the_c
     // Heal: the first attempt after healing succeeds.
     endpoint.set_failing(false);
     for (name, _, _) in &cases {
-        wait_secret_value(&api, name, "access_token", &format!("{name}-token-2")).await;
-        wait_condition(&api, name, "Degraded", ("False", "Healthy")).await;
+        let healed = api
+            .wait_for(
+                |v| {
+                    view_token(v, name).as_deref() == Some(&format!("{name}-token-2"))
+                        && view_status(v, name)
+                            .is_some_and(|s| cond(&s, "Degraded") == ("False".into(), "Healthy".into()))
+                },
+                Duration::from_secs(40),
+            )
+            .await;
+        if healed.is_err() {
+            panic!(
+                "{name} did not recover: {:?} {:#?} {:#?}",
+                view_token_now(&api, name),
+                status(&api, name),
+                endpoint.hits(name)
+            );
+        }
     }
     for (name, _, _) in &cases {
         let hits = endpoint.hits(name);
