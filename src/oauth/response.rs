@@ -96,7 +96,7 @@ pub fn parse(
         Some(t) if !t.is_empty() && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_graphic()) => t.to_owned(),
         Some(_) => return Err(TokenError::invalid_response("the response's token_type is not a valid token type")),
     };
-    let (expires_at, expiry_source) = expiry(&body, mapping, access_token.expose_secret(), now)?;
+    let (expires_at, expiry_source) = expiry(&body, mapping, access_token.expose_secret(), now, redactor)?;
     if expires_at <= now {
         return Err(TokenError::invalid_response(format!("the token is already expired (expires at {expires_at})")));
     }
@@ -115,13 +115,14 @@ fn expiry(
     mapping: &ResponseMapping,
     token: &str,
     now: Timestamp,
+    redactor: &Redactor,
 ) -> Result<(Timestamp, ExpirySource), TokenError> {
     if let Some(value) = lookup(body, &mapping.expires_in).filter(|v| !v.is_null()) {
         let secs = number(value).filter(|s| *s > 0.0 && *s <= MAX_LIFETIME_SECS).ok_or_else(|| {
             TokenError::invalid_response(format!(
                 "the response's {} is not a positive number of seconds: {}",
                 mapping.expires_in,
-                short_json(value)
+                short_json(value, redactor)
             ))
         })?;
         return Ok((now + Duration::from_secs_f64(secs), ExpirySource::ExpiresIn));
@@ -131,7 +132,7 @@ fn expiry(
             TokenError::invalid_response(format!(
                 "the response's {} is neither RFC 3339 nor epoch seconds: {}",
                 mapping.expires_at,
-                short_json(value)
+                short_json(value, redactor)
             ))
         })?;
         return Ok((at, ExpirySource::ExpiresAt));
@@ -199,8 +200,13 @@ fn field_names(body: &Value) -> String {
 
 /// A JSON value for a message: values are not secrets here (lifetimes, dates), but keep
 /// them short.
-fn short_json(value: &Value) -> String {
-    let s = value.to_string();
+fn short_json(value: &Value, redactor: &Redactor) -> String {
+    // A server may put anything there, including the request it was sent: redact before
+    // shortening, so that no prefix of a secret survives the cut.
+    let s = match value {
+        Value::String(v) => Value::String(redactor.redact(v)).to_string(),
+        other => redactor.redact(&other.to_string()),
+    };
     if s.len() > 64 { format!("{}…", &s[..s.floor_char_boundary(64)]) } else { s }
 }
 
@@ -408,6 +414,19 @@ mod tests {
         let e = err(401, "");
         assert_eq!((e.kind, e.permanent), (ErrorKind::Rejected, true));
         assert!(e.message.contains("empty body"));
+    }
+
+    #[test]
+    fn a_secret_echoed_as_a_malformed_lifetime_is_redacted() {
+        let mut redactor = Redactor::default();
+        redactor.add("s3cret-value");
+        for body in [
+            r#"{"access_token":"a","expires_in":"s3cret-value"}"#,
+            r#"{"access_token":"a","expires_at":["s3cret-value"]}"#,
+        ] {
+            let e = parse(&resp(200, body), &ResponseMapping::default(), now(), &redactor).unwrap_err();
+            assert!(!e.message.contains("s3cret-value") && e.message.contains("[redacted]"), "{}", e.message);
+        }
     }
 
     #[test]
