@@ -270,21 +270,27 @@ pub fn controller_for_scope(
     let index = SourceIndex::default();
     let (cc_reader, cc_writer) = reflector::store();
     let indexer = index.clone();
-    let cc_stream = reflector::reflector(cc_writer, watcher(ccs, watcher::Config::default().any_semantic()))
-        .default_backoff()
-        .touched_objects()
-        .map(move |ev| {
-            if let Ok(cc) = &ev {
-                indexer.update(cc);
-            }
-            ev
-        });
+    // managedFields are dropped before objects enter a cache: tokensync never reads them, and
+    // they are a large share of every object's size.
+    let cc_stream = reflector::reflector(
+        cc_writer,
+        watcher(ccs, watcher::Config::default().any_semantic()).modify(|cc| cc.managed_fields_mut().clear()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .map(move |ev| {
+        if let Ok(cc) = &ev {
+            indexer.update(cc);
+        }
+        ev
+    });
 
     // The Secrets tokensync manages, cached whole (they are small and few).
     let (managed_reader, managed_writer) = reflector::store();
     let managed_stream = reflector::reflector(
         managed_writer,
-        watcher(secrets.clone(), watcher::Config::default().labels(&labels::managed_selector()).any_semantic()),
+        watcher(secrets.clone(), watcher::Config::default().labels(&labels::managed_selector()).any_semantic())
+            .modify(|s| s.managed_fields_mut().clear()),
     )
     .default_backoff()
     .touched_objects();

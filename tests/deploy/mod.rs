@@ -194,12 +194,12 @@ pub const NEEDED: &[Needed] = &[
     Needed {
         scope: Scope::Watched,
         grant: ("tokensync.io", "clientcredentials", "list", None),
-        sites: &[("src/controller/mod.rs", "reflector::reflector(cc_writer, watcher(ccs")],
+        sites: &[("src/controller/mod.rs", "watcher(ccs, watcher::Config::default()")],
     },
     Needed {
         scope: Scope::Watched,
         grant: ("tokensync.io", "clientcredentials", "watch", None),
-        sites: &[("src/controller/mod.rs", "reflector::reflector(cc_writer, watcher(ccs")],
+        sites: &[("src/controller/mod.rs", "watcher(ccs, watcher::Config::default()")],
     },
     // src/controller/reconcile.rs patch_status: a JSON merge patch of .status.
     Needed {
