@@ -439,3 +439,19 @@ fn the_two_installs_differ_only_in_rbac_and_watched_namespaces() {
         assert_eq!(object, &namespaced[key], "{key} differs between the cluster-wide and the namespaced install");
     }
 }
+
+#[test]
+fn the_dockerfile_copies_every_directory_cargo_needs_to_read_the_manifest() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    // Every `path = "dir/..."` of a declared target: cargo fails on a missing target file.
+    for line in manifest.lines().filter(|l| l.trim_start().starts_with("path = ")) {
+        let path = line.split('"').nth(1).unwrap();
+        let dir = path.split('/').next().unwrap();
+        assert!(
+            dockerfile.lines().any(|l| l.starts_with("COPY ") && l.split_whitespace().nth(1) == Some(dir)),
+            "the Dockerfile does not COPY {dir}/ (needed for {path} declared in Cargo.toml)"
+        );
+    }
+}
