@@ -59,15 +59,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     match cli.command {
-        Command::Controller(args) => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(tokensync::controller::run(args)) {
+        Command::Controller(args) => block_on(true, async {
+            match tokensync::controller::run(args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "controller stopped");
@@ -75,16 +68,9 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
-        }
-        Command::Agent(args) => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(tokensync::agent::run(args)) {
+        }),
+        Command::Agent(args) => block_on(true, async {
+            match tokensync::agent::run(args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "agent stopped");
@@ -92,20 +78,14 @@ fn main() -> ExitCode {
                     ExitCode::from(e.exit_code())
                 }
             }
-        }
+        }),
         Command::Crd => {
             print!("{}", tokensync::api::crd_yaml());
             ExitCode::SUCCESS
         }
-        Command::Fetch(args) => {
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(tokensync::fetch::run(&args)) {
+        // One request: a single-threaded runtime is enough.
+        Command::Fetch(args) => block_on(false, async {
+            match tokensync::fetch::run(&args).await {
                 Ok(out) => {
                     print!("{out}");
                     ExitCode::SUCCESS
@@ -115,6 +95,22 @@ fn main() -> ExitCode {
                     ExitCode::from(e.exit_code())
                 }
             }
+        }),
+    }
+}
+
+/// Runs a command on a tokio runtime (multi-threaded for the long-running ones).
+fn block_on(multi_thread: bool, command: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    match builder.enable_all().build() {
+        Ok(runtime) => runtime.block_on(command),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
         }
     }
 }
