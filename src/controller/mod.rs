@@ -308,6 +308,7 @@ pub fn controller_for_scope(
         metrics,
         policy,
         unsaved: Default::default(),
+        written: Default::default(),
     });
 
     let sources = index.clone();

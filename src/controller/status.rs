@@ -187,15 +187,17 @@ fn condition(
 /// count; the comparison ignores only lastTransitionTime (carried over by [`next`] anyway).
 pub fn needs_patch(current: Option<&ClientCredentialStatus>, next: &ClientCredentialStatus) -> bool {
     let Some(current) = current else { return true };
-    let strip = |s: &ClientCredentialStatus| {
-        let mut s = s.clone();
-        for c in &mut s.conditions {
-            c.last_transition_time = Time(Timestamp::UNIX_EPOCH);
-        }
-        s.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
-        s
-    };
-    strip(current) != strip(next)
+    comparable(current) != comparable(next)
+}
+
+/// A status with what [`needs_patch`] ignores taken out: lastTransitionTime, condition order.
+pub fn comparable(status: &ClientCredentialStatus) -> ClientCredentialStatus {
+    let mut s = status.clone();
+    for c in &mut s.conditions {
+        c.last_transition_time = Time(Timestamp::UNIX_EPOCH);
+    }
+    s.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    s
 }
 
 #[cfg(test)]
