@@ -141,6 +141,25 @@ impl FailureRecord {
         };
         FailureRecord { attempts, last_failure: Some(now), retry_after, inputs: Some(inputs.to_owned()) }
     }
+
+    /// The record as it stands given the stored token: a token issued with the inputs that
+    /// failed, no earlier than the last failure, came from a later successful request, so the
+    /// failures are over. A success normally resets the record itself; this covers a success
+    /// whose record was not written (a crash between storing the token and recording the
+    /// outcome, or a record write lost to a stale read). Times are compared in whole seconds
+    /// because that is how Kubernetes stores the last failure time.
+    pub fn settled_by(self, stored: Option<&StoredToken>) -> Self {
+        let settled = self.attempts > 0
+            && stored.is_some_and(|s| {
+                let attempt_inputs = match &s.bootstrap {
+                    Some(b) => format!("{}+{b}", s.inputs),
+                    None => s.inputs.clone(),
+                };
+                self.inputs.as_deref() == Some(attempt_inputs.as_str())
+                    && self.last_failure.is_none_or(|f| s.issued_at.as_second() >= f.as_second())
+            });
+        if settled { FailureRecord::default() } else { self }
+    }
 }
 
 /// The input of [`crate::schedule::decide`] for a credential: what is published, whether it
@@ -300,5 +319,33 @@ mod tests {
         let rejected = TokenError::new(ErrorKind::Rejected, true, "no");
         let record = record.failed(now, &rejected, "b", max);
         assert_eq!((record.attempts, record.retry_after), (1, Some(max)));
+    }
+    #[test]
+    fn a_token_issued_with_the_failed_inputs_after_the_last_failure_settles_the_record() {
+        let at = |s: i64| Timestamp::from_second(1_800_000_000 + s).unwrap();
+        let transient = TokenError::unavailable("down");
+        let record = FailureRecord::default().failed(at(10), &transient, "in", Duration::from_secs(300));
+        let token = |issued: i64, inputs: &str| StoredToken {
+            access_token: "t".to_owned().into(),
+            token_type: "Bearer".into(),
+            scope: None,
+            issued_at: at(issued),
+            expires_at: at(issued + 3600),
+            refresh_token: None,
+            inputs: inputs.into(),
+            bootstrap: None,
+            renewal_request: None,
+        };
+        // Issued after the failure with the same inputs: a success whose record was lost.
+        assert_eq!(record.clone().settled_by(Some(&token(12, "in"))).attempts, 0);
+        // Issued before the failure (a renewal that then failed), or with other inputs (a
+        // spec change that failed): still failing.
+        assert_eq!(record.clone().settled_by(Some(&token(5, "in"))).attempts, 1);
+        assert_eq!(record.clone().settled_by(Some(&token(12, "old"))).attempts, 1);
+        assert_eq!(record.clone().settled_by(None).attempts, 1);
+        // Attempts recorded against a bootstrap value compare with the chain it started.
+        let chained = FailureRecord { inputs: Some("in+boot".into()), ..record };
+        let with_boot = StoredToken { bootstrap: Some("boot".into()), ..token(12, "in") };
+        assert_eq!(chained.settled_by(Some(&with_boot)).attempts, 0);
     }
 }

@@ -664,6 +664,33 @@ async fn a_crash_between_the_state_write_and_the_target_apply_publishes_the_stor
 }
 
 #[tokio::test]
+async fn a_crash_before_the_status_records_a_recovery_clears_degraded_on_restart_without_a_request() {
+    let api = api_server().await;
+    let endpoint = FaultyEndpoint::start().await;
+    let url = endpoint.add("demo", Mode::Status(503), 3600);
+    endpoint.set_failing(true);
+    let c = start(&api, args(&[]));
+    create_cc(&api, "demo", &url).await;
+    wait_condition(&api, "demo", "Degraded", ("True", "TokenEndpointUnavailable")).await;
+    // The endpoint heals; the next attempt gets a token and stores it, but no status write
+    // gets through before the process dies: status still records the failures.
+    api.inject(Fault::verbs(&[Verb::Patch]).resource("clientcredentials").subresource("status").code(500).times(1000));
+    endpoint.set_failing(false);
+    wait_secret_value(&api, "demo", "access_token", "demo-token-1").await;
+    c.crash();
+    api.clear_faults();
+    assert!(status(&api, "demo").unwrap().failed_attempts.unwrap_or(0) >= 1, "status still shows the failures");
+    // The stored token was issued, with the inputs that failed, after the last failure: the
+    // restarted controller reports the recovery instead of waiting for the next renewal.
+    let _c2 = start(&api, args(&[]));
+    wait_condition(&api, "demo", "Degraded", ("False", "Healthy")).await;
+    let s = status(&api, "demo").unwrap();
+    assert_eq!(s.failed_attempts.unwrap_or(0), 0);
+    assert_eq!(cond(&s, "Ready"), ("True".into(), "TokenIssued".into()));
+    assert_eq!(endpoint.hits("demo").iter().filter(|h| h.healthy).count(), 1, "no second request");
+}
+
+#[tokio::test]
 async fn a_crash_after_a_lost_response_to_the_state_write_continues_the_refresh_chain() {
     let api = api_server().await;
     let issuer = Issuer::start(true).await;

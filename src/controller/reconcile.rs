@@ -53,6 +53,18 @@ impl Error {
     }
 }
 
+/// How soon to reconcile again when the status was computed from a stale read.
+const STALE_STATUS_RETRY: Duration = Duration::from_secs(1);
+
+/// Whether the status on the server is what this reconcile computed.
+#[derive(Debug, PartialEq, Eq)]
+enum StatusWrite {
+    /// Written, or already as computed.
+    Current,
+    /// Not written: the object changed since it was read (409 Conflict).
+    Stale,
+}
+
 /// What one reconcile knows about a credential; each pipeline step reads and updates it.
 struct Run {
     cc: Arc<ClientCredential>,
@@ -83,6 +95,8 @@ pub async fn reconcile(cc: Arc<ClientCredential>, ctx: Arc<Context>) -> Result<A
         // their ownerReferences.
         ctx.metrics.forget_credential(&namespace, &name);
         ctx.take_unsaved(&namespace, &name);
+        ctx.written.forget(&format!("status/{}", cc.metadata.uid.as_deref().unwrap_or_default()));
+        ctx.written.forget(&format!("secret/{namespace}/{}", target::name(&cc)));
         return Ok(Action::await_change());
     }
     let status = cc.status.clone().unwrap_or_default();
@@ -118,6 +132,10 @@ pub async fn reconcile(cc: Arc<ClientCredential>, ctx: Arc<Context>) -> Result<A
         run.stored = Some(unsaved);
     }
 
+    // A success whose status write was lost (a crash, a conflict) left its failures in
+    // status; the stored token shows they are over.
+    run.record = std::mem::take(&mut run.record).settled_by(run.stored.as_ref());
+
     // 2. validate
     let prepared = prepare(&run.cc, &run.secrets).await?;
     let conflict = match &cached_target {
@@ -139,7 +157,10 @@ pub async fn reconcile(cc: Arc<ClientCredential>, ctx: Arc<Context>) -> Result<A
     }
     // 6. status
     let next = ready_to_request.map(|prep| run.next_decision(prep));
-    run.update_status(ready_to_request, next.as_ref()).await?;
+    if run.update_status(ready_to_request, next.as_ref()).await? == StatusWrite::Stale {
+        // The newer object normally arrives through the watch first; this is the fallback.
+        return Ok(Action::requeue(STALE_STATUS_RETRY));
+    }
     Ok(run.requeue(next.as_ref()))
 }
 
@@ -152,6 +173,7 @@ impl Run {
         // The cache may lag behind our own last write: before spending a token request,
         // confirm with the state Secret as the API server has it.
         self.stored = self.secrets.get_opt(&self.state_name).await?.as_ref().and_then(state::read);
+        self.record = std::mem::take(&mut self.record).settled_by(self.stored.as_ref());
         let Some(reason) = self.due(prep) else { return Ok(()) };
         let manual = reason == RequestReason::ManualRenewal;
         if manual {
@@ -212,12 +234,18 @@ impl Run {
         match target::desired(&self.cc, stored) {
             Ok(desired) if cached_target.is_some_and(|t| target::up_to_date(t, &desired)) => {}
             Ok(desired) => {
+                let key = format!("secret/{}/{}", self.cc.namespace().unwrap_or_default(), self.target_name);
+                let cached_version = cached_target.and_then(|t| t.metadata.resource_version.as_deref());
+                if self.ctx.written.is_lagging_echo(&key, cached_version, &desired) {
+                    return Ok(());
+                }
                 // A Secret's type is immutable: when spec.target.type changed, replace ours.
                 let old_type = cached_target.map(|t| t.type_.clone().unwrap_or_else(|| "Opaque".into()));
                 if old_type.is_some_and(|t| Some(&t) != desired.type_.as_ref()) {
                     self.secrets.delete(&self.target_name, &Default::default()).await?;
                 }
-                apply(&self.secrets, &desired).await?
+                apply(&self.secrets, &desired).await?;
+                self.ctx.written.remember(&key, cached_version, &desired);
             }
             Err(e) => {
                 self.failure.get_or_insert(Failure {
@@ -238,7 +266,7 @@ impl Run {
         decide(&schedule, &self.renewal, &self.ctx.policy.backoff, &self.jitter_key)
     }
 
-    async fn update_status(&mut self, prep: Option<&Prepared>, next: Option<&Decision>) -> Result<(), Error> {
+    async fn update_status(&mut self, prep: Option<&Prepared>, next: Option<&Decision>) -> Result<StatusWrite, Error> {
         let cc = self.cc.clone();
         // Failed attempts still pending (waiting out a backoff) keep the failure they
         // recorded: Degraded stays True until a request succeeds.
@@ -274,11 +302,25 @@ impl Run {
             target_secret_name: self.target_name.clone(),
         };
         let next_status = status::next(cc.status.as_ref(), &facts);
-        if status::needs_patch(cc.status.as_ref(), &next_status) {
-            patch_status(&self.ctx, &cc, &next_status).await?;
+        let key = format!("status/{}", cc.metadata.uid.as_deref().unwrap_or_default());
+        let version = cc.metadata.resource_version.as_deref();
+        if status::needs_patch(cc.status.as_ref(), &next_status)
+            && !self.ctx.written.is_lagging_echo(&key, version, &status::comparable(&next_status))
+        {
+            match patch_status(&self.ctx, &cc, &next_status).await {
+                Ok(()) => self.ctx.written.remember(&key, version, &status::comparable(&next_status)),
+                // The status changed since the cache showed it to us: what we computed is
+                // stale. The newer object is on its way through the watch and starts the
+                // next reconcile, which computes from it.
+                Err(Error::Kube(kube::Error::Api(e))) if e.code == 409 => {
+                    tracing::debug!("status changed since it was read; reconciling again from the newer version");
+                    return Ok(StatusWrite::Stale);
+                }
+                Err(e) => return Err(e),
+            }
         }
         record_gauges(&self.ctx, &cc, self.stored.as_ref(), renew_at);
-        Ok(())
+        Ok(StatusWrite::Current)
     }
 
     /// Requeue at the next decision point, and no later than expiry (to report Expired)
@@ -426,8 +468,10 @@ async fn apply_state(secrets: &Api<Secret>, secret: &Secret) -> Result<(), Error
 async fn patch_status(ctx: &Context, cc: &ClientCredential, status: &ClientCredentialStatus) -> Result<(), Error> {
     let api: Api<ClientCredential> = Api::namespaced(ctx.client.clone(), &cc.namespace().unwrap_or_default());
     // A merge patch of the whole status: conditions are replaced as a list, which is what
-    // we want, and no resourceVersion precondition is needed since status has one writer.
-    // Fields that are no longer set are sent as null, which is how a merge patch removes.
+    // we want. Fields that are no longer set are sent as null, which is how a merge patch
+    // removes. The status is computed from the cached one (failure counts, transition times),
+    // so the patch carries the resourceVersion it was computed from: the cache can lag behind
+    // our own last write, and a patch from a stale read must fail (409) rather than undo it.
     let mut body = serde_json::to_value(status).unwrap_or_default();
     if let (Some(current), Some(map)) =
         (cc.status.as_ref().and_then(|s| serde_json::to_value(s).ok()), body.as_object_mut())
@@ -436,7 +480,10 @@ async fn patch_status(ctx: &Context, cc: &ClientCredential, status: &ClientCrede
             map.entry(key.clone()).or_insert(serde_json::Value::Null);
         }
     }
-    let patch = serde_json::json!({ "status": body });
+    let patch = match cc.metadata.resource_version.as_deref() {
+        Some(rv) => serde_json::json!({ "metadata": { "resourceVersion": rv }, "status": body }),
+        None => serde_json::json!({ "status": body }),
+    };
     api.patch_status(&cc.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
     Ok(())
 }
