@@ -30,11 +30,16 @@ enum Command {
     /// /metrics on --admin-addr. Stops cleanly on SIGTERM.
     Controller(tokensync::controller::ControllerArgs),
 
-    /// Print the ClientCredential CustomResourceDefinition as YAML.
+    /// Print the CustomResourceDefinitions as YAML (ClientCredential and
+    /// ClusterClientCredential, as one multi-document stream).
     ///
-    /// The same file is committed as crds/clientcredentials.tokensync.io.yaml; install it with
-    /// `tokensync crd | kubectl apply -f -` or `kubectl apply -f crds/`.
-    Crd,
+    /// The same files are committed in crds/; install them with
+    /// `tokensync crd | kubectl apply --server-side -f -` or `kubectl apply -f crds/`.
+    Crd {
+        /// Print only this kind's CRD: ClientCredential or ClusterClientCredential.
+        #[arg(long, value_parser = ["ClientCredential", "ClusterClientCredential"])]
+        kind: Option<String>,
+    },
 
     /// Obtain one access token from manifests on disk, exactly as the controller would.
     ///
@@ -79,8 +84,13 @@ fn main() -> ExitCode {
                 }
             }
         }),
-        Command::Crd => {
-            print!("{}", tokensync::api::crd_yaml());
+        Command::Crd { kind } => {
+            let documents: Vec<String> = match kind.as_deref() {
+                Some("ClientCredential") => vec![tokensync::api::crd_yaml()],
+                Some(_) => vec![tokensync::api::cluster::crd_yaml()],
+                None => tokensync::api::all_crds().into_iter().map(|(_, yaml)| yaml).collect(),
+            };
+            print!("{}", documents.join("---\n"));
             ExitCode::SUCCESS
         }
         // One request: a single-threaded runtime is enough.

@@ -7,13 +7,20 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::duration::DurationString;
 pub use crate::oauth::{ClientAuthentication, GrantType, RequestEncoding, SigningAlgorithm};
+
+/// The admission rules that keep a ClientCredential in its own namespace. The
+/// ClusterClientCredential CRD, which shares the spec, replaces them with
+/// [`super::cluster::CLUSTER_RULES`].
+pub const NAMESPACED_CREDENTIALS_RULE: &str = "!has(self.credentialsRef.namespace)";
+pub const NAMESPACED_TARGET_RULE: &str =
+    "!has(self.target.namespaces) && !has(self.target.namespaceSelector) && !has(self.target.excludeNamespaces)";
 
 /// Desired state of a ClientCredential: where and how to obtain an access token, and the
 /// Secret to keep it in.
@@ -45,7 +52,9 @@ pub use crate::oauth::{ClientAuthentication, GrantType, RequestEncoding, Signing
     validation = Rule::new("!has(self.clientAuthentication) || self.clientAuthentication != 'none' || !has(self.grantType) || self.grantType != 'client_credentials'").message("grantType client_credentials needs client authentication; clientAuthentication none is only for refresh_token, authorization_code and jwt-bearer").field_path(".clientAuthentication"),
     validation = Rule::new("!has(self.clientAuthentication) || self.clientAuthentication != 'client_secret_jwt' || !has(self.assertion) || !has(self.assertion.algorithm) || self.assertion.algorithm in ['HS256', 'HS384', 'HS512']").message("clientAuthentication client_secret_jwt signs with the client secret: spec.assertion.algorithm must be HS256, HS384 or HS512").field_path(".assertion.algorithm"),
     validation = Rule::new("!has(self.target.name) || self.target.name != self.credentialsRef.name").message("the target Secret must not be the credentials Secret").field_path(".target.name"),
-    validation = Rule::new("!has(self.assertion) || !has(self.assertion.algorithm) || !(self.assertion.algorithm in ['HS256', 'HS384', 'HS512']) || (has(self.clientAuthentication) && self.clientAuthentication == 'client_secret_jwt')").message("HS256/HS384/HS512 assertions are only for clientAuthentication client_secret_jwt; private keys sign with RS*, PS* or ES*").field_path(".assertion.algorithm")
+    validation = Rule::new("!has(self.assertion) || !has(self.assertion.algorithm) || !(self.assertion.algorithm in ['HS256', 'HS384', 'HS512']) || (has(self.clientAuthentication) && self.clientAuthentication == 'client_secret_jwt')").message("HS256/HS384/HS512 assertions are only for clientAuthentication client_secret_jwt; private keys sign with RS*, PS* or ES*").field_path(".assertion.algorithm"),
+    validation = Rule::new(NAMESPACED_CREDENTIALS_RULE).message("spec.credentialsRef.namespace is only for a ClusterClientCredential: a ClientCredential reads Secrets in its own namespace").field_path(".credentialsRef.namespace"),
+    validation = Rule::new(NAMESPACED_TARGET_RULE).message("spec.target.namespaces, namespaceSelector and excludeNamespaces are only for a ClusterClientCredential: a ClientCredential writes its target in its own namespace").field_path(".target")
 )]
 pub struct ClientCredentialSpec {
     /// URL of the OAuth2 token endpoint, e.g. https://auth.example/realms/x/protocol/openid-connect/token.
@@ -88,9 +97,10 @@ pub struct ClientCredentialSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub omit_grant_type: bool,
 
-    /// The Secret, in the same namespace, holding the client credentials and, for the other
-    /// flows, the private key, bootstrap refresh token or authorization code. Cross-namespace
-    /// references are not possible.
+    /// The Secret holding the client credentials and, for the other flows, the private key,
+    /// bootstrap refresh token or authorization code. A ClientCredential reads it from its own
+    /// namespace (cross-namespace references are not possible); a ClusterClientCredential
+    /// from credentialsRef.namespace.
     pub credentials_ref: CredentialsRef,
 
     /// Scopes to request, sent space-separated in the scope parameter (also on refresh).
@@ -193,9 +203,18 @@ pub struct HttpHeader {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialsRef {
-    /// Name of the Secret in the same namespace.
+    /// Name of the Secret: in the ClientCredential's namespace, or for a
+    /// ClusterClientCredential in credentialsRef.namespace.
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub name: String,
+
+    /// Namespace of the Secret. Required on a ClusterClientCredential (the platform team's
+    /// namespace that holds the client secret; the CA bundle and client certificate Secrets
+    /// are read from it too) and rejected on a ClientCredential, which only ever reads
+    /// Secrets in its own namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub namespace: Option<String>,
 
     /// Key holding the client_id. Default client_id.
     #[serde(default = "default_client_id_key")]
@@ -355,7 +374,7 @@ pub struct TlsSettings {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CaBundleRef {
-    /// Name of the Secret in the same namespace.
+    /// Name of the Secret, in the same namespace as the credentials Secret.
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub name: String,
     /// Key holding the PEM bundle. Default ca.crt.
@@ -372,7 +391,7 @@ fn default_ca_key() -> String {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClientCertificateRef {
-    /// Name of the Secret in the same namespace.
+    /// Name of the Secret, in the same namespace as the credentials Secret.
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub name: String,
     /// Key holding the PEM certificate chain. Default tls.crt.
@@ -440,9 +459,32 @@ pub struct TargetSecret {
 
     /// What happens to the target Secret when the ClientCredential is deleted: Delete (the
     /// default; it is garbage-collected through its ownerReference) or Retain (no
-    /// ownerReference; the Secret stays until someone deletes it).
+    /// ownerReference; the Secret stays until someone deletes it). On a
+    /// ClusterClientCredential, Delete also removes the copy from a namespace that stops
+    /// being selected; Retain leaves it there (it is no longer renewed).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+
+    /// ClusterClientCredential only: namespaces that receive a copy of the target Secret, by
+    /// name. Combined with namespaceSelector (a namespace matching either is selected);
+    /// namespaces that do not exist yet receive their copy when they are created.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024), inner(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub namespaces: Vec<String>,
+
+    /// ClusterClientCredential only: namespaces whose labels match receive a copy of the
+    /// target Secret. A namespace that gains a matching label receives the current token at
+    /// once, without a token request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+
+    /// ClusterClientCredential only: namespaces that never receive a copy, even when listed in
+    /// namespaces or matched by namespaceSelector.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024), inner(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub exclude_namespaces: Vec<String>,
 }
 
 /// Fate of the target Secret when its ClientCredential is deleted.

@@ -314,7 +314,78 @@ pub fn validate(spec: &ClientCredentialSpec, resource_name: &str) -> Result<(), 
         );
     }
 
+    // A ClientCredential stays in its own namespace: the fields that reach into others
+    // belong to ClusterClientCredential ([`validate_cluster`] takes them out before calling
+    // this).
+    c.check(
+        creds.namespace.is_none(),
+        "spec.credentialsRef.namespace",
+        "only for a ClusterClientCredential: a ClientCredential reads Secrets in its own namespace",
+    );
+    c.check(
+        target.namespaces.is_empty() && target.namespace_selector.is_none() && target.exclude_namespaces.is_empty(),
+        "spec.target",
+        "namespaces, namespaceSelector and excludeNamespaces are only for a ClusterClientCredential: a ClientCredential writes its target in its own namespace",
+    );
+
     if c.0.is_empty() { Ok(()) } else { Err(ValidationErrors(c.0)) }
+}
+
+/// Checks a ClusterClientCredential's spec: the cluster rules, then every ClientCredential
+/// rule on the spec as it reads from the credentials namespace ([`localized`]).
+pub fn validate_cluster(spec: &ClientCredentialSpec, resource_name: &str) -> Result<(), ValidationErrors> {
+    let mut c = Collector::default();
+    match &spec.credentials_ref.namespace {
+        Some(ns) => c.check(
+            is_dns_label(ns),
+            "spec.credentialsRef.namespace",
+            &format!("{ns:?} is not a valid namespace name"),
+        ),
+        None => c.fail(
+            "spec.credentialsRef.namespace",
+            "a ClusterClientCredential names the namespace of its credentials Secret",
+        ),
+    }
+    let target = &spec.target;
+    c.check(
+        !target.namespaces.is_empty() || target.namespace_selector.is_some(),
+        "spec.target",
+        "select the namespaces that receive the token: spec.target.namespaces and/or spec.target.namespaceSelector",
+    );
+    for (field, list) in [("spec.target.namespaces", &target.namespaces), ("spec.target.excludeNamespaces", &target.exclude_namespaces)] {
+        for (i, ns) in list.iter().enumerate() {
+            c.check(is_dns_label(ns), &format!("{field}[{i}]"), &format!("{ns:?} is not a valid namespace name"));
+        }
+    }
+    if let Some(selector) = &target.namespace_selector {
+        if let Err(e) = kube::core::Selector::try_from(selector.clone()) {
+            c.fail("spec.target.namespaceSelector", e.to_string());
+        }
+    }
+    if let Err(ValidationErrors(errors)) = validate(&localized(spec), resource_name) {
+        c.0.extend(errors);
+    }
+    if c.0.is_empty() { Ok(()) } else { Err(ValidationErrors(c.0)) }
+}
+
+/// A ClusterClientCredential's spec as the token engine sees it: the same request, made
+/// from the credentials namespace, without the fields that reach into other namespaces.
+pub fn localized(spec: &ClientCredentialSpec) -> ClientCredentialSpec {
+    let mut spec = spec.clone();
+    spec.credentials_ref.namespace = None;
+    spec.target.namespaces.clear();
+    spec.target.namespace_selector = None;
+    spec.target.exclude_namespaces.clear();
+    spec
+}
+
+/// An RFC 1123 label, as namespace names are.
+fn is_dns_label(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 63
+        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-')
 }
 
 /// A URL tokensync may call: absolute http(s), with a host, no credentials in it and no
