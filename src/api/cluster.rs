@@ -13,7 +13,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::v1alpha1::{ClientCredentialSpec, ClientCredentialStatus, NAMESPACED_CREDENTIALS_RULE, NAMESPACED_TARGET_RULE};
+use super::v1alpha1::{
+    ClientCredentialSpec, ClientCredentialStatus, NAMESPACED_CREDENTIALS_RULE, NAMESPACED_TARGET_RULE,
+};
 
 /// Desired state of a ClusterClientCredential: the token request of a ClientCredential, made
 /// with the credentials Secret in spec.credentialsRef.namespace, and the namespaces that
@@ -171,7 +173,9 @@ mod tests {
         assert!(selects(&t, "team-a", &labelled));
         assert!(!selects(&t, "team-b", &BTreeMap::new()));
         assert!(!selects(&t, "kube-system", &labelled));
-        let expressions = target(json!({"namespaceSelector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["prod"]}]}}));
+        let expressions = target(
+            json!({"namespaceSelector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["prod"]}]}}),
+        );
         assert!(selects(&expressions, "x", &BTreeMap::from([("tier".to_owned(), "prod".to_owned())])));
         assert!(!selects(&expressions, "x", &BTreeMap::from([("tier".to_owned(), "dev".to_owned())])));
     }

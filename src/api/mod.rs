@@ -7,7 +7,9 @@ pub mod engine;
 pub mod v1alpha1;
 pub mod validate;
 
-pub use cluster::{ClusterClientCredential, ClusterClientCredentialSpec, ClusterClientCredentialStatus, NamespaceFailure};
+pub use cluster::{
+    ClusterClientCredential, ClusterClientCredentialSpec, ClusterClientCredentialStatus, NamespaceFailure,
+};
 pub use v1alpha1::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

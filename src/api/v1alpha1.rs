@@ -469,7 +469,10 @@ pub struct TargetSecret {
     /// name. Combined with namespaceSelector (a namespace matching either is selected);
     /// namespaces that do not exist yet receive their copy when they are created.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 1024), inner(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")))]
+    #[schemars(
+        length(max = 1024),
+        inner(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))
+    )]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub namespaces: Vec<String>,
 
@@ -482,7 +485,10 @@ pub struct TargetSecret {
     /// ClusterClientCredential only: namespaces that never receive a copy, even when listed in
     /// namespaces or matched by namespaceSelector.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 1024), inner(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")))]
+    #[schemars(
+        length(max = 1024),
+        inner(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))
+    )]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub exclude_namespaces: Vec<String>,
 }

@@ -336,11 +336,9 @@ pub fn validate(spec: &ClientCredentialSpec, resource_name: &str) -> Result<(), 
 pub fn validate_cluster(spec: &ClientCredentialSpec, resource_name: &str) -> Result<(), ValidationErrors> {
     let mut c = Collector::default();
     match &spec.credentials_ref.namespace {
-        Some(ns) => c.check(
-            is_dns_label(ns),
-            "spec.credentialsRef.namespace",
-            &format!("{ns:?} is not a valid namespace name"),
-        ),
+        Some(ns) => {
+            c.check(is_dns_label(ns), "spec.credentialsRef.namespace", &format!("{ns:?} is not a valid namespace name"))
+        }
         None => c.fail(
             "spec.credentialsRef.namespace",
             "a ClusterClientCredential names the namespace of its credentials Secret",
@@ -352,7 +350,9 @@ pub fn validate_cluster(spec: &ClientCredentialSpec, resource_name: &str) -> Res
         "spec.target",
         "select the namespaces that receive the token: spec.target.namespaces and/or spec.target.namespaceSelector",
     );
-    for (field, list) in [("spec.target.namespaces", &target.namespaces), ("spec.target.excludeNamespaces", &target.exclude_namespaces)] {
+    for (field, list) in
+        [("spec.target.namespaces", &target.namespaces), ("spec.target.excludeNamespaces", &target.exclude_namespaces)]
+    {
         for (i, ns) in list.iter().enumerate() {
             c.check(is_dns_label(ns), &format!("{field}[{i}]"), &format!("{ns:?} is not a valid namespace name"));
         }

@@ -6,6 +6,9 @@ pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "tokensync";
 /// Label naming the ClientCredential a managed Secret belongs to.
 pub const CREDENTIAL: &str = "tokensync.io/client-credential";
+/// Label naming the ClusterClientCredential a managed Secret belongs to: its state Secret
+/// and the copy of its target in every selected namespace.
+pub const CLUSTER_CREDENTIAL: &str = "tokensync.io/cluster-client-credential";
 /// Label telling target Secrets (workloads read them) from state Secrets (tokensync only).
 pub const ROLE: &str = "tokensync.io/role";
 pub const ROLE_TARGET: &str = "target";
@@ -30,18 +33,33 @@ pub fn managed_selector() -> String {
     format!("{MANAGED_BY}={MANAGED_BY_VALUE}")
 }
 
+/// The label selector for the Secrets tokensync manages for ClientCredentials (those of
+/// ClusterClientCredentials have their own watch).
+pub fn namespaced_managed_selector() -> String {
+    format!("{MANAGED_BY}={MANAGED_BY_VALUE},!{CLUSTER_CREDENTIAL}")
+}
+
 /// Name of the state Secret of a ClientCredential: the name plus a suffix, shortened with a
 /// hash when that would exceed the 253 characters Kubernetes allows.
 pub fn state_secret_name(credential: &str) -> String {
-    const SUFFIX: &str = ".tokensync-state";
-    let name = format!("{credential}{SUFFIX}");
+    suffixed(credential, ".tokensync-state")
+}
+
+/// Name of the state Secret of a ClusterClientCredential, in its credentials namespace: a
+/// suffix of its own, so it never collides with a ClientCredential's of the same name.
+pub fn cluster_state_secret_name(credential: &str) -> String {
+    suffixed(credential, ".tokensync-cluster-state")
+}
+
+fn suffixed(credential: &str, suffix: &str) -> String {
+    let name = format!("{credential}{suffix}");
     if name.len() <= 253 {
         return name;
     }
     use sha2::Digest;
     let hash = hex::encode(&sha2::Sha256::digest(credential.as_bytes())[..8]);
-    let keep = 253 - SUFFIX.len() - hash.len() - 1;
-    format!("{}-{hash}{SUFFIX}", credential[..keep].trim_end_matches(['-', '.']))
+    let keep = 253 - suffix.len() - hash.len() - 1;
+    format!("{}-{hash}{suffix}", credential[..keep].trim_end_matches(['-', '.']))
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! server and leader election. The reconcile pipeline is in [`reconcile`]; the pure pieces
 //! it uses are [`state`], [`target`], [`status`] and [`crate::schedule`].
 
+pub mod cluster;
 pub mod context;
 pub mod labels;
 pub mod leader;
@@ -77,6 +78,12 @@ pub struct ControllerArgs {
     /// This replica's identity in the Lease. Default: the pod name (POD_NAME) or hostname.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+
+    /// Also reconcile ClusterClientCredentials: one token written to many namespaces. Needs
+    /// the ClusterClientCredential CRD, cluster-wide Secret write and Namespace list/watch,
+    /// and watches all namespaces (it cannot be combined with --namespace).
+    #[arg(long, env = "TOKENSYNC_CLUSTER_CREDENTIALS")]
+    pub cluster_credentials: bool,
 }
 
 impl ControllerArgs {
@@ -236,6 +243,24 @@ pub async fn run_controllers(
         runs.push(run);
         synced.push(ready_signal);
     }
+    if args.cluster_credentials {
+        if !args.namespaces.is_empty() {
+            // clap cannot express this across an env var and a flag; refuse loudly.
+            tracing::error!("--cluster-credentials needs all namespaces; it is ignored with --namespace");
+        } else {
+            let (run, ready_signal) = cluster_controller(
+                client.clone(),
+                engine.clone(),
+                policy.clone(),
+                metrics.clone(),
+                reporter.clone(),
+                args.concurrency,
+                shutdown.clone(),
+            );
+            runs.push(run);
+            synced.push(ready_signal);
+        }
+    }
     let readiness = async move {
         futures::future::join_all(synced).await;
         ready.store(true, Ordering::Release);
@@ -289,8 +314,11 @@ pub fn controller_for_scope(
     let (managed_reader, managed_writer) = reflector::store();
     let managed_stream = reflector::reflector(
         managed_writer,
-        watcher(secrets.clone(), watcher::Config::default().labels(&labels::managed_selector()).any_semantic())
-            .modify(|s| s.managed_fields_mut().clear()),
+        watcher(
+            secrets.clone(),
+            watcher::Config::default().labels(&labels::namespaced_managed_selector()).any_semantic(),
+        )
+        .modify(|s| s.managed_fields_mut().clear()),
     )
     .default_backoff()
     .touched_objects();
@@ -334,6 +362,102 @@ pub fn controller_for_scope(
         .boxed();
     let ready = async move {
         let _ = cc_reader.wait_until_ready().await;
+        let _ = managed_reader.wait_until_ready().await;
+    }
+    .boxed();
+    (run, ready)
+}
+
+/// Builds the ClusterClientCredential controller: watches ClusterClientCredentials, the
+/// Namespaces (metadata), the Secrets it manages (labelled with the cluster credential) and
+/// Secret metadata (to notice source Secret changes).
+pub fn cluster_controller(
+    client: Client,
+    engine: TokenClient,
+    policy: Policy,
+    metrics: Arc<Metrics>,
+    reporter: Reporter,
+    concurrency: u16,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> (futures::future::BoxFuture<'static, ()>, futures::future::BoxFuture<'static, ()>) {
+    use crate::api::ClusterClientCredential;
+    use k8s_openapi::api::core::v1::Namespace;
+
+    let cccs: Api<ClusterClientCredential> = Api::all(client.clone());
+    let (ccc_reader, ccc_writer) = reflector::store();
+    let ccc_stream = reflector::reflector(
+        ccc_writer,
+        watcher(cccs, watcher::Config::default().any_semantic()).modify(|c| c.managed_fields_mut().clear()),
+    )
+    .default_backoff()
+    .touched_objects();
+
+    let (ns_reader, ns_writer) = reflector::store();
+    let ns_stream = reflector::reflector(
+        ns_writer,
+        watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default().any_semantic())
+            .modify(|n| n.managed_fields_mut().clear()),
+    )
+    .default_backoff()
+    .touched_objects();
+
+    let (managed_reader, managed_writer) = reflector::store();
+    let managed_stream = reflector::reflector(
+        managed_writer,
+        watcher(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default().labels(labels::CLUSTER_CREDENTIAL).any_semantic(),
+        )
+        .modify(|s| s.managed_fields_mut().clear()),
+    )
+    .default_backoff()
+    .touched_objects();
+
+    let source_stream =
+        watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), watcher::Config::default().any_semantic())
+            .default_backoff()
+            .touched_objects();
+
+    let ctx = Arc::new(cluster::ClusterContext {
+        base: Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            managed: managed_reader.clone(),
+            engine,
+            metrics,
+            policy,
+            unsaved: Default::default(),
+            written: Default::default(),
+        },
+        namespaces: ns_reader.clone(),
+    });
+
+    let (all_for_ns, all_for_sources) = (ccc_reader.clone(), ccc_reader.clone());
+    let controller = Controller::for_stream(ccc_stream, ccc_reader.clone())
+        .with_config(ControllerConfig::default().concurrency(concurrency))
+        // A namespace created, relabelled or terminating can change any selection.
+        .watches_stream(ns_stream, move |_ns: PartialObjectMeta<Namespace>| {
+            all_for_ns.state().iter().map(|c| ObjectRef::from_obj(c.as_ref())).collect::<Vec<_>>()
+        })
+        .watches_stream(managed_stream, |secret: Secret| {
+            secret.labels().get(labels::CLUSTER_CREDENTIAL).map(|name| ObjectRef::new(name))
+        })
+        .watches_stream(source_stream, move |meta: PartialObjectMeta<Secret>| {
+            cluster::readers(&all_for_sources.state(), &meta.namespace().unwrap_or_default(), &meta.name_any())
+        })
+        .graceful_shutdown_on(shutdown);
+
+    let run = controller
+        .run(cluster::reconcile, cluster::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "cluster controller event");
+            }
+        })
+        .boxed();
+    let ready = async move {
+        let _ = ccc_reader.wait_until_ready().await;
+        let _ = ns_reader.wait_until_ready().await;
         let _ = managed_reader.wait_until_ready().await;
     }
     .boxed();

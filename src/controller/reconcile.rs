@@ -54,7 +54,7 @@ impl Error {
 }
 
 /// How soon to reconcile again when the status was computed from a stale read.
-const STALE_STATUS_RETRY: Duration = Duration::from_secs(1);
+pub(super) const STALE_STATUS_RETRY: Duration = Duration::from_secs(1);
 
 /// Whether the status on the server is what this reconcile computed.
 #[derive(Debug, PartialEq, Eq)]
@@ -180,7 +180,8 @@ impl Run {
             self.handled_request = self.renew_annotation.clone();
         }
         let request = manual.then(|| self.renew_annotation.clone()).flatten();
-        match acquire(&self.ctx, &self.cc, prep, self.stored.as_ref(), request).await {
+        let who = format!("{}/{}", self.cc.namespace().unwrap_or_default(), self.cc.name_any());
+        match acquire(&self.ctx, &who, prep, self.stored.as_ref(), request).await {
             Ok((new_state, rotated_bootstrap)) => {
                 // State first, so a rotated refresh token is never lost.
                 if let Err(e) = apply_state(&self.secrets, &state::desired(&self.cc, &new_state)).await {
@@ -371,7 +372,7 @@ async fn prepare(cc: &ClientCredential, secrets: &Api<Secret>) -> Result<Result<
 }
 
 /// The failure record as persisted in status.
-fn failure_record(s: &ClientCredentialStatus) -> FailureRecord {
+pub(super) fn failure_record(s: &ClientCredentialStatus) -> FailureRecord {
     FailureRecord {
         attempts: s.failed_attempts.unwrap_or(0).max(0) as u32,
         last_failure: s.last_failure_time.as_ref().map(|t| t.0),
@@ -397,9 +398,9 @@ fn schedule_state(
 
 /// Requests one token. Returns the new state, and whether a bootstrap refresh token from
 /// the source Secret was consumed (and replaced by a rotated one).
-async fn acquire(
+pub(super) async fn acquire(
     ctx: &Context,
-    cc: &ClientCredential,
+    who: &str,
     prep: &Prepared,
     stored: Option<&StoredToken>,
     renewal_request: Option<String>,
@@ -410,8 +411,7 @@ async fn acquire(
     ctx.metrics.observe_token_request(&result, started.elapsed());
     let acquired = result?;
     tracing::info!(
-        namespace = cc.namespace().unwrap_or_default(),
-        name = cc.name_any(),
+        credential = who,
         flow = ?acquired.flow,
         expires_at = %acquired.token.expires_at,
         "token issued"
@@ -419,7 +419,7 @@ async fn acquire(
     Ok(token_state::issued(acquired, held, prep, renewal_request))
 }
 
-fn describe(reason: RequestReason) -> &'static str {
+pub(super) fn describe(reason: RequestReason) -> &'static str {
     match reason {
         RequestReason::NoToken => "first token",
         RequestReason::InputsChanged => "the spec or the source Secret changed",
@@ -433,7 +433,7 @@ fn describe(reason: RequestReason) -> &'static str {
 /// Server-side apply under tokensync's field manager. `force`: tokensync is the only
 /// writer of these fields; a conflicting manager (someone editing the Secret by hand) loses,
 /// which is how an edited target is restored.
-async fn apply(secrets: &Api<Secret>, secret: &Secret) -> Result<(), Error> {
+pub(super) async fn apply(secrets: &Api<Secret>, secret: &Secret) -> Result<(), Error> {
     let mut secret = secret.clone();
     secret.metadata.managed_fields = None;
     let body = serde_json::json!({
@@ -450,7 +450,7 @@ async fn apply(secrets: &Api<Secret>, secret: &Secret) -> Result<(), Error> {
 
 /// Applies the state Secret, retrying briefly: it may hold a rotated refresh token that
 /// exists nowhere else, and losing it would break the refresh chain.
-async fn apply_state(secrets: &Api<Secret>, secret: &Secret) -> Result<(), Error> {
+pub(super) async fn apply_state(secrets: &Api<Secret>, secret: &Secret) -> Result<(), Error> {
     let mut delay = Duration::from_millis(200);
     for _ in 0..4 {
         match apply(secrets, secret).await {
@@ -515,6 +515,11 @@ fn record_gauges(ctx: &Context, cc: &ClientCredential, stored: Option<&StoredTok
 /// failing call is retried with a short fixed delay; kube's watcher already backs off on
 /// watch errors.
 pub fn error_policy(_cc: Arc<ClientCredential>, error: &Error, ctx: Arc<Context>) -> Action {
+    error_policy_for(error, &ctx)
+}
+
+/// Logs and counts a reconcile error; the object is looked at again in 5 s.
+pub(super) fn error_policy_for(error: &Error, ctx: &Context) -> Action {
     tracing::warn!(%error, "reconcile failed");
     ctx.metrics.reconcile_errors.get_or_create(&crate::metrics::ErrorLabels { kind: error.kind().into() }).inc();
     Action::requeue(Duration::from_secs(5))

@@ -47,6 +47,21 @@ pub fn read(secret: &Secret) -> Option<StoredToken> {
 /// useless without it), whatever the target's deletion policy.
 pub fn desired(cc: &ClientCredential, stored: &StoredToken) -> Secret {
     let name = cc.metadata.name.clone().unwrap_or_default();
+    let mut secret = secret_for(stored);
+    secret.metadata.name = Some(labels::state_secret_name(&name));
+    secret.metadata.namespace = cc.metadata.namespace.clone();
+    secret.metadata.labels = Some(BTreeMap::from([
+        (labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned()),
+        (labels::CREDENTIAL.to_owned(), name),
+        (labels::ROLE.to_owned(), labels::ROLE_STATE.to_owned()),
+    ]));
+    secret.metadata.owner_references = cc.controller_owner_ref(&()).map(|r| vec![r]);
+    secret
+}
+
+/// The data and annotations of a state Secret for `stored`; the caller names, labels and
+/// owns it.
+pub fn secret_for(stored: &StoredToken) -> Secret {
     let mut data = BTreeMap::from([
         ("access_token".to_owned(), ByteString(stored.access_token.expose_secret().as_bytes().to_vec())),
         ("token_type".to_owned(), ByteString(stored.token_type.clone().into_bytes())),
@@ -69,18 +84,7 @@ pub fn desired(cc: &ClientCredential, stored: &StoredToken) -> Secret {
         annotations.insert(labels::RENEWAL_REQUEST.into(), r.clone());
     }
     Secret {
-        metadata: ObjectMeta {
-            name: Some(labels::state_secret_name(&name)),
-            namespace: cc.metadata.namespace.clone(),
-            labels: Some(BTreeMap::from([
-                (labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned()),
-                (labels::CREDENTIAL.to_owned(), name),
-                (labels::ROLE.to_owned(), labels::ROLE_STATE.to_owned()),
-            ])),
-            annotations: Some(annotations),
-            owner_references: cc.controller_owner_ref(&()).map(|r| vec![r]),
-            ..Default::default()
-        },
+        metadata: ObjectMeta { annotations: Some(annotations), ..Default::default() },
         type_: Some("Opaque".into()),
         data: Some(data),
         ..Default::default()

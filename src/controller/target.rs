@@ -10,7 +10,7 @@ use kube::Resource;
 
 use super::labels;
 use super::state::{StoredToken, seconds};
-use crate::api::{ClientCredential, DeletionPolicy};
+use crate::api::{ClientCredential, DeletionPolicy, TargetSecret};
 use crate::render::RenderError;
 
 /// The target Secret's name: spec.target.name, or the ClientCredential's own name.
@@ -48,30 +48,38 @@ pub fn desired(cc: &ClientCredential, stored: &StoredToken) -> Result<Secret, Re
     let target = &cc.spec.target;
     let data = crate::token_state::render_target(target.template.as_ref(), stored)?;
     let credential = cc.metadata.name.clone().unwrap_or_default();
+    let mut secret = secret_for(target, (labels::CREDENTIAL, &credential), stored, data);
+    secret.metadata.name = Some(name(cc));
+    secret.metadata.namespace = cc.metadata.namespace.clone();
+    secret.metadata.owner_references = match target.deletion_policy {
+        DeletionPolicy::Delete => cc.controller_owner_ref(&()).map(|r| vec![r]),
+        DeletionPolicy::Retain => None,
+    };
+    Ok(secret)
+}
+
+/// A target Secret with `data` (rendered from `stored`), the spec's type, labels and
+/// annotations, and tokensync's own: `owner` is the label naming the resource it belongs
+/// to. The caller names it and sets its owner references.
+pub fn secret_for(
+    target: &TargetSecret,
+    owner: (&str, &str),
+    stored: &StoredToken,
+    data: BTreeMap<String, Vec<u8>>,
+) -> Secret {
     let mut labels_map = target.labels.clone();
     labels_map.insert(labels::MANAGED_BY.into(), labels::MANAGED_BY_VALUE.into());
-    labels_map.insert(labels::CREDENTIAL.into(), credential);
+    labels_map.insert(owner.0.into(), owner.1.into());
     labels_map.insert(labels::ROLE.into(), labels::ROLE_TARGET.into());
     let mut annotations = target.annotations.clone();
     annotations.insert(labels::EXPIRES_AT.into(), seconds(stored.expires_at));
     annotations.insert(labels::ISSUED_AT.into(), seconds(stored.issued_at));
-    let owner_references = match target.deletion_policy {
-        DeletionPolicy::Delete => cc.controller_owner_ref(&()).map(|r| vec![r]),
-        DeletionPolicy::Retain => None,
-    };
-    Ok(Secret {
-        metadata: ObjectMeta {
-            name: Some(name(cc)),
-            namespace: cc.metadata.namespace.clone(),
-            labels: Some(labels_map),
-            annotations: Some(annotations),
-            owner_references,
-            ..Default::default()
-        },
+    Secret {
+        metadata: ObjectMeta { labels: Some(labels_map), annotations: Some(annotations), ..Default::default() },
         type_: Some(target.type_.clone().unwrap_or_else(|| "Opaque".into())),
         data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
         ..Default::default()
-    })
+    }
 }
 
 /// Whether `actual` already is what applying `desired` would make it: same data (exactly:
