@@ -317,6 +317,18 @@ fn each_invalid_spec_is_rejected_with_a_message_naming_the_field() {
             "spec.target.template[a/b]",
             false,
         ),
+        (
+            "a ClientCredential reading a Secret in another namespace",
+            with(json!({"credentialsRef": {"namespace": "platform"}})),
+            "spec.credentialsRef.namespace",
+            true,
+        ),
+        (
+            "a ClientCredential fanning out to other namespaces",
+            with(json!({"target": {"namespaceSelector": {"matchLabels": {"team": "a"}}}})),
+            "spec.target",
+            true,
+        ),
     ];
     for (what, object, field, cel_rule) in cases {
         let cc: ClientCredential = serde_json::from_value(object).unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -338,4 +350,99 @@ fn unknown_enum_values_are_rejected_when_reading() {
     ] {
         assert!(serde_json::from_value::<ClientCredential>(with(patch.clone())).is_err(), "{patch}");
     }
+}
+
+/// The ClusterClientCredential's spec schema, from its own CRD.
+fn cluster_schema() -> Value {
+    let crd = serde_json::to_value(api::cluster::crd()).unwrap();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+}
+
+fn cluster(patch: Value) -> Value {
+    let mut v = json!({
+        "apiVersion": "tokensync.io/v1alpha1",
+        "kind": "ClusterClientCredential",
+        "metadata": {"name": "auth0"},
+        "spec": {
+            "tokenEndpoint": "https://auth.example/token",
+            "credentialsRef": {"name": "auth0-client", "namespace": "platform"},
+            "target": {"namespaceSelector": {"matchLabels": {"auth0": "yes"}}}
+        }
+    });
+    merge(&mut v["spec"], patch);
+    v
+}
+
+#[test]
+fn a_cluster_credential_needs_its_credentials_namespace_and_a_namespace_selection() {
+    use tokensync::api::ClusterClientCredential;
+    use tokensync::api::validate::validate_cluster;
+    let ok: ClusterClientCredential = serde_json::from_value(cluster(json!({}))).unwrap();
+    validate_cluster(&ok.spec.token, "auth0").unwrap();
+    assert!(cel_violations(&cluster_schema(), &serde_json::to_value(&ok).unwrap()).is_empty());
+    let cases = [
+        (
+            "no credentials namespace",
+            cluster(json!({"credentialsRef": {"namespace": null}})),
+            "spec.credentialsRef.namespace",
+        ),
+        ("no namespaces selected", cluster(json!({"target": {"namespaceSelector": null}})), "spec.target"),
+        // The shared rules hold for the cluster kind too.
+        ("both endpoint and issuer", cluster(json!({"issuer": "https://auth.example"})), "spec.tokenEndpoint"),
+    ];
+    for (what, object, field) in cases {
+        let ccc: ClusterClientCredential = serde_json::from_value(object).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let errors = validate_cluster(&ccc.spec.token, "auth0").expect_err(what);
+        assert!(errors.mentions(field), "{what}: expected an error about {field}, got: {errors}");
+        let violations = cel_violations(&cluster_schema(), &serde_json::to_value(&ccc).unwrap());
+        assert!(!violations.is_empty(), "{what}: the CRD rules catch it too");
+    }
+}
+
+#[test]
+fn the_cluster_crd_is_cluster_scoped_documented_and_shows_the_namespace_counts() {
+    let crd = serde_json::to_value(api::cluster::crd()).unwrap();
+    assert_eq!(crd["spec"]["scope"], "Cluster");
+    assert_eq!(crd["spec"]["names"]["shortNames"], json!(["clusterclientcred"]));
+    assert_eq!(crd["spec"]["names"]["categories"], json!(["tokensync"]));
+    let columns: Vec<&str> = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["Ready", "Reason", "Synced", "Failed", "Expires", "Age"]);
+    fn undocumented(path: &str, schema: &Value, out: &mut Vec<String>) {
+        for (name, sub) in schema.get("properties").and_then(Value::as_object).into_iter().flatten() {
+            let sub_path = format!("{path}.{name}");
+            if sub.get("description").and_then(Value::as_str).is_none_or(str::is_empty) {
+                out.push(sub_path.clone());
+            }
+            undocumented(&sub_path, sub, out);
+        }
+        if let Some(items) = schema.get("items") {
+            undocumented(&format!("{path}[]"), items, out);
+        }
+    }
+    let mut missing = Vec::new();
+    undocumented("spec", &cluster_schema()["properties"]["spec"], &mut missing);
+    undocumented("status", &cluster_schema()["properties"]["status"], &mut missing);
+    assert!(missing.is_empty(), "fields without a description: {missing:?}");
+}
+
+#[test]
+fn the_cluster_example_is_valid_for_rust_validation_and_for_the_crd_rules() {
+    use tokensync::api::ClusterClientCredential;
+    use tokensync::api::validate::validate_cluster;
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cluster-chalk.yaml")).unwrap();
+    let documents: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let ccc: ClusterClientCredential =
+        serde_json::from_value(documents.iter().find(|d| d["kind"] == "ClusterClientCredential").unwrap().clone())
+            .unwrap();
+    validate_cluster(&ccc.spec.token, "chalk").unwrap();
+    assert!(cel_violations(&cluster_schema(), &serde_json::to_value(&ccc).unwrap()).is_empty());
+    let secret = documents.iter().find(|d| d["kind"] == "Secret").unwrap();
+    assert_eq!(secret["metadata"]["namespace"], json!(ccc.spec.token.credentials_ref.namespace));
+    assert_eq!(secret["metadata"]["name"], json!(ccc.spec.token.credentials_ref.name));
 }

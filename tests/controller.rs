@@ -521,7 +521,9 @@ async fn secrets_are_watched_whole_only_when_tokensync_manages_them() {
     assert!(reads.iter().any(|r| r.metadata_only), "a metadata-only watch notices source Secret changes");
     for r in &reads {
         assert!(
-            r.metadata_only || r.label_selector.as_deref() == Some("app.kubernetes.io/managed-by=tokensync"),
+            r.metadata_only
+                || r.label_selector.as_deref()
+                    == Some("app.kubernetes.io/managed-by=tokensync,!tokensync.io/cluster-client-credential"),
             "a full Secret list/watch must select tokensync's own Secrets: {r:?}"
         );
     }

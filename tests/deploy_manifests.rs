@@ -455,3 +455,32 @@ fn the_dockerfile_copies_every_directory_cargo_needs_to_read_the_manifest() {
         );
     }
 }
+
+#[test]
+fn the_cluster_credentials_overlay_grants_exactly_what_the_cluster_controller_adds_and_enables_it() {
+    let dir = "deploy/manifests/cluster-credentials";
+    let objects = deploy::parse(&deploy::read(format!("{dir}/cluster-credentials.yaml")), dir);
+    let role = objects
+        .iter()
+        .find_map(|o| match o {
+            Object::ClusterRole(r) => Some(r),
+            _ => None,
+        })
+        .expect("a ClusterRole");
+    assert_eq!(role.metadata.name.as_deref(), Some("tokensync-cluster-credentials"));
+    let granted =
+        deploy::granted(role.rules.as_deref().unwrap_or_default(), "ClusterRole tokensync-cluster-credentials");
+    assert_eq!(granted, deploy::needed(Scope::ClusterCredentials, LEASE));
+    assert_eq!(
+        bindings(&objects),
+        BTreeSet::from([(None, RoleRefKey("ClusterRole".into(), "tokensync-cluster-credentials".into()))])
+    );
+    // The overlay builds on the cluster-wide install (which grants Secrets everywhere) and
+    // turns the controller on.
+    let kustomization: serde_json::Value =
+        serde_saphyr::from_str(&deploy::read(format!("{dir}/kustomization.yaml"))).unwrap();
+    assert_eq!(kustomization["resources"], serde_json::json!(["../", "cluster-credentials.yaml"]));
+    let patch = kustomization["patches"][0]["patch"].as_str().unwrap();
+    assert!(patch.contains("value: --cluster-credentials") && patch.contains("/containers/0/args/-"), "{patch}");
+    assert!(controller_help().contains("--cluster-credentials"));
+}

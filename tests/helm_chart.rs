@@ -305,3 +305,25 @@ fn chart_crds_are_identical_to_the_repository_crds() {
         assert!(&chart[name] == bytes, "{CHART}/crds/{name} differs from crds/{name}: cp crds/{name} {CHART}/crds/");
     }
 }
+
+#[test]
+fn cluster_credentials_add_the_flag_and_a_cluster_role_for_exactly_what_they_call() {
+    let objects = render(json!({ "clusterCredentials": { "enabled": true } }));
+    assert!(deploy::args(&objects).contains(&"--cluster-credentials".to_owned()));
+    let role = objects
+        .iter()
+        .find_map(|o| match o {
+            Object::ClusterRole(r) if r.metadata.name.as_deref() == Some("tokensync-cluster-credentials") => Some(r),
+            _ => None,
+        })
+        .expect("the cluster-credentials ClusterRole");
+    assert_eq!(
+        deploy::granted(role.rules.as_deref().unwrap(), "cluster credentials"),
+        deploy::needed(Scope::ClusterCredentials, LEASE)
+    );
+    // Off by default: the default rendering is the plain cluster-wide install.
+    assert!(!deploy::args(&render(json!({}))).contains(&"--cluster-credentials".to_owned()));
+    // It needs cluster-wide Secret access: with watchNamespaces the chart refuses to render.
+    let refused = render_result(json!({ "clusterCredentials": { "enabled": true }, "watchNamespaces": ["team-a"] }));
+    assert!(refused.is_err_and(|e| e.contains("clusterCredentials.enabled needs the cluster-wide install")));
+}

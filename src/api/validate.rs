@@ -357,10 +357,8 @@ pub fn validate_cluster(spec: &ClientCredentialSpec, resource_name: &str) -> Res
             c.check(is_dns_label(ns), &format!("{field}[{i}]"), &format!("{ns:?} is not a valid namespace name"));
         }
     }
-    if let Some(selector) = &target.namespace_selector {
-        if let Err(e) = kube::core::Selector::try_from(selector.clone()) {
-            c.fail("spec.target.namespaceSelector", e.to_string());
-        }
+    if let Some(Err(e)) = target.namespace_selector.clone().map(kube::core::Selector::try_from) {
+        c.fail("spec.target.namespaceSelector", e.to_string());
     }
     if let Err(ValidationErrors(errors)) = validate(&localized(spec), resource_name) {
         c.0.extend(errors);

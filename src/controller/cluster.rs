@@ -246,6 +246,15 @@ pub async fn reconcile(ccc: Arc<ClusterClientCredential>, ctx: Arc<ClusterContex
         }
     }
 
+    // The same gauges as for ClientCredentials; a cluster-scoped resource has namespace "".
+    let gauge_labels = crate::metrics::CredentialLabels { namespace: String::new(), name: name.clone() };
+    if let Some(s) = &stored {
+        base.metrics.token_expiry.get_or_create(&gauge_labels).set(s.expires_at.as_second());
+    }
+    if let Some(r) = renew_at {
+        base.metrics.token_renewal.get_or_create(&gauge_labels).set(r.as_second());
+    }
+
     let mut wake = vec![now + base.policy.recheck];
     wake.extend(next.as_ref().and_then(Decision::requeue_at));
     wake.extend(stored.as_ref().map(|s| s.expires_at).filter(|e| *e > now));
@@ -301,12 +310,12 @@ async fn publish_copy(
         // would take over a Secret somebody else owns.
         let existing =
             secrets.get_opt(target_name).await.map_err(|e| format!("cannot read Secret {target_name}: {e}"))?;
-        if let Some(existing) = existing {
-            if existing.labels().get(labels::CLUSTER_CREDENTIAL) != Some(&name) {
-                return Err(format!(
-                    "Secret {target_name} exists and is not managed by this ClusterClientCredential; it is left alone"
-                ));
-            }
+        if let Some(existing) = existing
+            && existing.labels().get(labels::CLUSTER_CREDENTIAL) != Some(&name)
+        {
+            return Err(format!(
+                "Secret {target_name} exists and is not managed by this ClusterClientCredential; it is left alone"
+            ));
         }
     }
     let old_type = cached_copy.as_ref().map(|t| t.type_.clone().unwrap_or_else(|| "Opaque".into()));

@@ -311,14 +311,11 @@ pub fn controller_for_scope(
     });
 
     // The Secrets tokensync manages, cached whole (they are small and few).
+    let managed_config = watcher::Config::default().labels(&labels::namespaced_managed_selector()).any_semantic();
     let (managed_reader, managed_writer) = reflector::store();
     let managed_stream = reflector::reflector(
         managed_writer,
-        watcher(
-            secrets.clone(),
-            watcher::Config::default().labels(&labels::namespaced_managed_selector()).any_semantic(),
-        )
-        .modify(|s| s.managed_fields_mut().clear()),
+        watcher(secrets.clone(), managed_config).modify(|s| s.managed_fields_mut().clear()),
     )
     .default_backoff()
     .touched_objects();
@@ -392,31 +389,29 @@ pub fn cluster_controller(
     .default_backoff()
     .touched_objects();
 
+    let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
     let (ns_reader, ns_writer) = reflector::store();
     let ns_stream = reflector::reflector(
         ns_writer,
-        watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default().any_semantic())
-            .modify(|n| n.managed_fields_mut().clear()),
+        watcher(namespaces, watcher::Config::default().any_semantic()).modify(|n| n.managed_fields_mut().clear()),
     )
     .default_backoff()
     .touched_objects();
 
+    // Its state Secrets and copies, cached whole; every other Secret metadata only.
+    let (secrets, secret_metadata): (Api<Secret>, Api<PartialObjectMeta<Secret>>) =
+        (Api::all(client.clone()), Api::all(client.clone()));
+    let copies_config = watcher::Config::default().labels(labels::CLUSTER_CREDENTIAL).any_semantic();
     let (managed_reader, managed_writer) = reflector::store();
     let managed_stream = reflector::reflector(
         managed_writer,
-        watcher(
-            Api::<Secret>::all(client.clone()),
-            watcher::Config::default().labels(labels::CLUSTER_CREDENTIAL).any_semantic(),
-        )
-        .modify(|s| s.managed_fields_mut().clear()),
+        watcher(secrets, copies_config).modify(|s| s.managed_fields_mut().clear()),
     )
     .default_backoff()
     .touched_objects();
 
     let source_stream =
-        watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), watcher::Config::default().any_semantic())
-            .default_backoff()
-            .touched_objects();
+        watcher(secret_metadata, watcher::Config::default().any_semantic()).default_backoff().touched_objects();
 
     let ctx = Arc::new(cluster::ClusterContext {
         base: Context {

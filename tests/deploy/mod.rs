@@ -173,6 +173,9 @@ pub fn parse(text: &str, origin: &str) -> Vec<Object> {
 pub enum Scope {
     Watched,
     Own,
+    /// Cluster-wide, only with --cluster-credentials (the ClusterClientCredential controller),
+    /// granted by a ClusterRole of its own on top of the cluster-wide install's.
+    ClusterCredentials,
 }
 
 /// A permission: (apiGroup, resource, verb, resourceName when limited to one object).
@@ -217,25 +220,33 @@ pub const NEEDED: &[Needed] = &[
             ("src/controller/reconcile.rs", "if let Some(s) = secrets.get_opt(&name)"),
             ("src/controller/reconcile.rs", "run.secrets.get_opt(&run.target_name)"),
             ("src/controller/reconcile.rs", "self.secrets.get_opt(&self.state_name)"),
+            ("src/controller/cluster.rs", "state_api.get_opt(&state_name)"),
+            ("src/controller/cluster.rs", "secrets.get_opt(target_name)"),
+            ("src/controller/cluster.rs", "secrets.get_opt(&secret)"),
         ],
     },
     // src/controller/mod.rs: the watch of managed Secrets (label selector) and the
     // metadata-only watch of all Secrets that notices source Secret changes. RBAC cannot
     // tell a metadata-only list from a full one: both need list and watch.
+    // The ClusterClientCredential controller watches its own Secrets (label selector) and
+    // Secret metadata cluster-wide, and lists its copies when cleaning up.
     Needed {
         scope: Scope::Watched,
         grant: ("", "secrets", "list", None),
         sites: &[
-            ("src/controller/mod.rs", "watcher(secrets.clone(), watcher::Config::default().labels("),
+            ("src/controller/mod.rs", "watcher(secrets.clone(), managed_config)"),
             ("src/controller/mod.rs", "watcher(secret_metadata, "),
+            ("src/controller/mod.rs", "watcher(secrets, copies_config)"),
+            ("src/controller/cluster.rs", "all.list(&params)"),
         ],
     },
     Needed {
         scope: Scope::Watched,
         grant: ("", "secrets", "watch", None),
         sites: &[
-            ("src/controller/mod.rs", "watcher(secrets.clone(), watcher::Config::default().labels("),
+            ("src/controller/mod.rs", "watcher(secrets.clone(), managed_config)"),
             ("src/controller/mod.rs", "watcher(secret_metadata, "),
+            ("src/controller/mod.rs", "watcher(secrets, copies_config)"),
         ],
     },
     // src/controller/reconcile.rs apply(): server-side apply of the target and state
@@ -256,20 +267,68 @@ pub const NEEDED: &[Needed] = &[
     Needed {
         scope: Scope::Watched,
         grant: ("", "secrets", "delete", None),
-        sites: &[("src/controller/reconcile.rs", "self.secrets.delete(&self.target_name, ")],
+        sites: &[
+            ("src/controller/reconcile.rs", "self.secrets.delete(&self.target_name, "),
+            // A copy whose type changed; copies and state removed on cleanup.
+            ("src/controller/cluster.rs", ".delete(target_name, &DeleteParams::default())"),
+            ("src/controller/cluster.rs", "api.delete(name, &DeleteParams::default())"),
+        ],
     },
     // src/controller/reconcile.rs event(): kube-runtime's Recorder::publish creates an
     // events.k8s.io/v1 Event in the ClientCredential's namespace, and patches it (series
     // count) when the same event repeats.
+    // (Events about a cluster-scoped ClusterClientCredential go to the default namespace.)
     Needed {
         scope: Scope::Watched,
         grant: ("events.k8s.io", "events", "create", None),
-        sites: &[("src/controller/reconcile.rs", "ctx.recorder.publish(")],
+        sites: &[
+            ("src/controller/reconcile.rs", "ctx.recorder.publish("),
+            ("src/controller/cluster.rs", "ctx.recorder.publish("),
+        ],
     },
     Needed {
         scope: Scope::Watched,
         grant: ("events.k8s.io", "events", "patch", None),
-        sites: &[("src/controller/reconcile.rs", "ctx.recorder.publish(")],
+        sites: &[
+            ("src/controller/reconcile.rs", "ctx.recorder.publish("),
+            ("src/controller/cluster.rs", "ctx.recorder.publish("),
+        ],
+    },
+    // src/controller/mod.rs cluster_controller: the ClusterClientCredential reflector and the
+    // metadata-only Namespace reflector (selection by name and labels).
+    Needed {
+        scope: Scope::ClusterCredentials,
+        grant: ("tokensync.io", "clusterclientcredentials", "list", None),
+        sites: &[("src/controller/mod.rs", "watcher(cccs, watcher::Config::default()")],
+    },
+    Needed {
+        scope: Scope::ClusterCredentials,
+        grant: ("tokensync.io", "clusterclientcredentials", "watch", None),
+        sites: &[("src/controller/mod.rs", "watcher(cccs, watcher::Config::default()")],
+    },
+    // src/controller/cluster.rs patch_finalizers: a merge patch of metadata.finalizers.
+    Needed {
+        scope: Scope::ClusterCredentials,
+        grant: ("tokensync.io", "clusterclientcredentials", "patch", None),
+        sites: &[(
+            "src/controller/cluster.rs",
+            "api.patch(&ccc.name_any(), &PatchParams::default(), &Patch::Merge(&patch))",
+        )],
+    },
+    Needed {
+        scope: Scope::ClusterCredentials,
+        grant: ("tokensync.io", "clusterclientcredentials/status", "patch", None),
+        sites: &[("src/controller/cluster.rs", "api.patch_status(&ccc.name_any()")],
+    },
+    Needed {
+        scope: Scope::ClusterCredentials,
+        grant: ("", "namespaces", "list", None),
+        sites: &[("src/controller/mod.rs", "watcher(namespaces, watcher::Config::default()")],
+    },
+    Needed {
+        scope: Scope::ClusterCredentials,
+        grant: ("", "namespaces", "watch", None),
+        sites: &[("src/controller/mod.rs", "watcher(namespaces, watcher::Config::default()")],
     },
     // src/controller/leader.rs try_acquire_or_renew: reads the Lease, creates it when
     // absent (a create cannot be limited to a name), replaces (PUT = update) it to take or
