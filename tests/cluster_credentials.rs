@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::apiserver::ApiServer;
+use support::apiserver::{ApiServer, Fault, Verb};
 use support::controller::*;
 use token_server::{Reply, TokenServer};
 use tokensync::api::{ClusterClientCredential, ClusterClientCredentialStatus};
@@ -383,4 +383,19 @@ async fn a_client_credential_still_cannot_read_a_secret_in_another_namespace() {
     assert!(message.contains("spec.credentialsRef.namespace"), "{message}");
     assert_eq!(endpoint.issued(), 0);
     assert!(secret_data(&api, "sneaky").is_none());
+}
+
+#[tokio::test]
+async fn a_state_write_that_keeps_failing_costs_no_second_token_request() {
+    let api = cluster_api().await;
+    let endpoint = Endpoint::start().await;
+    fleet(&api).await;
+    // More failures than one reconcile retries: the token must survive in memory.
+    api.inject(Fault::verbs(&[Verb::Apply]).resource("secrets").name("auth0.tokensync-cluster-state").times(7));
+    let _c = start(&api, args(&["--cluster-credentials"]));
+    Ccc::new("auth0", &endpoint).create(&api).await;
+    wait_copies(&api, &[("listed", Some("token-1")), ("labelled-a", Some("token-1")), ("labelled-b", Some("token-1"))])
+        .await;
+    assert!(api.get::<Secret>(Some(PLATFORM), "auth0.tokensync-cluster-state").is_some());
+    assert_eq!(endpoint.issued(), 1);
 }

@@ -84,6 +84,16 @@ pub async fn reconcile(ccc: Arc<ClusterClientCredential>, ctx: Arc<ClusterContex
         .and_then(|_| cached(base, &credentials_ns, &state_name))
         .as_deref()
         .and_then(state::read);
+    // A token acquired by an earlier reconcile whose state write failed: write it first. It
+    // is newer than anything stored and may carry the only copy of a rotated refresh token.
+    if let Some(unsaved) = base.take_unsaved("", &name) {
+        let state_api: Api<Secret> = Api::namespaced(base.client.clone(), &credentials_ns);
+        if let Err(e) = apply_state(&state_api, &state_secret(&ccc, &credentials_ns, &unsaved)).await {
+            base.keep_unsaved("", &name, unsaved);
+            return Err(e);
+        }
+        stored = Some(unsaved);
+    }
     let mut record = failure_record(&current.credential).settled_by(stored.as_ref());
     let mut handled_request = current.credential.handled_renewal_request.clone();
     let renew_annotation = ccc.annotations().get(labels::RENEW_REQUESTED_AT).cloned();
@@ -129,7 +139,13 @@ pub async fn reconcile(ccc: Arc<ClusterClientCredential>, ctx: Arc<ClusterContex
                     }
                     match acquire(base, &format!("cluster/{name}"), prep, stored.as_ref(), request.clone()).await {
                         Ok((new_state, _rotated)) => {
-                            apply_state(&state_api, &state_secret(&ccc, &credentials_ns, &new_state)).await?;
+                            let secret = state_secret(&ccc, &credentials_ns, &new_state);
+                            if let Err(e) = apply_state(&state_api, &secret).await {
+                                // Kept in memory (the cluster controller's own map, keyed by
+                                // name alone) and written first by the next reconcile.
+                                base.keep_unsaved("", &name, new_state);
+                                return Err(e);
+                            }
                             stored = Some(new_state);
                             record = FailureRecord::default();
                             if reason != RequestReason::RenewalDue && reason != RequestReason::Expired {
@@ -373,6 +389,7 @@ async fn finalize(ccc: &ClusterClientCredential, ctx: &ClusterContext) -> Result
         let api: Api<Secret> = Api::namespaced(base.client.clone(), &secret.namespace().unwrap_or_default());
         delete_if_present(&api, &secret.name_any()).await?;
     }
+    base.take_unsaved("", &name);
     let finalizers = ccc.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
     patch_finalizers(&base.client, ccc, finalizers).await?;
     base.metrics.forget_credential("", &name);

@@ -160,6 +160,11 @@ pub async fn run_with(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     metrics: Arc<Metrics>,
 ) -> anyhow_like::Result<()> {
+    if args.cluster_credentials && !args.namespaces.is_empty() {
+        return Err("--cluster-credentials writes to any selected namespace and watches them all; it cannot be \
+                    combined with --namespace"
+            .into());
+    }
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = shutdown.boxed().shared();
 
@@ -245,7 +250,7 @@ pub async fn run_controllers(
     }
     if args.cluster_credentials {
         if !args.namespaces.is_empty() {
-            // clap cannot express this across an env var and a flag; refuse loudly.
+            // run_with refuses this combination; a caller of run_controllers gets a loud log.
             tracing::error!("--cluster-credentials needs all namespaces; it is ignored with --namespace");
         } else {
             let (run, ready_signal) = cluster_controller(
