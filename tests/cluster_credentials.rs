@@ -186,6 +186,21 @@ async fn fleet(api: &ApiServer) {
     create_namespace(api, "excluded", &[(LABEL, "yes")]).await;
 }
 
+/// The fleet, a controller with --cluster-credentials and the ClusterClientCredential
+/// `auth0` (spec patched by `spec`), once the three selected namespaces hold token-1.
+async fn running_fleet(spec: Value) -> (ApiServer, Endpoint, Running) {
+    let api = cluster_api().await;
+    let endpoint = Endpoint::start().await;
+    fleet(&api).await;
+    let controller = start(&api, args(&["--cluster-credentials"]));
+    Ccc::new("auth0", &endpoint).spec(spec).create(&api).await;
+    wait_copies(&api, &SELECTED.map(|ns| (ns, Some("token-1")))).await;
+    (api, endpoint, controller)
+}
+
+/// The namespaces [`fleet`] has selected.
+const SELECTED: [&str; 3] = ["listed", "labelled-a", "labelled-b"];
+
 fn renew_now(api: &ApiServer, value: &str) -> impl std::future::Future<Output = ()> {
     let api = Api::<ClusterClientCredential>::all(api.client());
     let patch = json!({"metadata": {"annotations": {"tokensync.io/renew-requested-at": value}}});
@@ -240,12 +255,8 @@ async fn one_token_request_per_renewal_reaches_every_selected_namespace() {
 
 #[tokio::test]
 async fn namespaces_that_start_matching_get_the_token_without_a_request_and_those_that_stop_lose_their_copy() {
-    let api = cluster_api().await;
-    let endpoint = Endpoint::start().await;
-    fleet(&api).await;
-    let _c = start(&api, args(&["--cluster-credentials"]));
-    Ccc::new("auth0", &endpoint).create(&api).await;
-    wait_copies(&api, &[("labelled-a", Some("token-1")), ("unlabelled", None)]).await;
+    let (api, endpoint, _c) = running_fleet(json!({})).await;
+    wait_copies(&api, &[("unlabelled", None)]).await;
 
     // A namespace gains the label, and a new labelled namespace is created.
     label_namespace(&api, "unlabelled", Some("yes")).await;
@@ -262,13 +273,7 @@ async fn namespaces_that_start_matching_get_the_token_without_a_request_and_thos
 
 #[tokio::test]
 async fn deleting_the_cluster_credential_removes_every_copy_and_its_state() {
-    let api = cluster_api().await;
-    let endpoint = Endpoint::start().await;
-    fleet(&api).await;
-    let _c = start(&api, args(&["--cluster-credentials"]));
-    Ccc::new("auth0", &endpoint).create(&api).await;
-    wait_copies(&api, &[("listed", Some("token-1")), ("labelled-a", Some("token-1")), ("labelled-b", Some("token-1"))])
-        .await;
+    let (api, _endpoint, _c) = running_fleet(json!({})).await;
     let ccc: ClusterClientCredential = api.get(None, "auth0").unwrap();
     assert!(ccc.metadata.finalizers.unwrap_or_default().contains(&"tokensync.io/cleanup".to_owned()));
 
@@ -290,12 +295,7 @@ async fn deleting_the_cluster_credential_removes_every_copy_and_its_state() {
 
 #[tokio::test]
 async fn with_deletion_policy_retain_copies_outlive_the_cluster_credential() {
-    let api = cluster_api().await;
-    let endpoint = Endpoint::start().await;
-    fleet(&api).await;
-    let _c = start(&api, args(&["--cluster-credentials"]));
-    Ccc::new("auth0", &endpoint).spec(json!({"target": {"deletionPolicy": "Retain"}})).create(&api).await;
-    wait_copies(&api, &[("listed", Some("token-1")), ("labelled-a", Some("token-1"))]).await;
+    let (api, _endpoint, _c) = running_fleet(json!({"target": {"deletionPolicy": "Retain"}})).await;
     Api::<ClusterClientCredential>::all(api.client()).delete("auth0", &DeleteParams::default()).await.unwrap();
     api.wait_for(|v| v.get::<ClusterClientCredential>(None, "auth0").is_none(), WAIT).await.unwrap();
     assert_eq!(copies(&api, &["listed", "labelled-a"]).values().flatten().count(), 2, "the copies stay");
@@ -304,13 +304,7 @@ async fn with_deletion_policy_retain_copies_outlive_the_cluster_credential() {
 
 #[tokio::test]
 async fn a_failing_endpoint_keeps_every_copy_s_valid_token() {
-    let api = cluster_api().await;
-    let endpoint = Endpoint::start().await;
-    fleet(&api).await;
-    let _c = start(&api, args(&["--cluster-credentials"]));
-    Ccc::new("auth0", &endpoint).create(&api).await;
-    wait_copies(&api, &[("listed", Some("token-1")), ("labelled-a", Some("token-1")), ("labelled-b", Some("token-1"))])
-        .await;
+    let (api, endpoint, _c) = running_fleet(json!({})).await;
 
     endpoint.failing.store(true, Ordering::SeqCst);
     renew_now(&api, "r1").await;

@@ -18,16 +18,16 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Resource, ResourceExt};
 
 use super::context::Context;
 use super::labels;
-use super::reconcile::{Error, STALE_STATUS_RETRY, acquire, apply, apply_state, describe, failure_record};
+use super::reconcile::{Error, STALE_STATUS_RETRY, acquire, apply, apply_state, describe, event, failure_record};
 use super::state::{self, StoredToken};
 use super::status::{self, Facts, Failure, Reason, TokenFacts};
 use super::target;
@@ -150,14 +150,14 @@ pub async fn reconcile(ccc: Arc<ClusterClientCredential>, ctx: Arc<ClusterContex
                             record = FailureRecord::default();
                             if reason != RequestReason::RenewalDue && reason != RequestReason::Expired {
                                 let note = format!("issued a new token ({})", describe(reason));
-                                event(base, &ccc, EventType::Normal, "TokenIssued", note).await;
+                                event(base, ccc.as_ref(), EventType::Normal, "TokenIssued", note).await;
                             }
                         }
                         Err(e) => {
                             record = record.failed(now, &e, &prep.attempt_inputs, base.policy.backoff.max);
                             let f =
                                 Failure { reason: Reason::from_reason_str(e.kind.reason()), message: e.to_string() };
-                            event(base, &ccc, EventType::Warning, f.reason.as_str(), f.message.clone()).await;
+                            event(base, ccc.as_ref(), EventType::Warning, f.reason.as_str(), f.message.clone()).await;
                             failure = Some(f);
                         }
                     }
@@ -478,19 +478,6 @@ fn copies(ccc: &ClusterClientCredential, ctx: &Context) -> Vec<Arc<Secret>> {
         .filter(|s| s.labels().get(labels::CLUSTER_CREDENTIAL) == Some(&name))
         .filter(|s| s.labels().get(labels::ROLE).map(String::as_str) == Some(labels::ROLE_TARGET))
         .collect()
-}
-
-async fn event(ctx: &Context, ccc: &ClusterClientCredential, type_: EventType, reason: &str, note: String) {
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1024).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &ccc.object_ref(&())).await {
-        tracing::warn!(error = %e, "cannot publish an Event");
-    }
 }
 
 /// Which ClusterClientCredentials read a Secret: those whose credentials namespace it is in

@@ -354,14 +354,7 @@ pub fn controller_for_scope(
         })
         .graceful_shutdown_on(shutdown);
 
-    let run = controller
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "controller event");
-            }
-        })
-        .boxed();
+    let run = drive(controller.run(reconcile::reconcile, reconcile::error_policy, ctx));
     let ready = async move {
         let _ = cc_reader.wait_until_ready().await;
         let _ = managed_reader.wait_until_ready().await;
@@ -447,14 +440,7 @@ pub fn cluster_controller(
         })
         .graceful_shutdown_on(shutdown);
 
-    let run = controller
-        .run(cluster::reconcile, cluster::error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "cluster controller event");
-            }
-        })
-        .boxed();
+    let run = drive(controller.run(cluster::reconcile, cluster::error_policy, ctx));
     let ready = async move {
         let _ = ccc_reader.wait_until_ready().await;
         let _ = ns_reader.wait_until_ready().await;
@@ -462,6 +448,20 @@ pub fn cluster_controller(
     }
     .boxed();
     (run, ready)
+}
+
+/// Runs a controller's stream to its end (shutdown), logging what it reports at debug level:
+/// reconcile errors are already logged and counted by the error policies.
+fn drive<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+    results: impl futures::Stream<Item = Result<T, E>> + Send + 'static,
+) -> futures::future::BoxFuture<'static, ()> {
+    results
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .boxed()
 }
 
 /// Resolves on SIGTERM or SIGINT.

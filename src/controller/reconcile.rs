@@ -194,19 +194,19 @@ impl Run {
                 // Routine renewals emit no Event; everything else is worth telling.
                 if reason != RequestReason::RenewalDue && reason != RequestReason::Expired {
                     let note = format!("issued a new token ({})", describe(reason));
-                    event(&self.ctx, &self.cc, EventType::Normal, "TokenIssued", note).await;
+                    event(&self.ctx, self.cc.as_ref(), EventType::Normal, "TokenIssued", note).await;
                 }
                 if rotated_bootstrap {
                     let note = "the bootstrap refresh token from the source Secret was exchanged; tokensync now keeps \
                                 the rotated refresh token in its state Secret";
-                    event(&self.ctx, &self.cc, EventType::Normal, "RefreshTokenRotated", note.into()).await;
+                    event(&self.ctx, self.cc.as_ref(), EventType::Normal, "RefreshTokenRotated", note.into()).await;
                 }
             }
             Err(e) => {
                 self.record =
                     self.record.clone().failed(self.now, &e, &prep.attempt_inputs, self.ctx.policy.backoff.max);
                 let f = Failure { reason: Reason::from_reason_str(e.kind.reason()), message: e.to_string() };
-                event(&self.ctx, &self.cc, EventType::Warning, f.reason.as_str(), f.message.clone()).await;
+                event(&self.ctx, self.cc.as_ref(), EventType::Warning, f.reason.as_str(), f.message.clone()).await;
                 self.failure = Some(f);
             }
         }
@@ -488,7 +488,15 @@ async fn patch_status(ctx: &Context, cc: &ClientCredential, status: &ClientCrede
     Ok(())
 }
 
-async fn event(ctx: &Context, cc: &ClientCredential, type_: EventType, reason: &str, note: String) {
+/// Records an Event about `object` (a ClientCredential or a ClusterClientCredential); a
+/// failure to record is logged, never fatal.
+pub(super) async fn event<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    object: &K,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
     let ev = Event {
         type_,
         reason: reason.into(),
@@ -496,7 +504,7 @@ async fn event(ctx: &Context, cc: &ClientCredential, type_: EventType, reason: &
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&ev, &cc.object_ref(&())).await {
+    if let Err(e) = ctx.recorder.publish(&ev, &object.object_ref(&())).await {
         tracing::warn!(error = %e, "cannot publish an Event");
     }
 }

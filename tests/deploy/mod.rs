@@ -277,22 +277,17 @@ pub const NEEDED: &[Needed] = &[
     // src/controller/reconcile.rs event(): kube-runtime's Recorder::publish creates an
     // events.k8s.io/v1 Event in the ClientCredential's namespace, and patches it (series
     // count) when the same event repeats.
-    // (Events about a cluster-scoped ClusterClientCredential go to the default namespace.)
+    // (The ClusterClientCredential controller records through the same function; Events
+    // about a cluster-scoped object go to the default namespace.)
     Needed {
         scope: Scope::Watched,
         grant: ("events.k8s.io", "events", "create", None),
-        sites: &[
-            ("src/controller/reconcile.rs", "ctx.recorder.publish("),
-            ("src/controller/cluster.rs", "ctx.recorder.publish("),
-        ],
+        sites: &[("src/controller/reconcile.rs", "ctx.recorder.publish(")],
     },
     Needed {
         scope: Scope::Watched,
         grant: ("events.k8s.io", "events", "patch", None),
-        sites: &[
-            ("src/controller/reconcile.rs", "ctx.recorder.publish("),
-            ("src/controller/cluster.rs", "ctx.recorder.publish("),
-        ],
+        sites: &[("src/controller/reconcile.rs", "ctx.recorder.publish(")],
     },
     // src/controller/mod.rs cluster_controller: the ClusterClientCredential reflector and the
     // metadata-only Namespace reflector (selection by name and labels).
