@@ -230,21 +230,18 @@ pub async fn run_controllers(
 ) {
     let scopes: Vec<Option<String>> =
         if args.namespaces.is_empty() { vec![None] } else { args.namespaces.iter().cloned().map(Some).collect() };
-    let engine = args.engine();
-    let policy = args.policy();
+    let shared = Shared {
+        client,
+        engine: args.engine(),
+        policy: args.policy(),
+        metrics,
+        reporter,
+        concurrency: args.concurrency,
+    };
     let mut synced = Vec::new();
     let mut runs = Vec::new();
     for scope in scopes {
-        let (run, ready_signal) = controller_for_scope(
-            client.clone(),
-            scope,
-            engine.clone(),
-            policy.clone(),
-            metrics.clone(),
-            reporter.clone(),
-            args.concurrency,
-            shutdown.clone(),
-        );
+        let (run, ready_signal) = controller_for_scope(shared.clone(), scope, shutdown.clone());
         runs.push(run);
         synced.push(ready_signal);
     }
@@ -253,15 +250,7 @@ pub async fn run_controllers(
             // run_with refuses this combination; a caller of run_controllers gets a loud log.
             tracing::error!("--cluster-credentials needs all namespaces; it is ignored with --namespace");
         } else {
-            let (run, ready_signal) = cluster_controller(
-                client.clone(),
-                engine.clone(),
-                policy.clone(),
-                metrics.clone(),
-                reporter.clone(),
-                args.concurrency,
-                shutdown.clone(),
-            );
+            let (run, ready_signal) = cluster_controller(shared.clone(), shutdown.clone());
             runs.push(run);
             synced.push(ready_signal);
         }
@@ -274,19 +263,41 @@ pub async fn run_controllers(
     futures::future::join(futures::future::join_all(runs), readiness).await;
 }
 
+/// What every controller of one operator shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub client: Client,
+    pub engine: TokenClient,
+    pub policy: Policy,
+    pub metrics: Arc<Metrics>,
+    pub reporter: Reporter,
+    /// How many objects each controller reconciles at the same time.
+    pub concurrency: u16,
+}
+
+impl Shared {
+    fn context(&self, managed: reflector::Store<Secret>) -> Context {
+        Context {
+            recorder: Recorder::new(self.client.clone(), self.reporter.clone()),
+            client: self.client.clone(),
+            managed,
+            engine: self.engine.clone(),
+            metrics: self.metrics.clone(),
+            policy: self.policy.clone(),
+            unsaved: Default::default(),
+            written: Default::default(),
+        }
+    }
+}
+
 /// Builds the Controller for one scope. Returns the run future and a future that resolves
 /// once its caches (ClientCredentials and managed Secrets) have synced.
-#[allow(clippy::too_many_arguments)]
 pub fn controller_for_scope(
-    client: Client,
+    shared: Shared,
     namespace: Option<String>,
-    engine: TokenClient,
-    policy: Policy,
-    metrics: Arc<Metrics>,
-    reporter: Reporter,
-    concurrency: u16,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> (futures::future::BoxFuture<'static, ()>, futures::future::BoxFuture<'static, ()>) {
+    let client = shared.client.clone();
     let (ccs, secrets, secret_metadata): (Api<ClientCredential>, Api<Secret>, Api<PartialObjectMeta<Secret>>) =
         match &namespace {
             Some(ns) => (
@@ -330,20 +341,11 @@ pub fn controller_for_scope(
     let source_stream =
         watcher(secret_metadata, watcher::Config::default().any_semantic()).default_backoff().touched_objects();
 
-    let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
-        client,
-        managed: managed_reader.clone(),
-        engine,
-        metrics,
-        policy,
-        unsaved: Default::default(),
-        written: Default::default(),
-    });
+    let ctx = Arc::new(shared.context(managed_reader.clone()));
 
     let sources = index.clone();
     let controller = Controller::for_stream(cc_stream, cc_reader.clone())
-        .with_config(ControllerConfig::default().concurrency(concurrency))
+        .with_config(ControllerConfig::default().concurrency(shared.concurrency))
         .watches_stream(managed_stream, |secret: Secret| {
             let owner = secret.labels().get(labels::CREDENTIAL).cloned();
             owner.zip(secret.namespace()).map(|(name, ns)| ObjectRef::new(&name).within(&ns))
@@ -367,14 +369,10 @@ pub fn controller_for_scope(
 /// Namespaces (metadata), the Secrets it manages (labelled with the cluster credential) and
 /// Secret metadata (to notice source Secret changes).
 pub fn cluster_controller(
-    client: Client,
-    engine: TokenClient,
-    policy: Policy,
-    metrics: Arc<Metrics>,
-    reporter: Reporter,
-    concurrency: u16,
+    shared: Shared,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> (futures::future::BoxFuture<'static, ()>, futures::future::BoxFuture<'static, ()>) {
+    let client = shared.client.clone();
     use crate::api::ClusterClientCredential;
     use k8s_openapi::api::core::v1::Namespace;
 
@@ -412,22 +410,13 @@ pub fn cluster_controller(
         watcher(secret_metadata, watcher::Config::default().any_semantic()).default_backoff().touched_objects();
 
     let ctx = Arc::new(cluster::ClusterContext {
-        base: Context {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
-            managed: managed_reader.clone(),
-            engine,
-            metrics,
-            policy,
-            unsaved: Default::default(),
-            written: Default::default(),
-        },
+        base: shared.context(managed_reader.clone()),
         namespaces: ns_reader.clone(),
     });
 
     let (all_for_ns, all_for_sources) = (ccc_reader.clone(), ccc_reader.clone());
     let controller = Controller::for_stream(ccc_stream, ccc_reader.clone())
-        .with_config(ControllerConfig::default().concurrency(concurrency))
+        .with_config(ControllerConfig::default().concurrency(shared.concurrency))
         // A namespace created, relabelled or terminating can change any selection.
         .watches_stream(ns_stream, move |_ns: PartialObjectMeta<Namespace>| {
             all_for_ns.state().iter().map(|c| ObjectRef::from_obj(c.as_ref())).collect::<Vec<_>>()
