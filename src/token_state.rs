@@ -187,6 +187,33 @@ pub fn schedule_state(
     }
 }
 
+/// Whether the renew-requested-at value `annotation` asks for a renewal: it is set, and it is
+/// neither the request last acted upon (`handled`) nor the one the stored token answered.
+pub fn renewal_requested(annotation: Option<&str>, handled: Option<&str>, stored: Option<&StoredToken>) -> bool {
+    annotation
+        .is_some_and(|value| Some(value) != handled && Some(value) != stored.and_then(|s| s.renewal_request.as_deref()))
+}
+
+/// One token request with the refresh token held in `stored` (if any), timed and counted
+/// in `metrics`. Returns the state to persist, whether a bootstrap refresh token was
+/// exchanged for a rotated one ([`issued`]), and the flow the engine took.
+pub async fn request(
+    engine: &crate::oauth::TokenClient,
+    metrics: &crate::metrics::Metrics,
+    prep: &Prepared,
+    stored: Option<&StoredToken>,
+    renewal_request: Option<String>,
+) -> Result<(StoredToken, bool, crate::oauth::Flow), TokenError> {
+    let held = held_refresh_token(stored, prep);
+    let started = std::time::Instant::now();
+    let result = engine.acquire(&prep.config, &prep.credentials, held).await;
+    metrics.observe_token_request(&result, started.elapsed());
+    let acquired = result?;
+    let flow = acquired.flow;
+    let (stored, rotated) = issued(acquired, held, prep, renewal_request);
+    Ok((stored, rotated, flow))
+}
+
 /// The refresh token tokensync holds for the next request, unless the bootstrap value in
 /// the source material changed (a user starting a new chain) or there is none yet.
 pub fn held_refresh_token<'a>(stored: Option<&'a StoredToken>, prep: &Prepared) -> Option<&'a SecretString> {

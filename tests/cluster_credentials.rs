@@ -357,7 +357,7 @@ async fn a_foreign_secret_in_one_namespace_is_left_alone_and_named_in_status() {
     assert_eq!(s.namespace_failures[0].namespace, "labelled-b");
     assert!(s.namespace_failures[0].message.contains("not managed by this ClusterClientCredential"));
     assert_eq!(cond(&s, "Ready"), ("True".into(), "TokenIssued".into()));
-    assert_eq!(cond(&s, "Degraded").1, "TargetSecretConflict");
+    assert_eq!(cond(&s, "Degraded"), ("True".into(), "TargetNamespacesFailed".into()));
     assert_eq!(copies(&api, &["labelled-b"])["labelled-b"].as_deref(), Some("theirs"), "never overwritten");
 }
 
@@ -391,5 +391,25 @@ async fn a_state_write_that_keeps_failing_costs_no_second_token_request() {
     wait_copies(&api, &[("listed", Some("token-1")), ("labelled-a", Some("token-1")), ("labelled-b", Some("token-1"))])
         .await;
     assert!(api.get::<Secret>(Some(PLATFORM), "auth0.tokensync-cluster-state").is_some());
+    assert_eq!(endpoint.issued(), 1);
+}
+
+#[tokio::test]
+async fn an_invalid_spec_change_keeps_every_copy_s_valid_token() {
+    let (api, endpoint, _c) = running_fleet(json!({})).await;
+    // A scope with a space: refused by the schema at admission, and by the controller when
+    // admission did not run.
+    let patch = json!({"spec": {"scopes": ["read write"]}});
+    Api::<ClusterClientCredential>::all(api.client())
+        .patch("auth0", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_ccc(&api, "auth0", "Degraded by the invalid spec", |s| {
+        cond(s, "Degraded") == ("True".into(), "InvalidSpec".into())
+    })
+    .await;
+    let s = ccc_status(&api, "auth0").unwrap();
+    assert_eq!(cond(&s, "Ready"), ("True".into(), "TokenIssued".into()), "the published token is still valid");
+    assert_eq!(copies(&api, &SELECTED).values().flatten().count(), 3, "every copy stays");
     assert_eq!(endpoint.issued(), 1);
 }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::Timestamp;
 
@@ -128,10 +128,11 @@ impl Worker {
                 tracing::warn!(namespace = ns, name, reason = problem.reason, message = %problem.message, "cannot request a token");
             }
             Ok(prep) if !self.dirty => {
-                let requested = annotation.as_deref().is_some_and(|v| {
-                    Some(v) != self.state.handled_renewal_request.as_deref()
-                        && Some(v) != self.state.token.as_ref().and_then(|t| t.renewal_request.as_deref())
-                });
+                let requested = token_state::renewal_requested(
+                    annotation.as_deref(),
+                    self.state.handled_renewal_request.as_deref(),
+                    self.state.token.as_ref(),
+                );
                 let schedule = token_state::schedule_state(
                     now,
                     self.state.token.as_ref(),
@@ -145,15 +146,17 @@ impl Worker {
                     if manual {
                         self.state.handled_renewal_request = annotation.clone();
                     }
-                    let held = token_state::held_refresh_token(self.state.token.as_ref(), prep);
-                    let started = Instant::now();
-                    let result = self.shared.engine.acquire(&prep.config, &prep.credentials, held).await;
-                    self.shared.metrics.observe_token_request(&result, started.elapsed());
+                    let renewal_request = if manual { annotation.clone() } else { None };
+                    let result = token_state::request(
+                        &self.shared.engine,
+                        &self.shared.metrics,
+                        prep,
+                        self.state.token.as_ref(),
+                        renewal_request,
+                    )
+                    .await;
                     match result {
-                        Ok(acquired) => {
-                            let flow = acquired.flow;
-                            let renewal_request = if manual { annotation.clone() } else { None };
-                            let (stored, rotated) = token_state::issued(acquired, held, prep, renewal_request);
+                        Ok((stored, rotated, flow)) => {
                             tracing::info!(namespace = ns, name, ?flow, reason = describe(reason), expires_at = %stored.expires_at, "token issued");
                             if rotated {
                                 tracing::info!(

@@ -27,7 +27,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::context::Context;
 use super::labels;
-use super::reconcile::{Error, STALE_STATUS_RETRY, acquire, apply, apply_state, describe, event, failure_record};
+use super::reconcile::{
+    Error, STALE_STATUS_RETRY, acquire, apply, apply_state, describe, event, failure_record, requeue,
+};
 use super::state::{self, StoredToken};
 use super::status::{self, Facts, Failure, Reason, TokenFacts};
 use super::target;
@@ -78,12 +80,8 @@ pub async fn reconcile(ccc: Arc<ClusterClientCredential>, ctx: Arc<ClusterContex
     let state_name = labels::cluster_state_secret_name(&name);
 
     // 2. load (the state Secret, from the cache)
-    let mut stored = prepared
-        .as_ref()
-        .ok()
-        .and_then(|_| cached(base, &credentials_ns, &state_name))
-        .as_deref()
-        .and_then(state::read);
+    // Even when the spec is invalid, so that status reports the token the copies still hold.
+    let mut stored = cached(base, &credentials_ns, &state_name).as_deref().and_then(state::read);
     // A token acquired by an earlier reconcile whose state write failed: write it first. It
     // is newer than anything stored and may carry the only copy of a rotated refresh token.
     if let Some(unsaved) = base.take_unsaved("", &name) {
@@ -110,10 +108,8 @@ pub async fn reconcile(ccc: Arc<ClusterClientCredential>, ctx: Arc<ClusterContex
     };
     let jitter_key = format!("cluster/{name}");
     let schedule = |stored: Option<&StoredToken>, record: &FailureRecord, prep: &Prepared, annotation: Option<&str>| {
-        let renewal_requested = annotation.is_some_and(|value| {
-            Some(value) != current.credential.handled_renewal_request.as_deref()
-                && Some(value) != stored.and_then(|s| s.renewal_request.as_deref())
-        });
+        let handled = current.credential.handled_renewal_request.as_deref();
+        let renewal_requested = token_state::renewal_requested(annotation, handled, stored);
         let state = token_state::schedule_state(now, stored, prep, record, spec.suspend, renewal_requested);
         decide(&state, &renewal, &base.policy.backoff, &jitter_key)
     };
@@ -190,18 +186,12 @@ pub async fn reconcile(ccc: Arc<ClusterClientCredential>, ctx: Arc<ClusterContex
         remove_unselected_copies(&ccc, base, &selected).await?;
     }
     if failure.is_none() && record.attempts > 0 {
-        // Failed attempts still waiting out their backoff keep the failure they recorded.
-        failure = current
-            .credential
-            .conditions
-            .iter()
-            .find(|c| c.type_ == status::DEGRADED && c.status == "True")
-            .map(|c| Failure { reason: Reason::from_reason_str(&c.reason), message: c.message.clone() });
+        failure = status::recorded_failure(&current.credential);
     }
     if failure.is_none() && !namespace_failures.is_empty() {
         let names: Vec<&str> = namespace_failures.iter().take(3).map(|f| f.namespace.as_str()).collect();
         failure = Some(Failure {
-            reason: Reason::TargetSecretConflict,
+            reason: Reason::TargetNamespacesFailed,
             message: format!(
                 "{} of {} selected namespaces did not receive the token ({}{}); see status.namespaceFailures",
                 namespace_failures.len(),
@@ -236,15 +226,9 @@ pub async fn reconcile(ccc: Arc<ClusterClientCredential>, ctx: Arc<ClusterContex
         handled_renewal_request: handled_request,
         target_secret_name: target_name,
     };
-    let mut credential = status::next(Some(&current.credential), &facts);
-    // A copy that failed is not Ready for the namespaces that read it, but the token is:
-    // only a conflict on the namespaced kind makes Ready False.
-    if facts.failure.as_ref().is_some_and(|f| f.reason == Reason::TargetSecretConflict) && stored.is_some() {
-        let ready = status::next(Some(&current.credential), &Facts { failure: None, ..facts.clone() });
-        credential.conditions.retain(|c| c.type_ != status::READY);
-        credential.conditions.extend(ready.conditions.into_iter().filter(|c| c.type_ == status::READY));
-        credential.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
-    }
+    // Namespaces that did not get the token make Degraded True (TargetNamespacesFailed);
+    // Ready follows the token, which the other namespaces hold.
+    let credential = status::next(Some(&current.credential), &facts);
     let failed = namespace_failures.len();
     namespace_failures.truncate(MAX_NAMESPACE_FAILURES);
     let next_status = ClusterClientCredentialStatus {
@@ -271,11 +255,7 @@ pub async fn reconcile(ccc: Arc<ClusterClientCredential>, ctx: Arc<ClusterContex
         base.metrics.token_renewal.get_or_create(&gauge_labels).set(r.as_second());
     }
 
-    let mut wake = vec![now + base.policy.recheck];
-    wake.extend(next.as_ref().and_then(Decision::requeue_at));
-    wake.extend(stored.as_ref().map(|s| s.expires_at).filter(|e| *e > now));
-    let at = wake.into_iter().min().unwrap_or(now);
-    Ok(Action::requeue(Duration::from_secs((at.as_second() - now.as_second()).max(1) as u64)))
+    Ok(requeue(base, now, next.as_ref(), stored.as_ref()))
 }
 
 pub fn error_policy(_ccc: Arc<ClusterClientCredential>, error: &Error, ctx: Arc<ClusterContext>) -> Action {

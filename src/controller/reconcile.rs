@@ -272,12 +272,7 @@ impl Run {
         // Failed attempts still pending (waiting out a backoff) keep the failure they
         // recorded: Degraded stays True until a request succeeds.
         if self.failure.is_none() && self.record.attempts > 0 {
-            self.failure = cc
-                .status
-                .iter()
-                .flat_map(|s| s.conditions.iter())
-                .find(|c| c.type_ == status::DEGRADED && c.status == "True")
-                .map(|c| Failure { reason: Reason::from_reason_str(&c.reason), message: c.message.clone() });
+            self.failure = cc.status.as_ref().and_then(status::recorded_failure);
         }
         let renew_at = next.and_then(Decision::requeue_at).filter(|_| !cc.spec.suspend);
         let record = &self.record;
@@ -327,13 +322,18 @@ impl Run {
     /// Requeue at the next decision point, and no later than expiry (to report Expired)
     /// or the recheck interval.
     fn requeue(&self, next: Option<&Decision>) -> Action {
-        let now = self.now;
-        let mut wake = vec![now + self.ctx.policy.recheck];
-        wake.extend(next.and_then(Decision::requeue_at));
-        wake.extend(self.stored.as_ref().map(|s| s.expires_at).filter(|e| *e > now));
-        let at = wake.into_iter().min().unwrap_or(now);
-        Action::requeue(Duration::from_secs((at.as_second() - now.as_second()).max(1) as u64))
+        requeue(&self.ctx, self.now, next, self.stored.as_ref())
     }
+}
+
+/// Requeue at the next decision point, and no later than expiry (to report Expired) or the
+/// recheck interval.
+pub(super) fn requeue(ctx: &Context, now: Timestamp, next: Option<&Decision>, stored: Option<&StoredToken>) -> Action {
+    let mut wake = vec![now + ctx.policy.recheck];
+    wake.extend(next.and_then(Decision::requeue_at));
+    wake.extend(stored.map(|s| s.expires_at).filter(|e| *e > now));
+    let at = wake.into_iter().min().unwrap_or(now);
+    Action::requeue(Duration::from_secs((at.as_second() - now.as_second()).max(1) as u64))
 }
 
 fn cached(ctx: &Context, namespace: &str, name: &str) -> Option<Arc<Secret>> {
@@ -390,9 +390,7 @@ fn schedule_state(
     renew_annotation: Option<&str>,
 ) -> ScheduleState {
     let handled = cc.status.as_ref().and_then(|s| s.handled_renewal_request.as_deref());
-    let renewal_requested = renew_annotation.is_some_and(|value| {
-        Some(value) != handled && Some(value) != stored.and_then(|s| s.renewal_request.as_deref())
-    });
+    let renewal_requested = token_state::renewal_requested(renew_annotation, handled, stored);
     token_state::schedule_state(now, stored, prep, record, cc.spec.suspend, renewal_requested)
 }
 
@@ -405,18 +403,10 @@ pub(super) async fn acquire(
     stored: Option<&StoredToken>,
     renewal_request: Option<String>,
 ) -> Result<(StoredToken, bool), TokenError> {
-    let held = token_state::held_refresh_token(stored, prep);
-    let started = std::time::Instant::now();
-    let result = ctx.engine.acquire(&prep.config, &prep.credentials, held).await;
-    ctx.metrics.observe_token_request(&result, started.elapsed());
-    let acquired = result?;
-    tracing::info!(
-        credential = who,
-        flow = ?acquired.flow,
-        expires_at = %acquired.token.expires_at,
-        "token issued"
-    );
-    Ok(token_state::issued(acquired, held, prep, renewal_request))
+    let (stored, rotated, flow) =
+        token_state::request(&ctx.engine, &ctx.metrics, prep, stored, renewal_request).await?;
+    tracing::info!(credential = who, ?flow, expires_at = %stored.expires_at, "token issued");
+    Ok((stored, rotated))
 }
 
 pub(super) fn describe(reason: RequestReason) -> &'static str {

@@ -34,6 +34,8 @@ pub enum Reason {
     InvalidTokenResponse,
     TokenVerificationFailed,
     TargetSecretConflict,
+    /// ClusterClientCredential only: some selected namespaces did not receive the token.
+    TargetNamespacesFailed,
 }
 
 impl Reason {
@@ -51,6 +53,7 @@ impl Reason {
             Reason::InvalidTokenResponse => "InvalidTokenResponse",
             Reason::TokenVerificationFailed => "TokenVerificationFailed",
             Reason::TargetSecretConflict => "TargetSecretConflict",
+            Reason::TargetNamespacesFailed => "TargetNamespacesFailed",
         }
     }
 
@@ -64,6 +67,7 @@ impl Reason {
             "InvalidTokenResponse" => Reason::InvalidTokenResponse,
             "TokenVerificationFailed" => Reason::TokenVerificationFailed,
             "TargetSecretConflict" => Reason::TargetSecretConflict,
+            "TargetNamespacesFailed" => Reason::TargetNamespacesFailed,
             _ => Reason::TokenEndpointUnavailable,
         }
     }
@@ -74,6 +78,16 @@ impl Reason {
 pub struct Failure {
     pub reason: Reason,
     pub message: String,
+}
+
+/// The failure a status records as Degraded=True: failed attempts still waiting out their
+/// backoff keep it until a request succeeds.
+pub fn recorded_failure(status: &ClientCredentialStatus) -> Option<Failure> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == DEGRADED && c.status == "True")
+        .map(|c| Failure { reason: Reason::from_reason_str(&c.reason), message: c.message.clone() })
 }
 
 /// What the reconcile established, for the status.
