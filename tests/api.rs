@@ -102,7 +102,63 @@ fn crd_declares_names_columns_and_status_subresource() {
     assert_eq!(version["subresources"]["status"], json!({}));
     let columns: Vec<&str> =
         version["additionalPrinterColumns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(columns, ["Ready", "Reason", "Expires", "Age"]);
+    assert_eq!(columns, ["Ready", "Reason", "Expires", "Refreshed", "Age"]);
+}
+
+/// kubectl renders a `date` printer column as an age ("5m"), and a time in the future as
+/// `<invalid>`. Every date column of both CRDs is evaluated against a status the controller
+/// computes for a healthy credential (token issued in the past, expiring and renewing in the
+/// future): each must point at a time that is not in the future.
+#[test]
+fn no_date_printer_column_points_at_a_future_time() {
+    use tokensync::controller::status::{Facts, TokenFacts, next};
+    let now: jiff::Timestamp = "2026-11-30T12:00:00Z".parse().unwrap();
+    let minutes = |m: i64| now + jiff::SignedDuration::from_mins(m);
+    let facts = Facts {
+        now,
+        generation: Some(1),
+        suspended: false,
+        token: Some(TokenFacts {
+            token_type: "Bearer".into(),
+            scope: None,
+            issued_at: minutes(-5),
+            expires_at: minutes(55),
+        }),
+        failure: None,
+        renew_at: Some(minutes(35)),
+        failed_attempts: 1,
+        last_failure: Some(minutes(-1)),
+        retry_after_seconds: None,
+        failed_inputs: None,
+        handled_renewal_request: None,
+        target_secret_name: "demo".into(),
+    };
+    let status = serde_json::to_value(next(None, &facts)).unwrap();
+    let object = json!({"metadata": {"creationTimestamp": "2026-11-30T11:00:00Z"}, "status": status});
+    for crd in [serde_json::to_value(api::crd()).unwrap(), serde_json::to_value(api::cluster::crd()).unwrap()] {
+        let kind = crd["spec"]["names"]["kind"].as_str().unwrap().to_owned();
+        let columns = crd["spec"]["versions"][0]["additionalPrinterColumns"].as_array().unwrap().clone();
+        let dates: Vec<&Value> = columns.iter().filter(|c| c["type"] == "date").collect();
+        assert!(!dates.is_empty(), "{kind}: expected at least the Age column");
+        for column in dates {
+            let path = column["jsonPath"].as_str().unwrap();
+            // Date columns are plain field paths (.a.b.c); a filter expression has no place here.
+            assert!(path.starts_with('.') && !path.contains('['), "{kind}: date column {path} is not a field path");
+            let value = path[1..].split('.').fold(&object, |v, key| &v[key]);
+            let time: jiff::Timestamp = value
+                .as_str()
+                .unwrap_or_else(|| panic!("{kind}: date column {path} is not set in a healthy status"))
+                .parse()
+                .unwrap();
+            assert!(
+                time <= now,
+                "{kind}: date column {} shows {path}, a future time: kubectl prints <invalid>",
+                column["name"]
+            );
+        }
+    }
+    // And the times in the future are still shown, as strings.
+    assert_eq!(status["expiresAt"], json!("2026-11-30T12:55:00Z"));
 }
 
 #[test]
@@ -411,7 +467,7 @@ fn the_cluster_crd_is_cluster_scoped_documented_and_shows_the_namespace_counts()
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(columns, ["Ready", "Reason", "Synced", "Failed", "Expires", "Age"]);
+    assert_eq!(columns, ["Ready", "Reason", "Synced", "Failed", "Expires", "Refreshed", "Age"]);
     fn undocumented(path: &str, schema: &Value, out: &mut Vec<String>) {
         for (name, sub) in schema.get("properties").and_then(Value::as_object).into_iter().flatten() {
             let sub_path = format!("{path}.{name}");

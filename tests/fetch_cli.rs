@@ -122,3 +122,43 @@ async fn fetch_honours_http_proxy_and_no_proxy() {
     assert_eq!(out.status.code(), Some(1), "NO_PROXY sends the request direct, where the name does not resolve");
     assert_eq!(proxy.requests().len(), 1);
 }
+
+/// Runs `tokensync fetch` on a pseudo-terminal (util-linux `script`), so that stderr IS a
+/// terminal, and returns everything it wrote there.
+async fn fetch_on_a_terminal(yaml: &str, no_color: Option<&str>) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cc.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let inner = format!("{} fetch --allow-http -o token -f {}", env!("CARGO_BIN_EXE_tokensync"), file.display());
+    let mut cmd = Command::new("script");
+    cmd.args(["-q", "-e", "-c", &inner, "/dev/null"]);
+    for var in PROXY_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.env_remove("NO_COLOR");
+    if let Some(v) = no_color {
+        cmd.env("NO_COLOR", v);
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("util-linux `script`")).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn log_lines_carry_colour_codes_only_on_a_terminal_without_no_color() {
+    const ESC: char = '\u{1b}';
+    let server = TokenServer::start(token_server_handler).await;
+    let yaml = manifest(&server.url("/token"), "right-secret");
+
+    // Piped, as a log file or a pod's log is: plain text.
+    let out = fetch(&yaml, &["--allow-http"], &[]).await;
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("token acquired") && stderr.contains("expires_at="), "{stderr}");
+    assert!(!stderr.contains(ESC), "escape codes in piped logs: {stderr:?}");
+
+    // On a terminal: coloured, unless NO_COLOR says otherwise.
+    let tty = fetch_on_a_terminal(&yaml, None).await;
+    assert!(tty.contains("token acquired") && tty.contains(ESC), "a terminal gets colour: {tty:?}");
+    let tty = fetch_on_a_terminal(&yaml, Some("1")).await;
+    assert!(tty.contains("token acquired") && !tty.contains(ESC), "NO_COLOR=1: {tty:?}");
+}

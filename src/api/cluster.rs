@@ -35,7 +35,10 @@ use super::v1alpha1::{
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Synced","type":"integer","jsonPath":".status.syncedNamespaces"}"#,
     printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.failedNamespaces"}"#,
-    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.expiresAt"}"#,
+    // kubectl prints a date column as an age, and a time in the future as `<invalid>`:
+    // expiry is a string column (the RFC 3339 time); only past times are date columns.
+    printcolumn = r#"{"name":"Expires","type":"string","description":"When the published token expires (RFC 3339).","jsonPath":".status.expiresAt"}"#,
+    printcolumn = r#"{"name":"Refreshed","type":"date","description":"How long ago the published token was issued.","jsonPath":".status.lastRefreshTime"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 pub struct ClusterClientCredentialSpec {

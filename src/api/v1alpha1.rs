@@ -38,7 +38,10 @@ pub const NAMESPACED_TARGET_RULE: &str =
     doc = "Keeps a short-lived OAuth2 access token fresh in a Secret. The client secret (or refresh token) stays in the source Secret; workloads mount only the target Secret.",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
-    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.expiresAt"}"#,
+    // kubectl prints a date column as an age, and a time in the future as `<invalid>`:
+    // expiry is a string column (the RFC 3339 time); only past times are date columns.
+    printcolumn = r#"{"name":"Expires","type":"string","description":"When the published token expires (RFC 3339).","jsonPath":".status.expiresAt"}"#,
+    printcolumn = r#"{"name":"Refreshed","type":"date","description":"How long ago the published token was issued.","jsonPath":".status.lastRefreshTime"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -430,6 +433,9 @@ pub struct VerifySettings {
 )]
 pub struct TargetSecret {
     /// Name of the target Secret in the same namespace. Default: the ClientCredential's name.
+    /// When it changes, the token is written under the new name (no new token is requested)
+    /// and then the Secret published under the old name is deleted, unless deletionPolicy
+    /// is Retain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub name: Option<String>,
@@ -457,9 +463,10 @@ pub struct TargetSecret {
     #[schemars(extend("maxProperties" = 32))]
     pub template: Option<BTreeMap<String, String>>,
 
-    /// What happens to the target Secret when the ClientCredential is deleted: Delete (the
-    /// default; it is garbage-collected through its ownerReference) or Retain (no
-    /// ownerReference; the Secret stays until someone deletes it). On a
+    /// What happens to the target Secret when the ClientCredential is deleted or
+    /// spec.target.name changes: Delete (the default; it is garbage-collected through its
+    /// ownerReference, or deleted after a rename) or Retain (no ownerReference; the Secret
+    /// stays until someone deletes it, and is no longer renewed after a rename). On a
     /// ClusterClientCredential, Delete also removes the copy from a namespace that stops
     /// being selected; Retain leaves it there (it is no longer renewed).
     #[serde(default)]
