@@ -43,6 +43,20 @@ impl StoredToken {
     pub fn is_valid_at(&self, now: Timestamp) -> bool {
         self.expires_at > now
     }
+
+    /// What a failed attempt with this token's inputs would have been recorded against
+    /// ([`Prepared::attempt_inputs`]).
+    pub fn attempt_inputs(&self) -> String {
+        attempt_inputs(&self.inputs, self.bootstrap.as_deref())
+    }
+}
+
+/// The inputs plus the bootstrap fingerprint: what failed attempts are recorded against.
+fn attempt_inputs(inputs: &str, bootstrap: Option<&str>) -> String {
+    match bootstrap {
+        Some(b) => format!("{inputs}+{b}"),
+        None => inputs.to_owned(),
+    }
 }
 
 /// The target data (Secret keys or files) for `stored`: the default keys, or the
@@ -110,10 +124,7 @@ pub fn prepare(
     config.tls = engine::tls_material(spec, |n| secrets.get(n)).map_err(source)?;
     let inputs = inputs_fingerprint(spec, &credentials, &config.tls);
     let bootstrap = bootstrap_fingerprint(&credentials);
-    let attempt_inputs = match &bootstrap {
-        Some(b) => format!("{inputs}+{b}"),
-        None => inputs.clone(),
-    };
+    let attempt_inputs = attempt_inputs(&inputs, bootstrap.as_deref());
     Ok(Prepared { config, credentials, inputs, bootstrap, attempt_inputs })
 }
 
@@ -142,23 +153,29 @@ impl FailureRecord {
         FailureRecord { attempts, last_failure: Some(now), retry_after, inputs: Some(inputs.to_owned()) }
     }
 
-    /// The record as it stands given the stored token: a token issued with the inputs that
-    /// failed, no earlier than the last failure, came from a later successful request, so the
-    /// failures are over. A success normally resets the record itself; this covers a success
-    /// whose record was not written (a crash between storing the token and recording the
-    /// outcome, or a record write lost to a stale read). Times are compared in whole seconds
-    /// because that is how Kubernetes stores the last failure time.
-    pub fn settled_by(self, stored: Option<&StoredToken>) -> Self {
-        let settled = self.attempts > 0
-            && stored.is_some_and(|s| {
-                let attempt_inputs = match &s.bootstrap {
-                    Some(b) => format!("{}+{b}", s.inputs),
-                    None => s.inputs.clone(),
-                };
-                self.inputs.as_deref() == Some(attempt_inputs.as_str())
-                    && self.last_failure.is_none_or(|f| s.issued_at.as_second() >= f.as_second())
-            });
-        if settled { FailureRecord::default() } else { self }
+    /// The failures that still stand, given the stored token and the inputs in use now
+    /// (`current`: [`Prepared::attempt_inputs`], None when the credential cannot be prepared).
+    /// The one rule the controller, the cluster controller and the agent all apply; a
+    /// failure is over when
+    /// - **a later success settled it**: a token issued with the inputs that failed, no
+    ///   earlier than the last failure. A success normally resets the record itself; this
+    ///   covers a success whose record was not written (a crash between storing the token and
+    ///   recording the outcome, or a record write lost to a stale read). Times are compared in
+    ///   whole seconds because that is how Kubernetes stores the last failure time.
+    /// - **it belongs to inputs no longer in use**, and the stored token was issued from
+    ///   exactly the inputs in use now: a source Secret changed to a wrong client secret and
+    ///   then put back, a spec edit reverted. Nothing is failing: the published token is what
+    ///   the current inputs produce, so no request is needed to prove them (and none is made).
+    ///   Failures made with the current inputs, or while the token stems from other inputs,
+    ///   still stand.
+    pub fn still_pending(self, stored: Option<&StoredToken>, current: Option<&str>) -> Self {
+        let Some(stored) = stored.filter(|_| self.attempts > 0) else { return self };
+        let failed_with = self.inputs.as_deref();
+        let token_from = stored.attempt_inputs();
+        let settled = failed_with == Some(token_from.as_str())
+            && self.last_failure.is_none_or(|f| stored.issued_at.as_second() >= f.as_second());
+        let superseded = current.is_some_and(|now| failed_with != Some(now) && token_from == now);
+        if settled || superseded { FailureRecord::default() } else { self }
     }
 }
 
@@ -364,15 +381,44 @@ mod tests {
             renewal_request: None,
         };
         // Issued after the failure with the same inputs: a success whose record was lost.
-        assert_eq!(record.clone().settled_by(Some(&token(12, "in"))).attempts, 0);
+        assert_eq!(record.clone().still_pending(Some(&token(12, "in")), Some("in")).attempts, 0);
         // Issued before the failure (a renewal that then failed), or with other inputs (a
         // spec change that failed): still failing.
-        assert_eq!(record.clone().settled_by(Some(&token(5, "in"))).attempts, 1);
-        assert_eq!(record.clone().settled_by(Some(&token(12, "old"))).attempts, 1);
-        assert_eq!(record.clone().settled_by(None).attempts, 1);
+        assert_eq!(record.clone().still_pending(Some(&token(5, "in")), Some("in")).attempts, 1);
+        assert_eq!(record.clone().still_pending(Some(&token(12, "old")), Some("in")).attempts, 1);
+        assert_eq!(record.clone().still_pending(None, Some("in")).attempts, 1);
+        assert_eq!(record.clone().still_pending(Some(&token(12, "old")), None).attempts, 1, "cannot prepare");
         // Attempts recorded against a bootstrap value compare with the chain it started.
         let chained = FailureRecord { inputs: Some("in+boot".into()), ..record };
         let with_boot = StoredToken { bootstrap: Some("boot".into()), ..token(12, "in") };
-        assert_eq!(chained.settled_by(Some(&with_boot)).attempts, 0);
+        assert_eq!(chained.still_pending(Some(&with_boot), Some("in+boot")).attempts, 0);
+    }
+
+    #[test]
+    fn a_failure_of_inputs_no_longer_in_use_is_over_when_the_token_stems_from_the_current_ones() {
+        let at = |s: i64| Timestamp::from_second(1_800_000_000 + s).unwrap();
+        let rejected = TokenError::new(ErrorKind::Rejected, true, "invalid_client");
+        // The token came from inputs "good"; a wrong secret ("bad") was rejected afterwards.
+        let record = FailureRecord::default().failed(at(100), &rejected, "bad", Duration::from_secs(300));
+        let token = StoredToken {
+            access_token: "t".to_owned().into(),
+            token_type: "Bearer".into(),
+            scope: None,
+            issued_at: at(0),
+            expires_at: at(3600),
+            refresh_token: None,
+            inputs: "good".into(),
+            bootstrap: None,
+            renewal_request: None,
+        };
+        // The good secret is back: nothing is failing.
+        assert_eq!(record.clone().still_pending(Some(&token), Some("good")), FailureRecord::default());
+        // Still the bad secret, or a third value the token does not stem from: it stands.
+        assert_eq!(record.clone().still_pending(Some(&token), Some("bad")).attempts, 1);
+        assert_eq!(record.clone().still_pending(Some(&token), Some("other")).attempts, 1);
+        // A new bootstrap value is part of the inputs: a token from the old chain does not
+        // show the new one works.
+        let chained = StoredToken { bootstrap: Some("b1".into()), ..token };
+        assert_eq!(record.still_pending(Some(&chained), Some("good+b2")).attempts, 1);
     }
 }

@@ -422,6 +422,33 @@ async fn a_rotated_secret_file_is_noticed_and_gets_a_new_token() {
     agent.shutdown().await;
 }
 
+/// Issue 12: a wrong client secret put back must not leave its failure recorded until the
+/// next renewal (hours for long-lived tokens); the token on disk stems from the secret in use.
+#[tokio::test]
+async fn a_source_secret_put_back_clears_its_failure_without_a_request() {
+    let (server, _) = counting_server(3600).await;
+    let good = client_credentials(&server.url("/token"), "");
+    let setup = Setup::new(&good);
+    let agent = Agent::start(&setup.args(&[])).unwrap();
+    assert!(agent.wait_for(WAIT, |p| p.issued >= 1 && p.passes >= 1).await);
+
+    std::fs::write(&setup.manifest, good.replace("the-client-secret", "a-wrong-secret")).unwrap();
+    agent.reload();
+    assert!(agent.wait_for(WAIT, |p| p.failures >= 1 && p.passes >= 2).await);
+    let state: Value = serde_json::from_str(&read(setup.state_file())).unwrap();
+    assert_eq!(state["failures"]["attempts"], 1, "the rejection is recorded");
+    assert_eq!(read(setup.token_dir().join("access_token")), "token-1", "and the valid token stays");
+
+    std::fs::write(&setup.manifest, &good).unwrap();
+    agent.reload();
+    assert!(agent.wait_for(WAIT, |p| p.reloads >= 3 && p.passes >= 3).await);
+    let state: Value = serde_json::from_str(&read(setup.state_file())).unwrap();
+    assert!(state.get("failures").is_none(), "the failure belonged to a secret no longer in use: {state}");
+    assert_eq!(server.requests().len(), 2, "no request was needed: the token stems from the secret in use");
+    assert_eq!(agent.progress().borrow().failures, 1);
+    agent.shutdown().await;
+}
+
 // ---- the binary: SIGHUP, SIGTERM, /metrics ----
 
 fn free_port() -> u16 {

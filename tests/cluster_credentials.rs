@@ -413,3 +413,51 @@ async fn an_invalid_spec_change_keeps_every_copy_s_valid_token() {
     assert_eq!(copies(&api, &SELECTED).values().flatten().count(), 3, "every copy stays");
     assert_eq!(endpoint.issued(), 1);
 }
+
+/// Issue 12 (the rule the ClientCredential controller and the agent share): a wrong client
+/// secret put back clears its rejection within seconds, without a token request. Issue 16:
+/// a key another writer adds to a copy is removed, its labels stay.
+#[tokio::test]
+async fn a_source_secret_put_back_clears_its_failure_and_copies_hold_only_what_tokensync_renders() {
+    let (api, endpoint, _c) = running_fleet(json!({})).await;
+    let sources: Api<Secret> = Api::namespaced(api.client(), PLATFORM);
+    let set_secret = |value: &str| json!({"stringData": {"client_secret": value}});
+
+    sources.patch("auth0-client", &PatchParams::default(), &Patch::Merge(&set_secret("wrong"))).await.unwrap();
+    wait_ccc(&api, "auth0", "rejected", |s| {
+        cond(s, "Degraded") == ("True".into(), "TokenRequestRejected".into()) && s.credential.failed_attempts == Some(1)
+    })
+    .await;
+    sources
+        .patch("auth0-client", &PatchParams::default(), &Patch::Merge(&set_secret("platform-secret")))
+        .await
+        .unwrap();
+    wait_ccc(&api, "auth0", "healthy again", |s| {
+        cond(s, "Degraded") == ("False".into(), "Healthy".into()) && s.credential.failed_attempts.is_none()
+    })
+    .await;
+    assert_eq!((endpoint.issued(), endpoint.server.requests().len()), (1, 2), "one token, one rejected attempt");
+
+    let intruder = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "auth0-token", "labels": {"backup.example/include": "true"}},
+        "data": {"junk": "anVuaw=="},
+    });
+    let copies_in_a: Api<Secret> = Api::namespaced(api.client(), "labelled-a");
+    copies_in_a
+        .patch("auth0-token", &PatchParams::apply("another-controller"), &Patch::Apply(&intruder))
+        .await
+        .unwrap();
+    let copy = api
+        .wait_for_value(
+            |v| {
+                v.get::<Secret>(Some("labelled-a"), "auth0-token")
+                    .filter(|s| !s.data.as_ref().unwrap().contains_key("junk"))
+            },
+            WAIT,
+        )
+        .await
+        .expect("the key another manager added to the copy is removed");
+    assert_eq!(copy.metadata.labels.unwrap()["backup.example/include"], "true");
+    assert_eq!(endpoint.issued(), 1);
+}

@@ -219,7 +219,143 @@ async fn a_deleted_or_edited_target_secret_is_restored_without_a_token_request()
     let patch = json!({"stringData": {"access_token": "tampered", "extra": "x"}});
     secrets.patch("demo", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     wait_secret_value(&api, "demo", "access_token", "token-1").await;
+    api.wait_for(|v| v.get::<Secret>(Some(NS), "demo").is_some_and(|s| !s.data.unwrap().contains_key("extra")), WAIT)
+        .await
+        .expect("the hand-added key is removed too");
     assert_eq!(issuer.requests(), 1);
+}
+
+/// Issue 16: server-side apply leaves fields another field manager owns alone, so a forced
+/// apply alone never removes a key someone else added.
+#[tokio::test]
+async fn a_key_another_field_manager_adds_to_the_target_is_removed_and_its_labels_stay() {
+    let api = api_server().await;
+    let issuer = Issuer::start(3600).await;
+    let _c = start(&api, args(&[]));
+    setup("demo", &issuer, &api).await;
+    wait_secret_value(&api, "demo", "access_token", "token-1").await;
+
+    let secrets: Api<Secret> = Api::namespaced(api.client(), NS);
+    let intruder = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "demo", "labels": {"backup.example/include": "true"},
+                     "annotations": {"reflector.example/reflects": "team-b"}},
+        "data": {"junk": "anVuaw=="},
+    });
+    secrets.patch("demo", &PatchParams::apply("another-controller"), &Patch::Apply(&intruder)).await.unwrap();
+    let secret = api
+        .wait_for_value(
+            |v| v.get::<Secret>(Some(NS), "demo").filter(|s| !s.data.as_ref().unwrap().contains_key("junk")),
+            WAIT,
+        )
+        .await
+        .expect("the key another manager added is removed");
+    let keys: Vec<&String> = secret.data.as_ref().unwrap().keys().collect();
+    assert_eq!(keys, ["access_token", "expires_at", "token_type"], "exactly what tokensync renders");
+    assert_eq!(secret.metadata.labels.unwrap()["backup.example/include"], "true", "others' labels stay");
+    assert_eq!(secret.metadata.annotations.unwrap()["reflector.example/reflects"], "team-b", "and annotations");
+    assert_eq!(issuer.requests(), 1, "no token request");
+}
+
+/// Issue 12: a wrong client secret put back must not leave its rejection in status until the
+/// next renewal (hours for long-lived tokens): the published token stems from exactly the
+/// inputs now in use.
+#[tokio::test]
+async fn a_source_secret_put_back_clears_its_failure_within_seconds_without_a_request() {
+    let api = api_server().await;
+    let issuer = Issuer::start(600).await;
+    let _c = start(&api, args(&[]));
+    setup("demo", &issuer, &api).await;
+    wait_secret_value(&api, "demo", "access_token", "token-1").await;
+    wait_condition(&api, "demo", "Degraded", ("False", "Healthy")).await;
+
+    issuer.fail_with(|| Reply::oauth_error(401, "invalid_client", "Invalid client credentials"));
+    let secrets: Api<Secret> = Api::namespaced(api.client(), NS);
+    let wrong = json!({"stringData": {"client_secret": "a-wrong-secret"}});
+    secrets.patch("demo-client", &PatchParams::default(), &Patch::Merge(&wrong)).await.unwrap();
+    wait_condition(&api, "demo", "Degraded", ("True", "TokenRequestRejected")).await;
+    assert_eq!(status(&api, "demo").unwrap().failed_attempts, Some(1));
+    assert_eq!(condition(&api, "demo", "Ready"), Some(("True".into(), "TokenIssued".into())));
+    assert_eq!(secret_data(&api, "demo").unwrap()["access_token"], "token-1", "the valid token stays");
+
+    issuer.heal();
+    let original = json!({"stringData": {"client_secret": "csecret"}});
+    secrets.patch("demo-client", &PatchParams::default(), &Patch::Merge(&original)).await.unwrap();
+    wait_condition(&api, "demo", "Degraded", ("False", "Healthy")).await;
+    let st = status(&api, "demo").unwrap();
+    assert!(st.failed_attempts.is_none() && st.last_failure_time.is_none() && st.failed_inputs.is_none(), "{st:#?}");
+    assert_eq!(issuer.requests(), 2, "the rejected attempt only: the token in use needs no proof");
+    assert_eq!(secret_data(&api, "demo").unwrap()["access_token"], "token-1");
+}
+
+/// Issue 12: changing spec.target.name must not leave the old target behind with a token
+/// nobody renews.
+#[tokio::test]
+async fn a_renamed_target_replaces_the_old_secret_unless_the_policy_retains_it() {
+    let api = api_server().await;
+    let issuer = Issuer::start(3600).await;
+    let _c = start(&api, args(&[]));
+    setup("demo", &issuer, &api).await;
+    wait_secret_value(&api, "demo", "access_token", "token-1").await;
+    create_secret(&api, source_secret("not-ours", &[("keep", "me")])).await;
+
+    merge_patch_cc(&api, "demo", json!({"spec": {"target": {"name": "demo-renamed"}}})).await;
+    wait_secret_value(&api, "demo-renamed", "access_token", "token-1").await;
+    api.wait_for(|v| v.get::<Secret>(Some(NS), "demo").is_none(), WAIT).await.expect("the old target is removed");
+    wait_status(&api, "demo", |s| s.target_secret_name.as_deref() == Some("demo-renamed")).await;
+    let events = api.list_json("events.events.k8s.io", Some(NS));
+    assert!(events.iter().any(|e| e["reason"] == "PreviousTargetRemoved"), "an Event says so: {events:#?}");
+
+    // Retain: the old one is kept (it may be mounted by workloads the user moves over later).
+    merge_patch_cc(&api, "demo", json!({"spec": {"target": {"name": "demo-third", "deletionPolicy": "Retain"}}})).await;
+    wait_secret_value(&api, "demo-third", "access_token", "token-1").await;
+    wait_status(&api, "demo", |s| s.target_secret_name.as_deref() == Some("demo-third")).await;
+    assert!(secret_data(&api, "demo-renamed").is_some(), "retained");
+    assert_eq!(secret_data(&api, "not-ours").unwrap()["keep"], "me");
+    assert_eq!(issuer.requests(), 1, "renaming the target needs no new token");
+}
+
+/// Issue 12: the state Secret was re-read before a token request, the status was not. A
+/// reconcile that starts from a cached ClientCredential older than the server's (here: its
+/// watch held back, so the cache never saw the failure recorded in status) must not spend
+/// a request the newer status rules out (a backoff still running).
+#[tokio::test]
+async fn a_reconcile_from_a_stale_cached_status_spends_no_token_request() {
+    let api = api_server().await;
+    let issuer = Issuer::start(3600).await;
+    // The first request fails, and from the moment it arrives the controller's cache of
+    // ClientCredentials stops following the server: it never sees the failure recorded.
+    let (held, first) = (api.clone(), std::sync::atomic::AtomicBool::new(true));
+    issuer.fail_with(move || {
+        if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            held.hold_watches("clientcredentials");
+        }
+        Reply::text(503, "text/html", "<h1>down</h1>")
+    });
+    let c = start(&api, args(&["--backoff-min", "2m"]));
+    setup("demo", &issuer, &api).await;
+    wait_condition(&api, "demo", "Degraded", ("True", "TokenEndpointUnavailable")).await;
+    assert_eq!((issuer.requests(), status(&api, "demo").unwrap().failed_attempts), (1, Some(1)));
+
+    // Any event makes the controller reconcile from its (stale) cache: here a change of an
+    // unrelated key in the source Secret, whose watch is not held. The first reconcile
+    // (the failed request) has completed first, so the next one counted is that one.
+    assert!(c.metrics.wait_for_reconciles(1, WAIT).await);
+    let before = c.metrics.reconciles();
+    let secrets: Api<Secret> = Api::namespaced(api.client(), NS);
+    let unrelated = json!({"stringData": {"unrelated": "x"}});
+    secrets.patch("demo-client", &PatchParams::default(), &Patch::Merge(&unrelated)).await.unwrap();
+    assert!(c.metrics.wait_for_reconciles(before + 1, WAIT).await);
+    assert_eq!(issuer.requests(), 1, "the backoff recorded in status was honoured");
+    assert_eq!(status(&api, "demo").unwrap().failed_attempts, Some(1));
+    api.release_watches("clientcredentials");
+}
+
+async fn wait_status(api: &ApiServer, name: &str, check: impl Fn(&tokensync::api::ClientCredentialStatus) -> bool) {
+    let found = api
+        .wait_for(|v| v.get::<ClientCredential>(Some(NS), name).and_then(|c| c.status).is_some_and(|s| check(&s)), WAIT)
+        .await;
+    assert!(found.is_ok(), "{name}: status never as expected: {:#?}", status(api, name));
 }
 
 #[tokio::test]

@@ -122,6 +122,16 @@ impl Worker {
         let annotation = cred.cc.metadata.annotations.as_ref().and_then(|a| a.get(RENEW_REQUESTED_AT)).cloned();
         let now = Timestamp::now();
 
+        // Failures that are over (a success whose record was not written, or inputs no longer
+        // in use) are cleared, and the state file says so.
+        let current = cred.prepared.as_ref().ok().map(|p| p.attempt_inputs.as_str());
+        let pending = self.state.failures.clone().still_pending(self.state.token.as_ref(), current);
+        if pending != self.state.failures {
+            tracing::info!(namespace = ns, name, "the recorded failures belong to inputs no longer in use; cleared");
+            self.state.failures = pending;
+            self.dirty = true;
+        }
+
         // decide, acquire
         match &cred.prepared {
             Err(problem) => {

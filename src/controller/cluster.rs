@@ -28,7 +28,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use super::context::Context;
 use super::labels;
 use super::reconcile::{
-    Error, STALE_STATUS_RETRY, acquire, apply, apply_state, describe, event, failure_record, requeue,
+    Error, Outcome, STALE_STATUS_RETRY, acquire, apply_state, apply_target, describe, event, failure_record, requeue,
 };
 use super::state::{self, StoredToken};
 use super::status::{self, Facts, Failure, Reason, TokenFacts};
@@ -52,18 +52,35 @@ pub struct ClusterContext {
 }
 
 pub async fn reconcile(ccc: Arc<ClusterClientCredential>, ctx: Arc<ClusterContext>) -> Result<Action, Error> {
+    let _timer = ctx.base.metrics.reconcile_started();
+    let mut ccc = ccc;
+    let mut confirmed = false;
+    loop {
+        match run_pipeline(ccc, &ctx, confirmed).await? {
+            Outcome::Done(action) => return Ok(action),
+            Outcome::Stale(fresh) => (ccc, confirmed) = (fresh, true),
+        }
+    }
+}
+
+/// One pass over `ccc`. `confirmed`: `ccc` was just read from the API server, not from the
+/// cache, so it needs no confirmation before a token request.
+async fn run_pipeline(
+    ccc: Arc<ClusterClientCredential>,
+    ctx: &ClusterContext,
+    confirmed: bool,
+) -> Result<Outcome<ClusterClientCredential>, Error> {
     let base = &ctx.base;
-    let _timer = base.metrics.reconcile_started();
     let name = ccc.name_any();
     if ccc.metadata.deletion_timestamp.is_some() {
-        return finalize(&ccc, &ctx).await;
+        return finalize(&ccc, ctx).await.map(Outcome::Done);
     }
     if !ccc.finalizers().iter().any(|f| f == FINALIZER) {
         // Before any copy exists, so that deleting the resource always cleans up.
         let mut finalizers = ccc.finalizers().to_vec();
         finalizers.push(FINALIZER.into());
         patch_finalizers(&base.client, &ccc, finalizers).await?;
-        return Ok(Action::requeue(Duration::from_millis(1)));
+        return Ok(Outcome::Done(Action::requeue(Duration::from_millis(1))));
     }
     let spec = &ccc.spec.token;
     let now = Timestamp::now();
@@ -92,7 +109,7 @@ pub async fn reconcile(ccc: Arc<ClusterClientCredential>, ctx: Arc<ClusterContex
         }
         stored = Some(unsaved);
     }
-    let mut record = failure_record(&current.credential).settled_by(stored.as_ref());
+    let mut record = failure_record(&current.credential);
     let mut handled_request = current.credential.handled_renewal_request.clone();
     let renew_annotation = ccc.annotations().get(labels::RENEW_REQUESTED_AT).cloned();
 
@@ -101,6 +118,10 @@ pub async fn reconcile(ccc: Arc<ClusterClientCredential>, ctx: Arc<ClusterContex
         Ok(()) => prepare(spec, &name, &source).await?,
         Err(f) => Err(f),
     };
+    // Failures that are over (a success whose status write was lost, or inputs no longer in
+    // use) are cleared from what status records.
+    let attempt_inputs = prepared.as_ref().ok().map(|p| p.attempt_inputs.as_str());
+    record = record.still_pending(stored.as_ref(), attempt_inputs);
     let renewal = RenewalPolicy {
         renew_before: spec.renew_before.as_ref().and_then(|d| d.parse().ok()),
         renew_before_percentage: spec.renew_before_percentage.and_then(|p| u8::try_from(p).ok()),
@@ -119,10 +140,26 @@ pub async fn reconcile(ccc: Arc<ClusterClientCredential>, ctx: Arc<ClusterContex
         Err(f) => failure = Some(f.clone()),
         Ok(prep) => {
             if let Decision::RequestNow(_) = schedule(stored.as_ref(), &record, prep, renew_annotation.as_deref()) {
-                // The cache may lag behind our own last write: confirm before spending a request.
+                // The caches may lag (behind our own writes, or anyone's): before spending a
+                // request, confirm the state Secret and the status (failure record, handled
+                // renewal request) with the API server, as for ClientCredentials.
                 let state_api: Api<Secret> = Api::namespaced(base.client.clone(), &credentials_ns);
-                stored = state_api.get_opt(&state_name).await?.as_ref().and_then(state::read);
-                record = record.settled_by(stored.as_ref());
+                let state = if confirmed {
+                    state_api.get_opt(&state_name).await?
+                } else {
+                    let all: Api<ClusterClientCredential> = Api::all(base.client.clone());
+                    let (state, fresh) = futures::try_join!(state_api.get_opt(&state_name), all.get_opt(&name))?;
+                    match fresh {
+                        None => return Ok(Outcome::Done(Action::await_change())),
+                        Some(mut fresh) if fresh.metadata.resource_version != ccc.metadata.resource_version => {
+                            fresh.managed_fields_mut().clear();
+                            return Ok(Outcome::Stale(Arc::new(fresh)));
+                        }
+                        Some(_) => state,
+                    }
+                };
+                stored = state.as_ref().and_then(state::read);
+                record = record.still_pending(stored.as_ref(), Some(&prep.attempt_inputs));
                 if let Decision::RequestNow(reason) =
                     schedule(stored.as_ref(), &record, prep, renew_annotation.as_deref())
                 {
@@ -241,7 +278,9 @@ pub async fn reconcile(ccc: Arc<ClusterClientCredential>, ctx: Arc<ClusterContex
     if status_changed(ccc.status.as_ref(), &next_status) {
         match patch_status(&base.client, &ccc, &next_status).await {
             Ok(()) => {}
-            Err(Error::Kube(kube::Error::Api(e))) if e.code == 409 => return Ok(Action::requeue(STALE_STATUS_RETRY)),
+            Err(Error::Kube(kube::Error::Api(e))) if e.code == 409 => {
+                return Ok(Outcome::Done(Action::requeue(STALE_STATUS_RETRY)));
+            }
             Err(e) => return Err(e),
         }
     }
@@ -255,7 +294,7 @@ pub async fn reconcile(ccc: Arc<ClusterClientCredential>, ctx: Arc<ClusterContex
         base.metrics.token_renewal.get_or_create(&gauge_labels).set(r.as_second());
     }
 
-    Ok(requeue(base, now, next.as_ref(), stored.as_ref()))
+    Ok(Outcome::Done(requeue(base, now, next.as_ref(), stored.as_ref())))
 }
 
 pub fn error_policy(_ccc: Arc<ClusterClientCredential>, error: &Error, ctx: Arc<ClusterContext>) -> Action {
@@ -322,7 +361,7 @@ async fn publish_copy(
             .await
             .map_err(|e| format!("cannot replace Secret {target_name}: {e}"))?;
     }
-    apply(&secrets, &desired).await.map_err(|e| format!("cannot write Secret {target_name}: {e}"))?;
+    apply_target(&secrets, &desired).await.map_err(|e| format!("cannot write Secret {target_name}: {e}"))?;
     Ok(true)
 }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
@@ -29,7 +29,7 @@ use super::state::{self, StoredToken};
 use super::status::{self, Facts, Failure, Reason, TokenFacts};
 use super::target::{self, Ownership};
 use crate::api::engine;
-use crate::api::{ClientCredential, ClientCredentialStatus};
+use crate::api::{ClientCredential, ClientCredentialStatus, DeletionPolicy};
 use crate::metrics::CredentialLabels;
 use crate::oauth::TokenError;
 use crate::schedule::{Decision, RenewalPolicy, RequestReason, ScheduleState, decide};
@@ -84,10 +84,40 @@ struct Run {
     /// The renew-requested-at value acted upon.
     handled_request: Option<String>,
     renew_annotation: Option<String>,
+    /// `cc` comes from the API server rather than the cache (see [`Outcome::Stale`]).
+    confirmed: bool,
+}
+
+/// How a pipeline run over a `K` ended.
+pub(super) enum Outcome<K> {
+    Done(Action),
+    /// A token was due, but the object as the API server has it is newer than the cached one
+    /// the decision was made from: run again from the newer object.
+    Stale(Arc<K>),
 }
 
 pub async fn reconcile(cc: Arc<ClientCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started();
+    let mut cc = cc;
+    let mut confirmed = false;
+    loop {
+        match run_pipeline(cc, ctx.clone(), confirmed).await? {
+            Outcome::Done(action) => return Ok(action),
+            Outcome::Stale(fresh) => {
+                tracing::debug!("the cached ClientCredential was stale; deciding again from the API server's");
+                (cc, confirmed) = (fresh, true);
+            }
+        }
+    }
+}
+
+/// One pass of the pipeline over `cc`. `confirmed`: `cc` was just read from the API server,
+/// not from the cache, so it needs no confirmation before a token request.
+async fn run_pipeline(
+    cc: Arc<ClientCredential>,
+    ctx: Arc<Context>,
+    confirmed: bool,
+) -> Result<Outcome<ClientCredential>, Error> {
     let namespace = cc.namespace().ok_or(Error::NoNamespace)?;
     let name = cc.name_any();
     if cc.metadata.deletion_timestamp.is_some() {
@@ -97,7 +127,7 @@ pub async fn reconcile(cc: Arc<ClientCredential>, ctx: Arc<Context>) -> Result<A
         ctx.take_unsaved(&namespace, &name);
         ctx.written.forget(&format!("status/{}", cc.metadata.uid.as_deref().unwrap_or_default()));
         ctx.written.forget(&format!("secret/{namespace}/{}", target::name(&cc)));
-        return Ok(Action::await_change());
+        return Ok(Outcome::Done(Action::await_change()));
     }
     let status = cc.status.clone().unwrap_or_default();
     let state_name = labels::state_secret_name(&name);
@@ -118,6 +148,7 @@ pub async fn reconcile(cc: Arc<ClientCredential>, ctx: Arc<Context>) -> Result<A
         failure: None,
         handled_request: status.handled_renewal_request.clone(),
         renew_annotation: cc.annotations().get(labels::RENEW_REQUESTED_AT).cloned(),
+        confirmed,
         cc,
         ctx: ctx.clone(),
     };
@@ -132,12 +163,11 @@ pub async fn reconcile(cc: Arc<ClientCredential>, ctx: Arc<Context>) -> Result<A
         run.stored = Some(unsaved);
     }
 
-    // A success whose status write was lost (a crash, a conflict) left its failures in
-    // status; the stored token shows they are over.
-    run.record = std::mem::take(&mut run.record).settled_by(run.stored.as_ref());
-
     // 2. validate
     let prepared = prepare(&run.cc, &run.secrets).await?;
+    // Failures that are over (a success whose status write was lost, or inputs no longer in
+    // use) are cleared from what status records.
+    run.settle_failures(prepared.as_ref().ok());
     let conflict = match &cached_target {
         Some(t) => conflict_with(t, &name),
         // Not a Secret of ours (or not created yet): look before applying, because an
@@ -148,33 +178,66 @@ pub async fn reconcile(cc: Arc<ClientCredential>, ctx: Arc<Context>) -> Result<A
     let ready_to_request = prepared.as_ref().ok().filter(|_| conflict.is_none());
 
     // 3. decide, 4. acquire, 5. publish the state Secret
-    if let Some(prep) = ready_to_request {
-        run.renew_if_due(prep).await?;
+    if let Some(prep) = ready_to_request
+        && let Some(fresh) = run.renew_if_due(prep).await?
+    {
+        return Ok(Outcome::Stale(fresh));
     }
-    // 5. publish the target Secret
-    if conflict.is_none() {
-        run.publish_target(cached_target.as_deref()).await?;
+    // 5. publish the target Secret, then remove one we published under an earlier name
+    if conflict.is_none() && run.publish_target(cached_target.as_deref()).await? {
+        run.remove_previous_targets().await?;
     }
     // 6. status
     let next = ready_to_request.map(|prep| run.next_decision(prep));
     if run.update_status(ready_to_request, next.as_ref()).await? == StatusWrite::Stale {
         // The newer object normally arrives through the watch first; this is the fallback.
-        return Ok(Action::requeue(STALE_STATUS_RETRY));
+        return Ok(Outcome::Done(Action::requeue(STALE_STATUS_RETRY)));
     }
-    Ok(run.requeue(next.as_ref()))
+    Ok(Outcome::Done(run.requeue(next.as_ref())))
 }
 
 impl Run {
+    /// The failure record with the failures that are over taken out
+    /// ([`FailureRecord::still_pending`]).
+    fn settle_failures(&mut self, prep: Option<&Prepared>) {
+        let current = prep.map(|p| p.attempt_inputs.as_str());
+        self.record = std::mem::take(&mut self.record).still_pending(self.stored.as_ref(), current);
+    }
+
     /// Decides whether a token is due and, if so, requests it and writes the state Secret.
-    async fn renew_if_due(&mut self, prep: &Prepared) -> Result<(), Error> {
+    /// Returns the ClientCredential as the API server has it when the cached one this
+    /// decision was made from turns out to be stale: the caller decides again from it.
+    async fn renew_if_due(&mut self, prep: &Prepared) -> Result<Option<Arc<ClientCredential>>, Error> {
         if self.due(prep).is_none() {
-            return Ok(());
+            return Ok(None);
         }
-        // The cache may lag behind our own last write: before spending a token request,
-        // confirm with the state Secret as the API server has it.
-        self.stored = self.secrets.get_opt(&self.state_name).await?.as_ref().and_then(state::read);
-        self.record = std::mem::take(&mut self.record).settled_by(self.stored.as_ref());
-        let Some(reason) = self.due(prep) else { return Ok(()) };
+        // The caches may lag: behind our own last writes, or (after a watch outage, a leader
+        // change) behind anyone's. A token request is the one thing that cannot be undone, so
+        // before spending one, confirm what the decision rests on with the API server: the
+        // state Secret (the published token) and the ClientCredential (its status holds the
+        // failure record and the handled renewal request; a status patch computed from a
+        // stale read would fail with 409, but only after the request was spent).
+        let (state, fresh) = if self.confirmed {
+            (self.secrets.get_opt(&self.state_name).await?, None)
+        } else {
+            let credentials: Api<ClientCredential> = Api::namespaced(self.ctx.client.clone(), &self.namespace());
+            let name = self.cc.name_any();
+            let (state, fresh) =
+                futures::try_join!(self.secrets.get_opt(&self.state_name), credentials.get_opt(&name))?;
+            (state, Some(fresh))
+        };
+        match fresh {
+            // Deleted meanwhile: nothing to renew.
+            Some(None) => return Ok(None),
+            Some(Some(mut fresh)) if fresh.metadata.resource_version != self.cc.metadata.resource_version => {
+                fresh.managed_fields_mut().clear();
+                return Ok(Some(Arc::new(fresh)));
+            }
+            _ => {}
+        }
+        self.stored = state.as_ref().and_then(state::read);
+        self.settle_failures(Some(prep));
+        let Some(reason) = self.due(prep) else { return Ok(None) };
         let manual = reason == RequestReason::ManualRenewal;
         if manual {
             self.handled_request = self.renew_annotation.clone();
@@ -210,7 +273,11 @@ impl Run {
                 self.failure = Some(f);
             }
         }
-        Ok(())
+        Ok(None)
+    }
+
+    fn namespace(&self) -> String {
+        self.cc.namespace().unwrap_or_default()
     }
 
     fn due(&self, prep: &Prepared) -> Option<RequestReason> {
@@ -229,23 +296,24 @@ impl Run {
     }
 
     /// Publishes the stored token into the target Secret when it differs from what is
-    /// there: also restores a deleted or edited target, without a token request.
-    async fn publish_target(&mut self, cached_target: Option<&Secret>) -> Result<(), Error> {
-        let Some(stored) = self.stored.as_ref().filter(|s| s.is_valid_at(self.now)) else { return Ok(()) };
+    /// there: also restores a deleted or edited target, without a token request. Returns
+    /// whether the target now holds the stored token.
+    async fn publish_target(&mut self, cached_target: Option<&Secret>) -> Result<bool, Error> {
+        let Some(stored) = self.stored.as_ref().filter(|s| s.is_valid_at(self.now)) else { return Ok(false) };
         match target::desired(&self.cc, stored) {
             Ok(desired) if cached_target.is_some_and(|t| target::up_to_date(t, &desired)) => {}
             Ok(desired) => {
-                let key = format!("secret/{}/{}", self.cc.namespace().unwrap_or_default(), self.target_name);
+                let key = format!("secret/{}/{}", self.namespace(), self.target_name);
                 let cached_version = cached_target.and_then(|t| t.metadata.resource_version.as_deref());
                 if self.ctx.written.is_lagging_echo(&key, cached_version, &desired) {
-                    return Ok(());
+                    return Ok(true);
                 }
                 // A Secret's type is immutable: when spec.target.type changed, replace ours.
                 let old_type = cached_target.map(|t| t.type_.clone().unwrap_or_else(|| "Opaque".into()));
                 if old_type.is_some_and(|t| Some(&t) != desired.type_.as_ref()) {
                     self.secrets.delete(&self.target_name, &Default::default()).await?;
                 }
-                apply(&self.secrets, &desired).await?;
+                apply_target(&self.secrets, &desired).await?;
                 self.ctx.written.remember(&key, cached_version, &desired);
             }
             Err(e) => {
@@ -253,7 +321,50 @@ impl Run {
                     reason: Reason::InvalidSpec,
                     message: format!("spec.target.template: {e}"),
                 });
+                return Ok(false);
             }
+        }
+        Ok(true)
+    }
+
+    /// Removes the target Secrets this ClientCredential published under an earlier
+    /// spec.target.name, once the current target holds the token, unless the deletion policy
+    /// keeps them: nobody renews them any more, and a workload still mounting one would fail
+    /// when its token expires, far from the cause. Only Secrets that are ours: labelled as
+    /// this credential's target and owned by it. Looked for only when status names another
+    /// target than the current one, so routine reconciles do not scan the cache.
+    async fn remove_previous_targets(&self) -> Result<(), Error> {
+        let previous = self.cc.status.as_ref().and_then(|s| s.target_secret_name.as_deref());
+        if previous.is_none_or(|p| p == self.target_name)
+            || self.cc.spec.target.deletion_policy == DeletionPolicy::Retain
+        {
+            return Ok(());
+        }
+        let (namespace, name, uid) = (self.namespace(), self.cc.name_any(), self.cc.metadata.uid.clone());
+        let earlier = self.ctx.managed.state().into_iter().filter(|s| {
+            s.namespace().as_deref() == Some(namespace.as_str())
+                && s.name_any() != self.target_name
+                && target::ownership(s, &name) == Ownership::Ours
+                && s.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref() && o.controller == Some(true))
+        });
+        for old in earlier {
+            // Only the object we looked at: a Secret recreated under that name meanwhile is not ours.
+            let params = DeleteParams {
+                preconditions: Some(Preconditions { uid: old.metadata.uid.clone(), resource_version: None }),
+                ..Default::default()
+            };
+            match self.secrets.delete(&old.name_any(), &params).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => continue,
+                Err(e) => return Err(e.into()),
+            }
+            let note = format!(
+                "removed Secret {}, the target before spec.target.name became {}",
+                old.name_any(),
+                self.target_name
+            );
+            tracing::info!(credential = %format!("{namespace}/{name}"), secret = %old.name_any(), "removed the previous target Secret");
+            event(&self.ctx, self.cc.as_ref(), EventType::Normal, "PreviousTargetRemoved", note).await;
         }
         Ok(())
     }
@@ -420,10 +531,39 @@ pub(super) fn describe(reason: RequestReason) -> &'static str {
     }
 }
 
+/// Writes a target Secret (a ClientCredential's, or a ClusterClientCredential's copy) so that
+/// its data is exactly what tokensync renders. The forced apply takes back every key tokensync
+/// renders, but server-side apply leaves fields another manager owns alone, so a key someone
+/// added survives it: such keys are removed with a merge patch that carries the
+/// resourceVersion the apply produced (a change made meanwhile fails it, and the next
+/// reconcile looks again). Labels and annotations others added are kept: other controllers
+/// (backup tools, reflectors, policy engines) legitimately add them.
+pub(super) async fn apply_target(secrets: &Api<Secret>, desired: &Secret) -> Result<(), Error> {
+    let applied = apply(secrets, desired).await?;
+    let rendered = desired.data.as_ref();
+    let foreign: serde_json::Map<String, serde_json::Value> = applied
+        .data
+        .iter()
+        .flatten()
+        .filter(|(key, _)| !rendered.is_some_and(|d| d.contains_key(*key)))
+        .map(|(key, _)| (key.clone(), serde_json::Value::Null))
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(secret = %applied.name_any(), keys = foreign.len(), "removing keys another writer added to a target Secret");
+    let patch = serde_json::json!({
+        "metadata": { "resourceVersion": applied.resource_version() },
+        "data": foreign,
+    });
+    secrets.patch(&applied.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
 /// Server-side apply under tokensync's field manager. `force`: tokensync is the only
 /// writer of these fields; a conflicting manager (someone editing the Secret by hand) loses,
-/// which is how an edited target is restored.
-pub(super) async fn apply(secrets: &Api<Secret>, secret: &Secret) -> Result<(), Error> {
+/// which is how an edited value is restored. Returns the object as stored.
+pub(super) async fn apply(secrets: &Api<Secret>, secret: &Secret) -> Result<Secret, Error> {
     let mut secret = secret.clone();
     secret.metadata.managed_fields = None;
     let body = serde_json::json!({
@@ -434,8 +574,7 @@ pub(super) async fn apply(secrets: &Api<Secret>, secret: &Secret) -> Result<(), 
         "data": secret.data,
     });
     let params = PatchParams::apply(labels::FIELD_MANAGER).force();
-    secrets.patch(&secret.name_any(), &params, &Patch::Apply(&body)).await?;
-    Ok(())
+    Ok(secrets.patch(&secret.name_any(), &params, &Patch::Apply(&body)).await?)
 }
 
 /// Applies the state Secret, retrying briefly: it may hold a rotated refresh token that
@@ -444,7 +583,7 @@ pub(super) async fn apply_state(secrets: &Api<Secret>, secret: &Secret) -> Resul
     let mut delay = Duration::from_millis(200);
     for _ in 0..4 {
         match apply(secrets, secret).await {
-            Ok(()) => return Ok(()),
+            Ok(_) => return Ok(()),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot write the state Secret; retrying");
                 tokio::time::sleep(delay).await;
@@ -452,7 +591,7 @@ pub(super) async fn apply_state(secrets: &Api<Secret>, secret: &Secret) -> Resul
             }
         }
     }
-    apply(secrets, secret).await
+    apply(secrets, secret).await.map(drop)
 }
 
 async fn patch_status(ctx: &Context, cc: &ClientCredential, status: &ClientCredentialStatus) -> Result<(), Error> {

@@ -82,10 +82,10 @@ pub fn secret_for(
     }
 }
 
-/// Whether `actual` already is what applying `desired` would make it: same data (exactly:
-/// a hand-added key is removed by the next apply), type, owner references, and every
-/// desired label and annotation present. Skipping identical applies keeps routine
-/// reconciles free of API writes.
+/// Whether `actual` already is what writing `desired` would make it: same data (exactly: a
+/// key someone added is removed by the next write, see `reconcile::apply_target`), type,
+/// owner references, and every desired label and annotation present. Skipping identical
+/// writes keeps routine reconciles free of API writes.
 pub fn up_to_date(actual: &Secret, desired: &Secret) -> bool {
     let subset = |want: &Option<BTreeMap<String, String>>, have: &Option<BTreeMap<String, String>>| {
         let have = have.clone().unwrap_or_default();

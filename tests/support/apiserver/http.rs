@@ -503,7 +503,7 @@ impl WatchStream {
                 if store.watch_epoch != self.epoch {
                     return None;
                 }
-                if !store.paused {
+                if !store.paused && !store.held_watches.contains(&self.filter.rt.plural) {
                     if self.cursor < store.evicted_rv {
                         let msg = format!("too old resource version: {} ({})", self.cursor, store.evicted_rv);
                         self.pending.push_back(line(&gone_event(msg)));

@@ -504,6 +504,21 @@ impl ApiServer {
         self.mutate(|s| s.paused = false);
     }
 
+    /// Holds back the watch events of one resource (plural name) while every request is
+    /// still answered: clients' caches of it lag behind the server, as a slow or congested
+    /// watch does on a real cluster. [`Self::release_watches`] delivers what was held.
+    pub fn hold_watches(&self, resource: &str) {
+        self.mutate(|s| {
+            s.held_watches.insert(resource.to_owned());
+        });
+    }
+
+    pub fn release_watches(&self, resource: &str) {
+        self.mutate(|s| {
+            s.held_watches.remove(resource);
+        });
+    }
+
     /// Waits until `condition` holds on the state, re-checking on every change (no polling).
     pub async fn wait_for(
         &self,

@@ -112,6 +112,8 @@ pub struct Store {
     pub watch_epoch: u64,
     pub bookmark_epoch: u64,
     pub paused: bool,
+    /// Resources (plural names) whose watch events are held back: clients' caches of them lag.
+    pub held_watches: std::collections::BTreeSet<String>,
     pub gc_enabled: bool,
     pub require_namespaces: bool,
 }
@@ -230,6 +232,7 @@ impl Store {
             watch_epoch: 0,
             bookmark_epoch: 0,
             paused: false,
+            held_watches: Default::default(),
             gc_enabled: true,
             require_namespaces: true,
         }
