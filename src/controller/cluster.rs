@@ -148,7 +148,9 @@ async fn run_pipeline(
                     state_api.get_opt(&state_name).await?
                 } else {
                     let all: Api<ClusterClientCredential> = Api::all(base.client.clone());
-                    let (state, fresh) = futures::try_join!(state_api.get_opt(&state_name), all.get_opt(&name))?;
+                    let state = state_api.get_opt(&state_name);
+                    let fresh = all.get_opt(&name);
+                    let (state, fresh) = futures::try_join!(state, fresh)?;
                     match fresh {
                         None => return Ok(Outcome::Done(Action::await_change())),
                         Some(mut fresh) if fresh.metadata.resource_version != ccc.metadata.resource_version => {

@@ -222,8 +222,9 @@ impl Run {
         } else {
             let credentials: Api<ClientCredential> = Api::namespaced(self.ctx.client.clone(), &self.namespace());
             let name = self.cc.name_any();
-            let (state, fresh) =
-                futures::try_join!(self.secrets.get_opt(&self.state_name), credentials.get_opt(&name))?;
+            let state = self.secrets.get_opt(&self.state_name);
+            let fresh = credentials.get_opt(&name);
+            let (state, fresh) = futures::try_join!(state, fresh)?;
             (state, Some(fresh))
         };
         match fresh {

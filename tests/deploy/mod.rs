@@ -193,7 +193,13 @@ pub struct Needed {
 /// Every Kubernetes API call the controller makes, and the permission it needs.
 pub const NEEDED: &[Needed] = &[
     // src/controller/mod.rs controller_for_scope: the ClientCredential reflector's watcher
-    // lists, then watches. No code GETs a single ClientCredential.
+    // lists, then watches. src/controller/reconcile.rs renew_if_due GETs the ClientCredential
+    // before a token request, to confirm what the cached copy says.
+    Needed {
+        scope: Scope::Watched,
+        grant: ("tokensync.io", "clientcredentials", "get", None),
+        sites: &[("src/controller/reconcile.rs", "let fresh = credentials.get_opt(&name);")],
+    },
     Needed {
         scope: Scope::Watched,
         grant: ("tokensync.io", "clientcredentials", "list", None),
@@ -255,7 +261,14 @@ pub const NEEDED: &[Needed] = &[
     Needed {
         scope: Scope::Watched,
         grant: ("", "secrets", "patch", None),
-        sites: &[("src/controller/reconcile.rs", "secrets.patch(&secret.name_any(), &params, &Patch::Apply(")],
+        sites: &[
+            ("src/controller/reconcile.rs", "secrets.patch(&secret.name_any(), &params, &Patch::Apply("),
+            // apply_target: removing keys another writer added to a target.
+            (
+                "src/controller/reconcile.rs",
+                "secrets.patch(&applied.name_any(), &PatchParams::default(), &Patch::Merge(",
+            ),
+        ],
     },
     Needed {
         scope: Scope::Watched,
@@ -269,6 +282,8 @@ pub const NEEDED: &[Needed] = &[
         grant: ("", "secrets", "delete", None),
         sites: &[
             ("src/controller/reconcile.rs", "self.secrets.delete(&self.target_name, "),
+            // Our own previous target after spec.target.name changed.
+            ("src/controller/reconcile.rs", "self.secrets.delete(&old.name_any(), &params)"),
             // A copy whose type changed; copies and state removed on cleanup.
             ("src/controller/cluster.rs", ".delete(target_name, &DeleteParams::default())"),
             ("src/controller/cluster.rs", "api.delete(name, &DeleteParams::default())"),
@@ -295,6 +310,12 @@ pub const NEEDED: &[Needed] = &[
         scope: Scope::ClusterCredentials,
         grant: ("tokensync.io", "clusterclientcredentials", "list", None),
         sites: &[("src/controller/mod.rs", "watcher(cccs, watcher::Config::default()")],
+    },
+    // src/controller/cluster.rs: the GET before a token request.
+    Needed {
+        scope: Scope::ClusterCredentials,
+        grant: ("tokensync.io", "clusterclientcredentials", "get", None),
+        sites: &[("src/controller/cluster.rs", "let fresh = all.get_opt(&name);")],
     },
     Needed {
         scope: Scope::ClusterCredentials,

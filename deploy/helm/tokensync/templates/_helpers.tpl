@@ -55,7 +55,7 @@ names the call each rule serves; tests/deploy_manifests.rs checks them against t
 {{- define "tokensync.rules" -}}
 - apiGroups: ["tokensync.io"]
   resources: ["clientcredentials"]
-  verbs: ["list", "watch"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["tokensync.io"]
   resources: ["clientcredentials/status"]
   verbs: ["patch"]
