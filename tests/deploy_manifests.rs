@@ -267,10 +267,8 @@ fn every_kubernetes_api_call_in_the_code_is_a_row_of_the_rbac_table() {
             // Every call on the line must be named by a site of its own: a line with two calls
             // (say, two GETs joined) is not explained by a row that names only one of them.
             // Calls are counted by where the pattern ends, so `metadata_watcher(` is one call.
-            let calls: BTreeSet<usize> = API_CALL_PATTERNS
-                .iter()
-                .flat_map(|p| line.match_indices(p).map(move |(at, _)| at + p.len()))
-                .collect();
+            let calls: BTreeSet<usize> =
+                API_CALL_PATTERNS.iter().flat_map(|p| line.match_indices(p).map(move |(at, _)| at + p.len())).collect();
             let sites: BTreeSet<&str> = NEEDED
                 .iter()
                 .flat_map(|n| n.sites)

@@ -30,6 +30,7 @@ use super::labels;
 use super::reconcile::{
     Error, Outcome, STALE_STATUS_RETRY, acquire, apply_state, apply_target, describe, event, failure_record, requeue,
 };
+use super::sources::SecretRef;
 use super::state::{self, StoredToken};
 use super::status::{self, Facts, Failure, Reason, TokenFacts};
 use super::target;
@@ -53,6 +54,7 @@ pub struct ClusterContext {
 
 pub async fn reconcile(ccc: Arc<ClusterClientCredential>, ctx: Arc<ClusterContext>) -> Result<Action, Error> {
     let _timer = ctx.base.metrics.reconcile_started();
+    ctx.base.wait_for_caches().await;
     let mut ccc = ccc;
     let mut confirmed = false;
     loop {
@@ -115,7 +117,7 @@ async fn run_pipeline(
 
     // 3. prepare the request from the source Secrets
     let prepared = match prepared {
-        Ok(()) => prepare(spec, &name, &source).await?,
+        Ok(()) => prepare(base, spec, &name, &source).await?,
         Err(f) => Err(f),
     };
     // Failures that are over (a success whose status write was lost, or inputs no longer in
@@ -471,15 +473,17 @@ fn status_changed(current: Option<&ClusterClientCredentialStatus>, next: &Cluste
 
 /// The source Secrets, read from the credentials namespace, made into a request.
 async fn prepare(
+    ctx: &Context,
     spec: &crate::api::ClientCredentialSpec,
     name: &str,
     secrets: &Api<Secret>,
 ) -> Result<Result<Prepared, Failure>, Error> {
     let local = localized(spec);
+    let namespace = spec.credentials_ref.namespace.clone().unwrap_or_default();
     let mut data: BTreeMap<String, engine::SecretData> = BTreeMap::new();
     for secret in engine::referenced_secrets(&local) {
-        if let Some(s) = secrets.get_opt(&secret).await? {
-            data.insert(secret, s.data.unwrap_or_default());
+        if let Some(d) = ctx.sources.read(secrets, &SecretRef::new(&namespace, &secret)).await? {
+            data.insert(secret, d);
         }
     }
     Ok(token_state::prepare(&local, name, &data)

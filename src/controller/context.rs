@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 
+use super::sources::{SecretRef, SourceCache};
 use super::state::StoredToken;
 use crate::metrics::Metrics;
 use crate::oauth::TokenClient;
@@ -37,6 +38,11 @@ pub struct Context {
     pub client: kube::Client,
     /// The Secrets tokensync manages (target and state), from a label-selected watch.
     pub managed: Store<Secret>,
+    /// What was last read from source Secrets, by resourceVersion.
+    pub sources: Arc<SourceCache>,
+    /// Turns true once the controller's caches have synced. (Not the caches' own
+    /// `wait_until_ready`: it wakes only the last of several waiters.)
+    pub synced: tokio::sync::watch::Receiver<bool>,
     pub engine: TokenClient,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
@@ -51,37 +57,76 @@ pub struct Context {
     pub written: WriteMemo,
 }
 
-/// Remembers, per object, the resourceVersion a write replaced and a hash of what was
-/// written. A cached object still at that resourceVersion is the cache lagging behind our own
-/// write, not a change by someone else: any other change gives a new resourceVersion.
-#[derive(Default)]
-pub struct WriteMemo(Mutex<HashMap<String, Written>>);
+/// An object tokensync writes, as the [`WriteMemo`] knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Written {
+    /// A Secret (target, state or copy).
+    Secret(SecretRef),
+    /// The status of the object with this uid.
+    Status(String),
+}
 
-/// The resourceVersion a write replaced (None: it created the object) and a hash of it.
-type Written = (Option<String>, [u8; 32]);
+/// Remembers, per object, the resourceVersion a write replaced, the one it produced, and a
+/// hash of what was written. A cached object still at the replaced resourceVersion is the
+/// cache lagging behind our own write, not a change by someone else: any other change gives
+/// a new resourceVersion. A cached object at the produced resourceVersion is exactly what we
+/// wrote: the cache is current.
+#[derive(Default)]
+pub struct WriteMemo(Mutex<HashMap<Written, Write>>);
+
+struct Write {
+    replaced: Option<String>,
+    produced: Option<String>,
+    content: [u8; 32],
+}
 
 impl WriteMemo {
-    pub fn remember(&self, key: &str, replaced_version: Option<&str>, written: &impl serde::Serialize) {
-        let entry = (replaced_version.map(str::to_owned), hash(written));
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_owned(), entry);
+    pub fn remember(
+        &self,
+        key: Written,
+        replaced: Option<&str>,
+        produced: Option<String>,
+        written: &impl serde::Serialize,
+    ) {
+        let entry = Write { replaced: replaced.map(str::to_owned), produced, content: hash(written) };
+        self.lock().insert(key, entry);
     }
 
     /// True when `cached_version` is the version our last write of `key` replaced and we
     /// would write the same again.
     pub fn is_lagging_echo(
         &self,
-        key: &str,
+        key: &Written,
         cached_version: Option<&str>,
         would_write: &impl serde::Serialize,
     ) -> bool {
-        let memo = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        memo.get(key).is_some_and(|(replaced, h)| {
-            cached_version.is_some() && replaced.as_deref() == cached_version && *h == hash(would_write)
+        self.lock().get(key).is_some_and(|w| {
+            cached_version.is_some() && w.replaced.as_deref() == cached_version && w.content == hash(would_write)
         })
     }
 
-    pub fn forget(&self, key: &str) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    /// True when the cache shows `key` at the version our last write of it replaced: the
+    /// cache lags behind that write.
+    pub fn lags(&self, key: &Written, cached_version: Option<&str>) -> bool {
+        self.lock().get(key).is_some_and(|w| cached_version.is_some() && w.replaced.as_deref() == cached_version)
+    }
+
+    /// True when the cache shows `key` exactly as our last write of it left it.
+    pub fn is_current(&self, key: &Written, cached_version: Option<&str>) -> bool {
+        self.lock().get(key).is_some_and(|w| cached_version.is_some() && w.produced.as_deref() == cached_version)
+    }
+
+    /// Whether this process wrote `key` and has not seen it deleted since.
+    pub fn wrote(&self, key: &Written) -> bool {
+        self.lock().contains_key(key)
+    }
+
+    pub fn forget(&self, key: &Written) {
+        self.lock().remove(key);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Written, Write>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -91,6 +136,14 @@ fn hash(value: &impl serde::Serialize) -> [u8; 32] {
 }
 
 impl Context {
+    /// Waits until the cache of managed Secrets has synced (at once, once it has). Reconciles
+    /// start as soon as ClientCredentials arrive; before the managed Secrets are listed, every
+    /// target and state Secret would look missing and be written again for nothing (or, for a
+    /// state Secret, make a token look due).
+    pub async fn wait_for_caches(&self) {
+        let _ = self.synced.clone().wait_for(|synced| *synced).await;
+    }
+
     pub fn take_unsaved(&self, namespace: &str, name: &str) -> Option<StoredToken> {
         self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).remove(&(namespace.to_owned(), name.to_owned()))
     }
@@ -107,12 +160,16 @@ mod tests {
     #[test]
     fn only_the_version_our_write_replaced_is_a_lagging_echo() {
         let memo = WriteMemo::default();
-        memo.remember("secret/ns/t", Some("10"), &"new content");
-        assert!(memo.is_lagging_echo("secret/ns/t", Some("10"), &"new content"), "the cache still shows v10");
-        assert!(!memo.is_lagging_echo("secret/ns/t", Some("12"), &"new content"), "someone changed it since");
-        assert!(!memo.is_lagging_echo("secret/ns/t", None, &"new content"), "deleted: restore it");
-        assert!(!memo.is_lagging_echo("secret/ns/t", Some("10"), &"other content"), "a different write is due");
-        memo.forget("secret/ns/t");
-        assert!(!memo.is_lagging_echo("secret/ns/t", Some("10"), &"new content"));
+        let key = Written::Secret(SecretRef::new("ns", "t"));
+        memo.remember(key.clone(), Some("10"), Some("11".into()), &"new content");
+        assert!(memo.is_lagging_echo(&key, Some("10"), &"new content"), "the cache still shows v10");
+        assert!(!memo.is_lagging_echo(&key, Some("12"), &"new content"), "someone changed it since");
+        assert!(!memo.is_lagging_echo(&key, None, &"new content"), "deleted: restore it");
+        assert!(!memo.is_lagging_echo(&key, Some("10"), &"other content"), "a different write is due");
+        assert!(memo.lags(&key, Some("10")) && !memo.lags(&key, Some("11")));
+        assert!(memo.is_current(&key, Some("11")) && !memo.is_current(&key, Some("12")));
+        assert!(memo.wrote(&key));
+        memo.forget(&key);
+        assert!(!memo.is_lagging_echo(&key, Some("10"), &"new content") && !memo.wrote(&key));
     }
 }

@@ -7,14 +7,14 @@ pub mod context;
 pub mod labels;
 pub mod leader;
 pub mod reconcile;
+pub mod sources;
 pub mod state;
 pub mod status;
 pub mod target;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use clap::Args;
@@ -34,6 +34,7 @@ use crate::engine_args::EngineArgs;
 use crate::metrics::Metrics;
 use crate::oauth::TokenClient;
 use context::{Context, Policy};
+use sources::{SecretRef, SourceCache, SourceIndex};
 
 /// Flags of `tokensync controller`.
 #[derive(Args, Debug, Clone)]
@@ -93,56 +94,6 @@ impl ControllerArgs {
 
     pub fn engine(&self) -> TokenClient {
         self.engine.engine()
-    }
-}
-
-/// Which ClientCredentials reference a Secret: (namespace, secret name) -> credentials.
-/// Kept up to date from the ClientCredential watch so that a Secret event maps to its
-/// credentials in O(1), however many unrelated Secrets and credentials exist.
-type CredentialRef = ObjectRef<ClientCredential>;
-/// (namespace, Secret name).
-type SecretKey = (String, String);
-
-#[derive(Default, Clone)]
-struct SourceIndex {
-    by_secret: Arc<RwLock<HashMap<SecretKey, HashSet<CredentialRef>>>>,
-    by_credential: Arc<RwLock<HashMap<CredentialRef, BTreeSet<String>>>>,
-}
-
-impl SourceIndex {
-    fn update(&self, cc: &ClientCredential) {
-        let Some(ns) = cc.namespace() else { return };
-        let key = ObjectRef::from_obj(cc);
-        let wanted: BTreeSet<String> = if cc.metadata.deletion_timestamp.is_some() {
-            BTreeSet::new()
-        } else {
-            crate::api::engine::referenced_secrets(&cc.spec).into_iter().collect()
-        };
-        let mut by_credential = self.by_credential.write().unwrap_or_else(|e| e.into_inner());
-        let mut by_secret = self.by_secret.write().unwrap_or_else(|e| e.into_inner());
-        let old = by_credential.remove(&key).unwrap_or_default();
-        for name in old.difference(&wanted) {
-            if let Some(set) = by_secret.get_mut(&(ns.clone(), name.clone())) {
-                set.remove(&key);
-                if set.is_empty() {
-                    by_secret.remove(&(ns.clone(), name.clone()));
-                }
-            }
-        }
-        for name in &wanted {
-            by_secret.entry((ns.clone(), name.clone())).or_default().insert(key.clone());
-        }
-        if !wanted.is_empty() {
-            by_credential.insert(key, wanted);
-        }
-    }
-
-    fn lookup(&self, namespace: &str, secret: &str) -> Vec<ObjectRef<ClientCredential>> {
-        let by_secret = self.by_secret.read().unwrap_or_else(|e| e.into_inner());
-        by_secret
-            .get(&(namespace.to_owned(), secret.to_owned()))
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default()
     }
 }
 
@@ -276,11 +227,18 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn context(&self, managed: reflector::Store<Secret>) -> Context {
+    fn context(
+        &self,
+        managed: reflector::Store<Secret>,
+        sources: Arc<SourceCache>,
+        synced: tokio::sync::watch::Receiver<bool>,
+    ) -> Context {
         Context {
             recorder: Recorder::new(self.client.clone(), self.reporter.clone()),
             client: self.client.clone(),
             managed,
+            sources,
+            synced,
             engine: self.engine.clone(),
             metrics: self.metrics.clone(),
             policy: self.policy.clone(),
@@ -308,7 +266,8 @@ pub fn controller_for_scope(
             None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
         };
 
-    let index = SourceIndex::default();
+    let source_cache = Arc::new(SourceCache::default());
+    let index = SourceIndex::new(source_cache.clone());
     let (cc_reader, cc_writer) = reflector::store();
     let indexer = index.clone();
     // managedFields are dropped before objects enter a cache: tokensync never reads them, and
@@ -341,25 +300,30 @@ pub fn controller_for_scope(
     let source_stream =
         watcher(secret_metadata, watcher::Config::default().any_semantic()).default_backoff().touched_objects();
 
-    let ctx = Arc::new(shared.context(managed_reader.clone()));
+    let (synced_tx, synced) = tokio::sync::watch::channel(false);
+    let ctx = Arc::new(shared.context(managed_reader.clone(), source_cache, synced));
 
     let sources = index.clone();
+    let (memo_ctx, cached) = (ctx.clone(), managed_reader.clone());
     let controller = Controller::for_stream(cc_stream, cc_reader.clone())
         .with_config(ControllerConfig::default().concurrency(shared.concurrency))
-        .watches_stream(managed_stream, |secret: Secret| {
+        .watches_stream(managed_stream, move |secret: Secret| {
+            forget_if_deleted(&memo_ctx, &cached, &secret);
             let owner = secret.labels().get(labels::CREDENTIAL).cloned();
             owner.zip(secret.namespace()).map(|(name, ns)| ObjectRef::new(&name).within(&ns))
         })
         .watches_stream(source_stream, move |meta: PartialObjectMeta<Secret>| {
-            let ns = meta.namespace().unwrap_or_default();
-            sources.lookup(&ns, &meta.name_any())
+            let secret = SecretRef::new(&meta.namespace().unwrap_or_default(), &meta.name_any());
+            sources.readers_of(secret, meta.resource_version())
         })
         .graceful_shutdown_on(shutdown);
 
     let run = drive(controller.run(reconcile::reconcile, reconcile::error_policy, ctx));
+    // The one waiter on the caches' readiness; reconciles wait on `synced`.
     let ready = async move {
         let _ = cc_reader.wait_until_ready().await;
         let _ = managed_reader.wait_until_ready().await;
+        let _ = synced_tx.send(true);
     }
     .boxed();
     (run, ready)
@@ -409,23 +373,32 @@ pub fn cluster_controller(
     let source_stream =
         watcher(secret_metadata, watcher::Config::default().any_semantic()).default_backoff().touched_objects();
 
+    let source_cache = Arc::new(SourceCache::default());
+    let (synced_tx, synced) = tokio::sync::watch::channel(false);
     let ctx = Arc::new(cluster::ClusterContext {
-        base: shared.context(managed_reader.clone()),
+        base: shared.context(managed_reader.clone(), source_cache.clone(), synced),
         namespaces: ns_reader.clone(),
     });
 
     let (all_for_ns, all_for_sources) = (ccc_reader.clone(), ccc_reader.clone());
+    let (memo_ctx, cached) = (ctx.clone(), managed_reader.clone());
     let controller = Controller::for_stream(ccc_stream, ccc_reader.clone())
         .with_config(ControllerConfig::default().concurrency(shared.concurrency))
         // A namespace created, relabelled or terminating can change any selection.
         .watches_stream(ns_stream, move |_ns: PartialObjectMeta<Namespace>| {
             all_for_ns.state().iter().map(|c| ObjectRef::from_obj(c.as_ref())).collect::<Vec<_>>()
         })
-        .watches_stream(managed_stream, |secret: Secret| {
+        .watches_stream(managed_stream, move |secret: Secret| {
+            forget_if_deleted(&memo_ctx.base, &cached, &secret);
             secret.labels().get(labels::CLUSTER_CREDENTIAL).map(|name| ObjectRef::new(name))
         })
         .watches_stream(source_stream, move |meta: PartialObjectMeta<Secret>| {
-            cluster::readers(&all_for_sources.state(), &meta.namespace().unwrap_or_default(), &meta.name_any())
+            let (ns, name) = (meta.namespace().unwrap_or_default(), meta.name_any());
+            let readers = cluster::readers(&all_for_sources.state(), &ns, &name);
+            if !readers.is_empty() {
+                source_cache.saw(SecretRef::new(&ns, &name), meta.resource_version());
+            }
+            readers
         })
         .graceful_shutdown_on(shutdown);
 
@@ -434,9 +407,20 @@ pub fn cluster_controller(
         let _ = ccc_reader.wait_until_ready().await;
         let _ = ns_reader.wait_until_ready().await;
         let _ = managed_reader.wait_until_ready().await;
+        let _ = synced_tx.send(true);
     }
     .boxed();
     (run, ready)
+}
+
+/// A managed Secret the watch reported that is no longer in the cache was deleted: what this
+/// process remembers writing to it no longer stands (a Secret of the same name may be
+/// somebody else's now). The reflector updates the cache before the event reaches here.
+fn forget_if_deleted(ctx: &Context, cache: &reflector::Store<Secret>, secret: &Secret) {
+    let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
+    if cache.get(&ObjectRef::new(&name).within(&ns)).is_none() {
+        ctx.written.forget(&context::Written::Secret(SecretRef::new(&ns, &name)));
+    }
 }
 
 /// Runs a controller's stream to its end (shutdown), logging what it reports at debug level:

@@ -23,8 +23,9 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
-use super::context::Context;
+use super::context::{Context, Written};
 use super::labels;
+use super::sources::SecretRef;
 use super::state::{self, StoredToken};
 use super::status::{self, Facts, Failure, Reason, TokenFacts};
 use super::target::{self, Ownership};
@@ -98,6 +99,7 @@ pub(super) enum Outcome<K> {
 
 pub async fn reconcile(cc: Arc<ClientCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started();
+    ctx.wait_for_caches().await;
     let mut cc = cc;
     let mut confirmed = false;
     loop {
@@ -125,8 +127,9 @@ async fn run_pipeline(
         // their ownerReferences.
         ctx.metrics.forget_credential(&namespace, &name);
         ctx.take_unsaved(&namespace, &name);
-        ctx.written.forget(&format!("status/{}", cc.metadata.uid.as_deref().unwrap_or_default()));
-        ctx.written.forget(&format!("secret/{namespace}/{}", target::name(&cc)));
+        ctx.written.forget(&Written::Status(cc.metadata.uid.clone().unwrap_or_default()));
+        ctx.written.forget(&Written::Secret(SecretRef::new(&namespace, &target::name(&cc))));
+        ctx.written.forget(&Written::Secret(SecretRef::new(&namespace, &labels::state_secret_name(&name))));
         return Ok(Outcome::Done(Action::await_change()));
     }
     let status = cc.status.clone().unwrap_or_default();
@@ -156,7 +159,7 @@ async fn run_pipeline(
     // A token acquired by an earlier reconcile whose state write failed: write it now. It is
     // newer than anything stored, and may carry the only copy of a rotated refresh token.
     if let Some(unsaved) = run.ctx.take_unsaved(&namespace, &name) {
-        if let Err(e) = apply_state(&run.secrets, &state::desired(&run.cc, &unsaved)).await {
+        if let Err(e) = run.write_state(&unsaved).await {
             run.ctx.keep_unsaved(&namespace, &name, unsaved);
             return Err(e);
         }
@@ -164,12 +167,14 @@ async fn run_pipeline(
     }
 
     // 2. validate
-    let prepared = prepare(&run.cc, &run.secrets).await?;
+    let prepared = prepare(&run.ctx, &run.cc, &run.secrets).await?;
     // Failures that are over (a success whose status write was lost, or inputs no longer in
     // use) are cleared from what status records.
     run.settle_failures(prepared.as_ref().ok());
     let conflict = match &cached_target {
         Some(t) => conflict_with(t, &name),
+        // Written by this process and not seen deleted since: ours, the cache lags.
+        None if run.ctx.written.wrote(&run.target_key()) => None,
         // Not a Secret of ours (or not created yet): look before applying, because an
         // apply would take over a Secret somebody else owns.
         None => run.secrets.get_opt(&run.target_name).await?.and_then(|t| conflict_with(&t, &name)),
@@ -211,22 +216,38 @@ impl Run {
         if self.due(prep).is_none() {
             return Ok(None);
         }
-        // The caches may lag: behind our own last writes, or (after a watch outage, a leader
-        // change) behind anyone's. A token request is the one thing that cannot be undone, so
-        // before spending one, confirm what the decision rests on with the API server: the
-        // state Secret (the published token) and the ClientCredential (its status holds the
-        // failure record and the handled renewal request; a status patch computed from a
-        // stale read would fail with 409, but only after the request was spent).
-        let (state, fresh) = if self.confirmed {
-            (self.secrets.get_opt(&self.state_name).await?, None)
-        } else {
-            let credentials: Api<ClientCredential> = Api::namespaced(self.ctx.client.clone(), &self.namespace());
-            let name = self.cc.name_any();
-            let state = self.secrets.get_opt(&self.state_name);
-            let fresh = credentials.get_opt(&name);
-            let (state, fresh) = futures::try_join!(state, fresh)?;
-            (state, Some(fresh))
+        // The caches may lag behind our own last writes (a slow watch, or one that is broken
+        // until it recovers). A token request is the one thing that cannot be undone, so
+        // before spending one, what the decision rests on is confirmed, reading from the API
+        // server only what the cache cannot vouch for:
+        // - the state Secret (the published token and refresh token), unless the cache shows
+        //   it exactly as our own last write left it;
+        // - the ClientCredential (its status holds the failure record and the handled renewal
+        //   request), when the cache still shows the version our own last status write
+        //   replaced: a status patch computed from it would fail with 409, but only after the
+        //   request was spent.
+        // After a restart or a leader change nothing is remembered, so the state Secret is
+        // read; the caches were listed after this replica started leading.
+        let cached_state = cached(&self.ctx, &self.namespace(), &self.state_name);
+        let state_version = cached_state.as_ref().and_then(|s| s.resource_version());
+        let read_state = !self.ctx.written.is_current(&self.state_key(), state_version.as_deref());
+        let read_credential =
+            !self.confirmed && self.ctx.written.lags(&self.status_key(), self.cc.metadata.resource_version.as_deref());
+        let credentials: Api<ClientCredential> = Api::namespaced(self.ctx.client.clone(), &self.namespace());
+        let name = self.cc.name_any();
+        let state = async {
+            match read_state {
+                true => self.secrets.get_opt(&self.state_name).await.map(Some),
+                false => Ok(None),
+            }
         };
+        let fresh = async {
+            match read_credential {
+                true => credentials.get_opt(&name).await.map(Some),
+                false => Ok(None),
+            }
+        };
+        let (state, fresh) = futures::try_join!(state, fresh)?;
         match fresh {
             // Deleted meanwhile: nothing to renew.
             Some(None) => return Ok(None),
@@ -236,7 +257,9 @@ impl Run {
             }
             _ => {}
         }
-        self.stored = state.as_ref().and_then(state::read);
+        if let Some(state) = state {
+            self.stored = state.as_ref().and_then(state::read);
+        }
         self.settle_failures(Some(prep));
         let Some(reason) = self.due(prep) else { return Ok(None) };
         let manual = reason == RequestReason::ManualRenewal;
@@ -248,7 +271,7 @@ impl Run {
         match acquire(&self.ctx, &who, prep, self.stored.as_ref(), request).await {
             Ok((new_state, rotated_bootstrap)) => {
                 // State first, so a rotated refresh token is never lost.
-                if let Err(e) = apply_state(&self.secrets, &state::desired(&self.cc, &new_state)).await {
+                if let Err(e) = self.write_state(&new_state).await {
                     let (namespace, name) = (self.cc.namespace().unwrap_or_default(), self.cc.name_any());
                     self.ctx.keep_unsaved(&namespace, &name, new_state);
                     return Err(e);
@@ -281,6 +304,27 @@ impl Run {
         self.cc.namespace().unwrap_or_default()
     }
 
+    fn state_key(&self) -> Written {
+        Written::Secret(SecretRef::new(&self.namespace(), &self.state_name))
+    }
+
+    fn target_key(&self) -> Written {
+        Written::Secret(SecretRef::new(&self.namespace(), &self.target_name))
+    }
+
+    fn status_key(&self) -> Written {
+        Written::Status(self.cc.metadata.uid.clone().unwrap_or_default())
+    }
+
+    /// Writes the state Secret for `stored` and remembers the version it produced, so that
+    /// the next renewal can trust a cache that shows it.
+    async fn write_state(&self, stored: &StoredToken) -> Result<(), Error> {
+        let desired = state::desired(&self.cc, stored);
+        let produced = apply_state(&self.secrets, &desired).await?;
+        self.ctx.written.remember(self.state_key(), None, produced, &desired);
+        Ok(())
+    }
+
     fn due(&self, prep: &Prepared) -> Option<RequestReason> {
         let schedule = schedule_state(
             &self.cc,
@@ -304,7 +348,7 @@ impl Run {
         match target::desired(&self.cc, stored) {
             Ok(desired) if cached_target.is_some_and(|t| target::up_to_date(t, &desired)) => {}
             Ok(desired) => {
-                let key = format!("secret/{}/{}", self.namespace(), self.target_name);
+                let key = self.target_key();
                 let cached_version = cached_target.and_then(|t| t.metadata.resource_version.as_deref());
                 if self.ctx.written.is_lagging_echo(&key, cached_version, &desired) {
                     return Ok(true);
@@ -314,8 +358,8 @@ impl Run {
                 if old_type.is_some_and(|t| Some(&t) != desired.type_.as_ref()) {
                     self.secrets.delete(&self.target_name, &Default::default()).await?;
                 }
-                apply_target(&self.secrets, &desired).await?;
-                self.ctx.written.remember(&key, cached_version, &desired);
+                let produced = apply_target(&self.secrets, &desired).await?;
+                self.ctx.written.remember(key, cached_version, produced, &desired);
             }
             Err(e) => {
                 self.failure.get_or_insert(Failure {
@@ -410,13 +454,13 @@ impl Run {
             target_secret_name: self.target_name.clone(),
         };
         let next_status = status::next(cc.status.as_ref(), &facts);
-        let key = format!("status/{}", cc.metadata.uid.as_deref().unwrap_or_default());
+        let key = self.status_key();
         let version = cc.metadata.resource_version.as_deref();
         if status::needs_patch(cc.status.as_ref(), &next_status)
             && !self.ctx.written.is_lagging_echo(&key, version, &status::comparable(&next_status))
         {
             match patch_status(&self.ctx, &cc, &next_status).await {
-                Ok(()) => self.ctx.written.remember(&key, version, &status::comparable(&next_status)),
+                Ok(produced) => self.ctx.written.remember(key, version, produced, &status::comparable(&next_status)),
                 // The status changed since the cache showed it to us: what we computed is
                 // stale. The newer object is on its way through the watch and starts the
                 // next reconcile, which computes from it.
@@ -472,11 +516,16 @@ fn conflict_with(secret: &Secret, credential: &str) -> Option<Failure> {
 /// Reads the source Secrets and validates the spec and the material
 /// ([`token_state::prepare`]). API errors other than NotFound are returned as errors;
 /// everything a user can fix is a Failure.
-async fn prepare(cc: &ClientCredential, secrets: &Api<Secret>) -> Result<Result<Prepared, Failure>, Error> {
+async fn prepare(
+    ctx: &Context,
+    cc: &ClientCredential,
+    secrets: &Api<Secret>,
+) -> Result<Result<Prepared, Failure>, Error> {
     let mut data: BTreeMap<String, engine::SecretData> = BTreeMap::new();
+    let namespace = cc.namespace().unwrap_or_default();
     for name in engine::referenced_secrets(&cc.spec) {
-        if let Some(s) = secrets.get_opt(&name).await? {
-            data.insert(name, s.data.unwrap_or_default());
+        if let Some(d) = ctx.sources.read(secrets, &SecretRef::new(&namespace, &name)).await? {
+            data.insert(name, d);
         }
     }
     Ok(token_state::prepare(&cc.spec, &cc.name_any(), &data)
@@ -539,7 +588,7 @@ pub(super) fn describe(reason: RequestReason) -> &'static str {
 /// resourceVersion the apply produced (a change made meanwhile fails it, and the next
 /// reconcile looks again). Labels and annotations others added are kept: other controllers
 /// (backup tools, reflectors, policy engines) legitimately add them.
-pub(super) async fn apply_target(secrets: &Api<Secret>, desired: &Secret) -> Result<(), Error> {
+pub(super) async fn apply_target(secrets: &Api<Secret>, desired: &Secret) -> Result<Option<String>, Error> {
     let applied = apply(secrets, desired).await?;
     let rendered = desired.data.as_ref();
     let foreign: serde_json::Map<String, serde_json::Value> = applied
@@ -550,15 +599,15 @@ pub(super) async fn apply_target(secrets: &Api<Secret>, desired: &Secret) -> Res
         .map(|(key, _)| (key.clone(), serde_json::Value::Null))
         .collect();
     if foreign.is_empty() {
-        return Ok(());
+        return Ok(applied.resource_version());
     }
     tracing::info!(secret = %applied.name_any(), keys = foreign.len(), "removing keys another writer added to a target Secret");
     let patch = serde_json::json!({
         "metadata": { "resourceVersion": applied.resource_version() },
         "data": foreign,
     });
-    secrets.patch(&applied.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    Ok(())
+    let patched = secrets.patch(&applied.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(patched.resource_version())
 }
 
 /// Server-side apply under tokensync's field manager. `force`: tokensync is the only
@@ -579,12 +628,13 @@ pub(super) async fn apply(secrets: &Api<Secret>, secret: &Secret) -> Result<Secr
 }
 
 /// Applies the state Secret, retrying briefly: it may hold a rotated refresh token that
-/// exists nowhere else, and losing it would break the refresh chain.
-pub(super) async fn apply_state(secrets: &Api<Secret>, secret: &Secret) -> Result<(), Error> {
+/// exists nowhere else, and losing it would break the refresh chain. Returns the
+/// resourceVersion it produced.
+pub(super) async fn apply_state(secrets: &Api<Secret>, secret: &Secret) -> Result<Option<String>, Error> {
     let mut delay = Duration::from_millis(200);
     for _ in 0..4 {
         match apply(secrets, secret).await {
-            Ok(_) => return Ok(()),
+            Ok(applied) => return Ok(applied.resource_version()),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot write the state Secret; retrying");
                 tokio::time::sleep(delay).await;
@@ -592,10 +642,15 @@ pub(super) async fn apply_state(secrets: &Api<Secret>, secret: &Secret) -> Resul
             }
         }
     }
-    apply(secrets, secret).await.map(drop)
+    apply(secrets, secret).await.map(|applied| applied.resource_version())
 }
 
-async fn patch_status(ctx: &Context, cc: &ClientCredential, status: &ClientCredentialStatus) -> Result<(), Error> {
+/// Returns the resourceVersion the patch produced.
+async fn patch_status(
+    ctx: &Context,
+    cc: &ClientCredential,
+    status: &ClientCredentialStatus,
+) -> Result<Option<String>, Error> {
     let api: Api<ClientCredential> = Api::namespaced(ctx.client.clone(), &cc.namespace().unwrap_or_default());
     // A merge patch of the whole status: conditions are replaced as a list, which is what
     // we want. Fields that are no longer set are sent as null, which is how a merge patch
@@ -614,8 +669,8 @@ async fn patch_status(ctx: &Context, cc: &ClientCredential, status: &ClientCrede
         Some(rv) => serde_json::json!({ "metadata": { "resourceVersion": rv }, "status": body }),
         None => serde_json::json!({ "status": body }),
     };
-    api.patch_status(&cc.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    Ok(())
+    let patched = api.patch_status(&cc.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(patched.resource_version())
 }
 
 /// Records an Event about `object` (a ClientCredential or a ClusterClientCredential); a

@@ -194,11 +194,11 @@ pub struct Needed {
 pub const NEEDED: &[Needed] = &[
     // src/controller/mod.rs controller_for_scope: the ClientCredential reflector's watcher
     // lists, then watches. src/controller/reconcile.rs renew_if_due GETs the ClientCredential
-    // before a token request, to confirm what the cached copy says.
+    // before a token request when the cache lags behind our own status write.
     Needed {
         scope: Scope::Watched,
         grant: ("tokensync.io", "clientcredentials", "get", None),
-        sites: &[("src/controller/reconcile.rs", "let fresh = credentials.get_opt(&name);")],
+        sites: &[("src/controller/reconcile.rs", "true => credentials.get_opt(&name)")],
     },
     Needed {
         scope: Scope::Watched,
@@ -223,12 +223,12 @@ pub const NEEDED: &[Needed] = &[
         scope: Scope::Watched,
         grant: ("", "secrets", "get", None),
         sites: &[
-            ("src/controller/reconcile.rs", "if let Some(s) = secrets.get_opt(&name)"),
+            // Source Secrets, read when the watch saw them change since the last read.
+            ("src/controller/sources.rs", "let fetched = api.get_opt(&secret.name)"),
             ("src/controller/reconcile.rs", "run.secrets.get_opt(&run.target_name)"),
             ("src/controller/reconcile.rs", "self.secrets.get_opt(&self.state_name)"),
             ("src/controller/cluster.rs", "state_api.get_opt(&state_name)"),
             ("src/controller/cluster.rs", "secrets.get_opt(target_name)"),
-            ("src/controller/cluster.rs", "secrets.get_opt(&secret)"),
         ],
     },
     // src/controller/mod.rs: the watch of managed Secrets (label selector) and the

@@ -1,0 +1,134 @@
+//! What the controller costs the API server, counted (never timed): the regression guard for
+//! issue 13. A routine renewal is one token request, at most one GET and three writes (state
+//! Secret, target Secret, status); the reconciles caused by those writes read and write
+//! nothing; a restart with valid tokens writes nothing, also while its caches are still
+//! syncing. The controller runs in-process against the API server double, whose request log
+//! is what is counted.
+
+mod support;
+mod token_server;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use k8s_openapi::api::core::v1::Secret;
+use serde_json::json;
+use support::apiserver::{ApiServer, Fault, RequestRecord, Verb};
+use support::controller::*;
+use token_server::{Reply, TokenServer};
+use tokensync::api::ClientCredential;
+
+/// A token server issuing `token-1`, `token-2`, ... that live `lifetime` seconds.
+async fn issuer(lifetime: u64) -> TokenServer {
+    let issued = Arc::new(AtomicU32::new(0));
+    TokenServer::start(move |_| {
+        let n = issued.fetch_add(1, Ordering::SeqCst) + 1;
+        Reply::json(200, json!({"access_token": format!("token-{n}"), "token_type": "Bearer", "expires_in": lifetime}))
+    })
+    .await
+}
+
+async fn credential(api: &ApiServer, name: &str, server: &TokenServer) {
+    create_secret(api, source_secret(&format!("{name}-client"), &[("client_id", "id"), ("client_secret", "s")])).await;
+    Cc::new(name, &server.url("/token")).create(api).await;
+}
+
+/// Waits until token `n` is published and the status records it (the last of a renewal's
+/// three writes).
+async fn wait_renewal_done(api: &ApiServer, name: &str, n: u32) {
+    let token = format!("token-{n}");
+    let done = api
+        .wait_for(
+            |v| {
+                let target: Option<Secret> = v.get(Some(NS), name);
+                let cc: Option<ClientCredential> = v.get(Some(NS), name);
+                let published = target.as_ref().and_then(|t| t.data.as_ref()).and_then(|d| d.get("access_token"));
+                let expiry = target
+                    .as_ref()
+                    .and_then(|t| t.metadata.annotations.as_ref()?.get("tokensync.io/expires-at").cloned());
+                let recorded = cc.and_then(|c| c.status).and_then(|s| s.expires_at).map(|t| t.0.to_string());
+                published.is_some_and(|p| p.0 == token.as_bytes()) && expiry.is_some() && expiry == recorded
+            },
+            WAIT,
+        )
+        .await;
+    assert!(done.is_ok(), "{name}: {token} was not published and recorded; status: {:#?}", status(api, name));
+}
+
+fn gets(log: &[RequestRecord]) -> Vec<String> {
+    log.iter()
+        .filter(|r| r.verb == Verb::Get)
+        .map(|r| format!("GET {}/{}", r.resource, r.name.clone().unwrap_or_default()))
+        .collect()
+}
+
+fn writes(log: &[RequestRecord]) -> Vec<String> {
+    log.iter()
+        .filter(|r| r.verb.is_write())
+        .map(|r| {
+            let sub = r.subresource.as_deref().map(|s| format!("/{s}")).unwrap_or_default();
+            format!(
+                "{:?} {}{sub}/{} -> {} changed={}",
+                r.verb,
+                r.resource,
+                r.name.clone().unwrap_or_default(),
+                r.code,
+                r.changed
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_routine_renewal_costs_one_token_request_at_most_one_get_and_three_writes() {
+    let api = api_server().await;
+    let server = issuer(3).await; // renewed about every 1.5 s
+    let _c = start(&api, args(&["--min-renewal-interval", "1s"]));
+    credential(&api, "demo", &server).await;
+    wait_renewal_done(&api, "demo", 2).await;
+
+    // Three whole renewals: from the status recording token 2 to the one recording token 5.
+    let mark = api.requests().len();
+    let requests_before = server.requests().len();
+    wait_renewal_done(&api, "demo", 5).await;
+    let log = api.requests()[mark..].to_vec();
+    let (gets, writes) = (gets(&log), writes(&log));
+
+    assert_eq!(server.requests().len() - requests_before, 3, "one token request per renewal");
+    assert!(gets.len() <= 3, "at most one GET per renewal: {gets:#?}");
+    assert_eq!(writes.len(), 9, "state, target and status once per renewal, nothing else: {writes:#?}");
+    for (verb, resource, sub) in [(Verb::Apply, "secrets", None), (Verb::Patch, "clientcredentials", Some("status"))] {
+        let n =
+            log.iter().filter(|r| r.verb == verb && r.resource == resource && r.subresource.as_deref() == sub).count();
+        assert_eq!(n, if resource == "secrets" { 6 } else { 3 }, "{verb:?} {resource}: {writes:#?}");
+    }
+    assert!(log.iter().filter(|r| r.verb.is_write()).all(|r| r.changed && r.code < 300), "no no-op write: {writes:#?}");
+    println!("3 renewals: {} GETs {gets:?}, {} writes", gets.len(), writes.len());
+}
+
+#[tokio::test]
+async fn a_restart_with_valid_tokens_writes_nothing_even_while_its_caches_sync() {
+    let api = api_server().await;
+    let server = issuer(3600).await;
+    let first = start(&api, args(&[]));
+    for name in ["one", "two", "three"] {
+        credential(&api, name, &server).await;
+    }
+    for name in ["one", "two", "three"] {
+        wait_condition(&api, name, "Ready", ("True", "TokenIssued")).await;
+    }
+    first.crash();
+
+    // The Secret lists fail at first, so the ClientCredentials arrive (and reconciles start)
+    // well before the managed Secrets are cached: every target and state Secret looks missing.
+    api.clear_requests();
+    api.inject(Fault::verbs(&[Verb::List]).resource("secrets").code(500).times(4));
+    let second = start(&api, args(&[]));
+    assert!(second.metrics.wait_for_reconciles(3, WAIT).await, "the new controller reconciled each credential");
+    let log = api.requests();
+    assert!(log.iter().any(|r| r.verb == Verb::List && r.resource == "secrets" && r.code == 500), "the fault applied");
+    assert_eq!(writes(&log), Vec::<String>::new(), "a restart writes nothing");
+    assert_eq!(server.requests().len(), 3, "and requests no token");
+    let gets = gets(&log);
+    assert!(gets.len() <= 3, "at most the source Secrets are read: {gets:#?}");
+}
