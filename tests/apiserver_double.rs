@@ -340,6 +340,45 @@ async fn watcher_relists_after_410_gone() {
 }
 
 #[tokio::test]
+async fn after_a_restart_a_lagging_watch_cache_answers_rv_0_lists_with_a_version_watches_are_refused_at() {
+    let server = ApiServer::start().await;
+    let secrets: Api<Secret> = Api::namespaced(server.client(), NS);
+    secrets.create(&PostParams::default(), &secret("a", &[], &[])).await.unwrap();
+    let lag_at = server.resource_version();
+    secrets.create(&PostParams::default(), &secret("b", &[], &[])).await.unwrap();
+    server.restart_with_lagging_cache(lag_at);
+
+    // "Any" (rv=0): the cache's older state and version; watching from it is refused.
+    let any = secrets.list(&ListParams::default().match_any()).await.unwrap();
+    assert_eq!(any.items.iter().map(ResourceExt::name_any).collect::<Vec<_>>(), ["a"]);
+    let stale = any.metadata.resource_version.unwrap();
+    assert_eq!(stale, lag_at.to_string());
+    let mut refused = secrets.watch(&WatchParams::default(), &stale).await.unwrap().boxed();
+    match refused.next().await {
+        Some(Ok(WatchEvent::Error(e))) => {
+            assert_eq!(
+                (e.code, e.message.as_str()),
+                (410, format!("too old resource version: {lag_at} ({})", lag_at + 1).as_str())
+            )
+        }
+        other => panic!("expected 410, got {other:?}"),
+    }
+    // Consistent (no resourceVersion): current, and watchable.
+    let consistent = secrets.list(&ListParams::default()).await.unwrap();
+    assert_eq!(consistent.items.len(), 2);
+    let mut watch = secrets
+        .watch(&WatchParams::default(), consistent.metadata.resource_version.as_deref().unwrap())
+        .await
+        .unwrap()
+        .boxed();
+    secrets.create(&PostParams::default(), &secret("c", &[], &[])).await.unwrap();
+    assert!(matches!(watch.next().await, Some(Ok(WatchEvent::Added(s))) if s.name_any() == "c"));
+
+    server.cache_caught_up();
+    assert_eq!(secrets.list(&ListParams::default().match_any()).await.unwrap().items.len(), 3);
+}
+
+#[tokio::test]
 async fn watcher_resumes_from_its_resource_version_after_a_dropped_stream() {
     let server = ApiServer::start().await;
     let secrets: Api<Secret> = Api::namespaced(server.client(), NS);

@@ -664,3 +664,37 @@ async fn secrets_are_watched_whole_only_when_tokensync_manages_them() {
         );
     }
 }
+
+/// Issue 16 (a watch stuck after an API server restart): status patches computed from the
+/// stale cache are refused (409); each is computed again from a fresh read, so the status
+/// keeps recording every renewal and no token is requested twice, whatever the watch does.
+#[tokio::test]
+async fn with_the_credential_watch_stuck_status_still_records_every_renewal() {
+    let api = api_server().await;
+    let issuer = Issuer::start(3).await; // renewed about every 1.5 s
+    let _c = start(&api, args(&["--min-renewal-interval", "1s"]));
+    setup("demo", &issuer, &api).await;
+    wait_condition(&api, "demo", "Ready", ("True", "TokenIssued")).await;
+    api.hold_watches("clientcredentials");
+
+    // Token 4 is published and its expiry recorded in status on the server.
+    let recorded = api
+        .wait_for(
+            |v| {
+                let target: Option<Secret> = v.get(Some(NS), "demo");
+                let data = target.as_ref().and_then(|t| t.data.as_ref());
+                let expiry = target
+                    .as_ref()
+                    .and_then(|t| t.metadata.annotations.as_ref()?.get("tokensync.io/expires-at").cloned());
+                let status = v.get::<ClientCredential>(Some(NS), "demo").and_then(|c| c.status);
+                data.and_then(|d| d.get("access_token")).is_some_and(|t| t.0 == b"token-4")
+                    && expiry.is_some()
+                    && expiry == status.and_then(|s| s.expires_at).map(|t| t.0.to_string())
+            },
+            WAIT,
+        )
+        .await;
+    assert!(recorded.is_ok(), "status did not follow the renewals: {:#?}", status(&api, "demo"));
+    assert_eq!(issuer.requests(), 4, "one request per renewal");
+    api.release_watches("clientcredentials");
+}

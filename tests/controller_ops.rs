@@ -4,17 +4,20 @@
 mod support;
 mod token_server;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
 use serde_json::json;
+use support::apiserver::{Fault, Verb};
 use support::controller::*;
 use token_server::{Reply, TokenServer};
 use tokensync::admin::{self, AdminState};
 use tokensync::controller::leader::LeaseLock;
 use tokensync::metrics::Metrics;
+use tokio::time::Instant;
 
 async fn token_server(lifetime: u64) -> TokenServer {
     TokenServer::start(move |_| Reply::json(200, json!({"access_token": "tok", "expires_in": lifetime}))).await
@@ -203,4 +206,151 @@ async fn a_standby_replica_takes_over_without_requesting_a_valid_token_again() {
     assert!(b_metrics.wait_for_reconciles(1, WAIT).await, "the new leader reconciles");
     assert_eq!(server.requests().len(), 1, "failover causes no token request");
     b.abort();
+}
+
+/// Token requests this replica made, from its metrics.
+fn token_requests(metrics: &Metrics) -> u64 {
+    metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("tokensync_token_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A replica as `tokensync controller` runs it: its own client (named, so that the test can
+/// cut it off), bounded API calls, leader election with short timings.
+fn replica(
+    api: &support::apiserver::ApiServer,
+    id: &str,
+    metrics: Arc<Metrics>,
+) -> tokio::task::JoinHandle<(Instant, Result<(), String>)> {
+    let args = args(&[
+        "--leader-elect",
+        "--leader-election-namespace",
+        NS,
+        "--leader-election-lease-duration",
+        "2s",
+        "--leader-election-renew-deadline",
+        "1s",
+        "--leader-election-retry-period",
+        "200ms",
+        "--api-timeout",
+        "1s",
+        "--min-renewal-interval",
+        "1s",
+        "--identity",
+        id,
+    ]);
+    let client = tokensync::controller::api_client(api.config_named(id), args.api_timeout).unwrap();
+    tokio::spawn(async move {
+        let result = tokensync::controller::run_with(client, args, std::future::pending(), metrics).await;
+        (Instant::now(), result.map_err(|e| e.to_string()))
+    })
+}
+
+#[tokio::test]
+async fn a_leader_cut_off_from_the_api_stops_requesting_tokens_at_its_renew_deadline_and_none_is_requested_twice() {
+    // Every request of the leader hangs: its Lease renewal, and the reads a renewal starts with.
+    leader_cut_off(|api| api.pause_client("a")).await;
+}
+
+#[tokio::test]
+async fn a_leader_whose_lease_renewal_hangs_stops_requesting_tokens_at_its_renew_deadline_and_none_is_requested_twice()
+{
+    // As seen on a real control plane: the Lease request hangs on a dead connection while the
+    // leader's other requests reach the API, so it could go on requesting tokens whose state
+    // writes succeed, while another replica takes over and requests them too.
+    leader_cut_off(|api| {
+        api.inject(Fault::verbs(&[Verb::Get, Verb::Create, Verb::Update]).resource("leases").client("a").hang())
+    })
+    .await;
+}
+
+/// Two replicas; the leader `a` is cut off by `cut` for longer than the lease.
+async fn leader_cut_off(cut: impl FnOnce(&support::apiserver::ApiServer)) {
+    const RENEW_DEADLINE: Duration = Duration::from_secs(1);
+    let api = api_server().await;
+    // 12-second tokens are renewed at half their lifetime (the propagation margin is longer),
+    // i.e. after the cut-off leader's deadline and while it would still be running.
+    let issued: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = issued.clone();
+    let server = TokenServer::start(move |r| {
+        let mut log = log.lock().unwrap();
+        log.push(r.params().get("client_id").cloned().unwrap_or_default());
+        Reply::json(200, json!({"access_token": format!("tok-{}", log.len()), "expires_in": 12}))
+    })
+    .await;
+    let (a_metrics, b_metrics) = (Arc::new(Metrics::default()), Arc::new(Metrics::default()));
+    let a = replica(&api, "a", a_metrics.clone());
+    let holder = |v: &support::apiserver::View<'_>| {
+        v.get::<Lease>(Some(NS), "tokensync-controller").and_then(|l| l.spec).and_then(|s| s.holder_identity)
+    };
+    api.wait_for(|v| holder(v).as_deref() == Some("a"), WAIT).await.expect("a leads");
+    let _b = replica(&api, "b", b_metrics.clone());
+    let names = ["c1", "c2", "c3"];
+    for name in names {
+        create_secret(&api, source_secret(&format!("{name}-client"), &[("client_id", name), ("client_secret", "s")]))
+            .await;
+        Cc::new(name, &server.url("/token")).create(&api).await;
+    }
+    for name in names {
+        wait_condition(&api, name, "Ready", ("True", "TokenIssued")).await;
+    }
+    assert_eq!(token_requests(&a_metrics), 3);
+
+    // The leader's connection to the API hangs: no error, no answer, for longer than the lease.
+    let cut_at = Instant::now();
+    cut(&api);
+    for name in names {
+        let renew_at = status(&api, name).unwrap().renew_at.expect("renewAt");
+        let due_in = renew_at.0.duration_since(jiff::Timestamp::now()).as_secs_f64();
+        assert!(due_in > 2.0, "{name}: the renewal must come due after a's deadline (due in {due_in} s)");
+    }
+    api.wait_for(|v| holder(v).as_deref() == Some("b"), WAIT).await.expect("b takes over once the lease lapsed");
+    let renewed = |v: &support::apiserver::View<'_>| {
+        names.iter().all(|n| {
+            v.get::<Secret>(Some(NS), n)
+                .and_then(|s| s.data)
+                .and_then(|d| d.get("access_token").cloned())
+                .is_some_and(|t| t.0 != b"tok-1" && t.0 != b"tok-2" && t.0 != b"tok-3")
+        })
+    };
+    api.wait_for(renewed, WAIT).await.expect("the new leader renews every token");
+
+    assert_eq!(token_requests(&a_metrics), 3, "the cut-off leader requested no token");
+    let per_credential = |n: &str| issued.lock().unwrap().iter().filter(|c| *c == n).count();
+    for name in names {
+        assert_eq!(per_credential(name), 2, "{name}: one request to issue, one to renew, none twice");
+    }
+    assert_eq!(token_requests(&b_metrics), 3);
+    let (stopped, result) =
+        tokio::time::timeout(Duration::from_secs(1), a).await.expect("the cut-off leader has stopped").unwrap();
+    assert!(result.unwrap_err().contains("lost leadership"));
+    let after = stopped.duration_since(cut_at);
+    assert!(after <= RENEW_DEADLINE + Duration::from_millis(300), "a stopped {after:?} after it was cut off");
+}
+
+#[tokio::test]
+async fn an_api_request_that_hangs_fails_after_the_api_timeout_while_a_quiet_watch_stays_open() {
+    use futures::StreamExt;
+    use kube::api::{Api, WatchEvent, WatchParams};
+    let api = api_server().await;
+    let timeout = Duration::from_millis(300);
+    let client = tokensync::controller::api_client(api.config_named("replica"), timeout).unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client, NS);
+    let rv = api.resource_version().to_string();
+    let mut watch = secrets.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+
+    api.pause_client("replica");
+    let started = Instant::now();
+    let hung = tokio::time::timeout(WAIT, secrets.get_opt("anything")).await.expect("bounded");
+    assert!(hung.is_err(), "a request the API never answers fails");
+    assert!(started.elapsed() >= timeout);
+    api.resume_client("replica");
+
+    // The watch has outlived the timeout (the request above waited that long) and delivers.
+    create_secret(&api, source_secret("later", &[("k", "v")])).await;
+    let event = tokio::time::timeout(WAIT, watch.next()).await.expect("an event").unwrap().unwrap();
+    assert!(matches!(event, WatchEvent::Added(s) if s.metadata.name.as_deref() == Some("later")));
 }

@@ -607,6 +607,49 @@ async fn dropped_watches_and_410_gone_relist_without_token_requests_and_keep_wat
     assert_eq!(issuer.issued(), 4, "a, b, c once, and a again for its rotated secret");
 }
 
+/// How long "within seconds" is: a watch refused with 410 is retried after kube's first
+/// backoff (under a second) and a relist takes milliseconds on the double.
+const PROMPTLY: Duration = Duration::from_secs(8);
+
+async fn acted_on_promptly(api: &ApiServer, what: &str, condition: impl FnMut(&support::apiserver::View<'_>) -> bool) {
+    if api.wait_for(condition, PROMPTLY).await.is_err() {
+        let relists = api.count(Verb::List, "clientcredentials", None);
+        panic!("{what}: not acted on within {PROMPTLY:?} ({relists} lists of ClientCredentials so far)");
+    }
+}
+
+/// After a restart, a real API server's watch cache can answer a `resourceVersion=0` list
+/// with a version older than the one the restarted server refuses watches at: a watcher
+/// that relists that way after a 410 is refused again, and again, and sees no change.
+#[tokio::test]
+async fn after_an_api_server_restart_with_a_lagging_watch_cache_changes_are_acted_on_within_seconds() {
+    let api = api_server().await;
+    let issuer = Issuer::start(false).await;
+    let _c = start(&api, args(&[]));
+    create_cc(&api, "a", &issuer.url()).await;
+    wait_condition(&api, "a", "Ready", ("True", "TokenIssued")).await;
+    wait_secret_value(&api, "a", "access_token", "token-1").await;
+    // The lagging cache stops here; one more write, then the restart: watches are refused
+    // from any version before it, the cache's version included.
+    let lag_at = api.resource_version();
+    create_secret(&api, source_secret("unrelated", &[("k", "v")])).await;
+    api.restart_with_lagging_cache(lag_at);
+
+    api.delete::<Secret>(Some(NS), "a").unwrap();
+    acted_on_promptly(&api, "a deleted target Secret", |v| view_token(v, "a").as_deref() == Some("token-1")).await;
+
+    renew_now(&api, "a", "after-restart").await;
+    acted_on_promptly(&api, "a renewal request", |v| view_token(v, "a").as_deref() == Some("token-2")).await;
+
+    create_cc(&api, "b", &issuer.url()).await;
+    acted_on_promptly(&api, "a new ClientCredential", |v| {
+        view_token(v, "b").is_some()
+            && view_status(v, "b").is_some_and(|s| cond(&s, "Ready") == ("True".into(), "TokenIssued".into()))
+    })
+    .await;
+    assert_eq!(issuer.issued(), 3, "token-1 restored without a request, one for the renewal, one for b");
+}
+
 #[tokio::test]
 async fn a_status_write_that_keeps_failing_does_not_cause_token_requests() {
     let api = api_server().await;

@@ -11,11 +11,16 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
+use tokio::time::Instant;
 
 /// How long a Lease is valid without renewal.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 /// How often the leader renews, and how often others try to take over.
 pub const RETRY_PERIOD: Duration = Duration::from_secs(4);
+/// How long the leader keeps acting without a successful renewal (client-go's default for a
+/// 15 s lease): shorter than the lease, so that it has stopped before another replica can
+/// take the Lease over.
+pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct LeaseLock {
     api: Api<Lease>,
@@ -23,11 +28,14 @@ pub struct LeaseLock {
     identity: String,
     lease_duration: Duration,
     retry_period: Duration,
+    renew_deadline: Option<Duration>,
 }
 
-/// A held leadership; [`Held::lost`] resolves when renewing fails for a whole lease term.
+/// A held leadership; [`Held::lost`] resolves when it can no longer be proven.
 pub struct Held {
     lock: LeaseLock,
+    /// When the last successful acquisition or renewal started.
+    renewed: Instant,
 }
 
 impl LeaseLock {
@@ -38,24 +46,39 @@ impl LeaseLock {
             identity: identity.into(),
             lease_duration: LEASE_DURATION,
             retry_period: RETRY_PERIOD,
+            renew_deadline: None,
         }
     }
 
-    /// Other timings than the defaults (tests, or clusters with slow API servers).
+    /// Other timings than the defaults (tests, or clusters with slow API servers). Unless
+    /// [`Self::with_renew_deadline`] says otherwise, the renew deadline is two thirds of the
+    /// lease duration.
     pub fn with_timing(mut self, lease_duration: Duration, retry_period: Duration) -> Self {
         self.lease_duration = lease_duration;
         self.retry_period = retry_period;
         self
     }
 
-    /// Waits until this replica holds the Lease.
+    pub fn with_renew_deadline(mut self, renew_deadline: Duration) -> Self {
+        self.renew_deadline = Some(renew_deadline);
+        self
+    }
+
+    fn renew_deadline(&self) -> Duration {
+        self.renew_deadline.unwrap_or(self.lease_duration * 2 / 3)
+    }
+
+    /// Waits until this replica holds the Lease. Each attempt is bounded by the renew
+    /// deadline: a request that hangs must not stall the candidate for good.
     pub async fn acquire(self) -> Result<Held, kube::Error> {
         loop {
-            match self.try_acquire_or_renew().await {
-                Ok(true) => return Ok(Held { lock: self }),
-                Ok(false) => {}
-                Err(kube::Error::Api(e)) if e.code == 409 => {}
-                Err(e) => tracing::warn!(error = %e, "leader election: cannot read or write the Lease"),
+            let started = Instant::now();
+            match tokio::time::timeout(self.renew_deadline(), self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => return Ok(Held { lock: self, renewed: started }),
+                Ok(Ok(false)) => {}
+                Ok(Err(kube::Error::Api(e))) if e.code == 409 => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "leader election: cannot read or write the Lease"),
+                Err(_) => tracing::warn!("leader election: the API did not answer within the renew deadline"),
             }
             tokio::time::sleep(self.retry_period).await;
         }
@@ -103,19 +126,37 @@ impl LeaseLock {
 }
 
 impl Held {
-    /// Keeps renewing; resolves when the Lease could not be renewed for a whole term (or
-    /// another replica took it), after which this replica must stop reconciling.
+    /// Keeps renewing every retry period; resolves when no renewal has succeeded for the
+    /// renew deadline (or another replica holds the Lease), after which this replica must
+    /// stop acting. Like client-go, the deadline counts from the start of the last successful
+    /// renewal, and a renewal still in flight at the deadline is abandoned: a request to an
+    /// unreachable API server can hang far longer than the lease, while another replica
+    /// takes over as soon as the lease has lapsed. Because the renew deadline is shorter
+    /// than the lease, this replica has stopped before another one can start.
     pub async fn lost(self) {
-        let mut last_renewal = std::time::Instant::now();
+        let renew_deadline = self.lock.renew_deadline();
+        let mut deadline = self.renewed + renew_deadline;
         loop {
-            tokio::time::sleep(self.lock.retry_period).await;
-            match self.lock.try_acquire_or_renew().await {
-                Ok(true) => last_renewal = std::time::Instant::now(),
-                Ok(false) => return,
-                Err(e) => tracing::warn!(error = %e, "cannot renew the leader Lease"),
-            }
-            if last_renewal.elapsed() >= self.lock.lease_duration {
+            tokio::time::sleep_until((Instant::now() + self.lock.retry_period).min(deadline)).await;
+            let started = Instant::now();
+            if started >= deadline {
+                tracing::warn!(?renew_deadline, "could not renew the leader Lease within the renew deadline");
                 return;
+            }
+            match tokio::time::timeout_at(deadline, self.lock.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => deadline = started + renew_deadline,
+                Ok(Ok(false)) => {
+                    tracing::warn!("another replica holds the leader Lease");
+                    return;
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot renew the leader Lease"),
+                Err(_) => {
+                    tracing::warn!(
+                        ?renew_deadline,
+                        "the leader Lease renewal did not finish within the renew deadline"
+                    );
+                    return;
+                }
             }
         }
     }

@@ -76,6 +76,18 @@ pub struct ControllerArgs {
     #[arg(long, default_value = "4s", value_parser = crate::engine_args::duration_arg)]
     pub leader_election_retry_period: Duration,
 
+    /// How long the leader goes on without a successful Lease renewal before it stops
+    /// acting (and exits). Must be shorter than the lease duration, so that it has stopped
+    /// before another replica can take over, and longer than the retry period. Default: two
+    /// thirds of the lease duration (10s for 15s, as in client-go).
+    #[arg(long, value_parser = crate::engine_args::duration_arg)]
+    pub leader_election_renew_deadline: Option<Duration>,
+
+    /// The longest wait for the Kubernetes API to start answering a request. A watch counts
+    /// as answered once it has started (its events may then stream for minutes).
+    #[arg(long, default_value = "30s", value_parser = crate::engine_args::duration_arg)]
+    pub api_timeout: Duration,
+
     /// This replica's identity in the Lease. Default: the pod name (POD_NAME) or hostname.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -95,12 +107,28 @@ impl ControllerArgs {
     pub fn engine(&self) -> TokenClient {
         self.engine.engine()
     }
+
+    /// `--leader-election-renew-deadline`, or its default.
+    pub fn renew_deadline(&self) -> Duration {
+        self.leader_election_renew_deadline.unwrap_or(self.leader_election_lease_duration * 2 / 3)
+    }
 }
 
 /// Runs the controller until SIGTERM/SIGINT (or loss of leadership).
 pub async fn run(args: ControllerArgs) -> anyhow_like::Result<()> {
-    let client = Client::try_default().await.map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
+    let config = kube::Config::infer().await.map_err(|e| format!("cannot configure the Kubernetes client: {e}"))?;
+    let client = api_client(config, args.api_timeout).map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
     run_with(client, args, shutdown_signal(), Arc::new(Metrics::default())).await
+}
+
+/// A client whose every request fails unless the API server starts answering it within
+/// `timeout`. kube's client has no such bound by default, and a request to an API server
+/// that went away without closing the connection can hang for good: a reconcile waiting on
+/// it never ends, and a leader that cannot renew its Lease would never notice. Only the
+/// wait for the response headers is bounded, so watches (a long-running response) are not
+/// cut; the watcher detects a stalled watch by its own idle timeout.
+pub fn api_client(config: kube::Config, timeout: Duration) -> Result<Client, kube::Error> {
+    Ok(kube::client::ClientBuilder::try_from(config)?.with_layer(&tower::timeout::TimeoutLayer::new(timeout)).build())
 }
 
 /// [`run`] with a given client, shutdown trigger and metrics: the whole operator, admin
@@ -115,6 +143,17 @@ pub async fn run_with(
         return Err("--cluster-credentials writes to any selected namespace and watches them all; it cannot be \
                     combined with --namespace"
             .into());
+    }
+    if args.leader_elect {
+        let (lease, renew, retry) =
+            (args.leader_election_lease_duration, args.renew_deadline(), args.leader_election_retry_period);
+        if renew >= lease || renew <= retry {
+            return Err(format!(
+                "--leader-election-renew-deadline ({renew:?}) must be shorter than --leader-election-lease-duration \
+                 ({lease:?}) and longer than --leader-election-retry-period ({retry:?})"
+            )
+            .into());
+        }
     }
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = shutdown.boxed().shared();
@@ -138,7 +177,8 @@ pub async fn run_with(
             &args.leader_election_lease,
             &identity,
         )
-        .with_timing(args.leader_election_lease_duration, args.leader_election_retry_period);
+        .with_timing(args.leader_election_lease_duration, args.leader_election_retry_period)
+        .with_renew_deadline(args.renew_deadline());
         tracing::info!(lease = %args.leader_election_lease, %identity, "waiting for leadership");
         tokio::select! {
             _ = shutdown.clone() => return Ok(()),
@@ -157,12 +197,20 @@ pub async fn run_with(
 
     let reporter = Reporter { controller: "tokensync".into(), instance: Some(identity) };
     let controllers = run_controllers(client, &args, metrics, ready, reporter, shutdown.clone());
-    let result = tokio::select! {
-        _ = controllers => Ok(()),
-        _ = lost => Err("lost leadership; exiting so that another replica takes over".to_string()),
-    };
-    let _ = admin.await;
-    result.map_err(Into::into)
+    // Losing leadership drops the controllers at once: reconciles in flight, with their token
+    // requests and API calls, are cancelled, and none starts after the renew deadline.
+    // `biased` polls `lost` first, so a wake-up after the deadline never runs a reconcile.
+    tokio::select! {
+        biased;
+        _ = lost => {
+            admin.abort();
+            Err("lost leadership; exiting so that another replica takes over".into())
+        }
+        _ = controllers => {
+            let _ = admin.await;
+            Ok(())
+        }
+    }
 }
 
 /// A tiny error alias so `run` can report human-readable failures without another crate.
@@ -270,11 +318,19 @@ pub fn controller_for_scope(
     let index = SourceIndex::new(source_cache.clone());
     let (cc_reader, cc_writer) = reflector::store();
     let indexer = index.clone();
+    // Every watcher (re)lists with the default, consistent semantics (no resourceVersion),
+    // never "any" (resourceVersion=0): after an API server restart, a watch cache can answer
+    // rv=0 with a version older than the one the restarted server refuses watches at, so a
+    // watcher that relists that way after a 410 is refused again and again and sees no
+    // change (docs/faults.md). A consistent list returns a version the server can watch
+    // from; since Kubernetes 1.31 it is served from the watch cache too, so it costs little
+    // more than an rv=0 list. (kube 5 happened to drop rv=0 from paginated lists anyway.)
+    //
     // managedFields are dropped before objects enter a cache: tokensync never reads them, and
     // they are a large share of every object's size.
     let cc_stream = reflector::reflector(
         cc_writer,
-        watcher(ccs, watcher::Config::default().any_semantic()).modify(|cc| cc.managed_fields_mut().clear()),
+        watcher(ccs, watcher::Config::default()).modify(|cc| cc.managed_fields_mut().clear()),
     )
     .default_backoff()
     .touched_objects()
@@ -286,7 +342,7 @@ pub fn controller_for_scope(
     });
 
     // The Secrets tokensync manages, cached whole (they are small and few).
-    let managed_config = watcher::Config::default().labels(&labels::namespaced_managed_selector()).any_semantic();
+    let managed_config = watcher::Config::default().labels(&labels::namespaced_managed_selector());
     let (managed_reader, managed_writer) = reflector::store();
     let managed_stream = reflector::reflector(
         managed_writer,
@@ -297,8 +353,7 @@ pub fn controller_for_scope(
 
     // Every other Secret, metadata only: enough to notice a change of a source Secret
     // without holding any Secret's data in memory. Nothing is cached.
-    let source_stream =
-        watcher(secret_metadata, watcher::Config::default().any_semantic()).default_backoff().touched_objects();
+    let source_stream = watcher(secret_metadata, watcher::Config::default()).default_backoff().touched_objects();
 
     let (synced_tx, synced) = tokio::sync::watch::channel(false);
     let ctx = Arc::new(shared.context(managed_reader.clone(), source_cache, synced));
@@ -344,7 +399,7 @@ pub fn cluster_controller(
     let (ccc_reader, ccc_writer) = reflector::store();
     let ccc_stream = reflector::reflector(
         ccc_writer,
-        watcher(cccs, watcher::Config::default().any_semantic()).modify(|c| c.managed_fields_mut().clear()),
+        watcher(cccs, watcher::Config::default()).modify(|c| c.managed_fields_mut().clear()),
     )
     .default_backoff()
     .touched_objects();
@@ -353,7 +408,7 @@ pub fn cluster_controller(
     let (ns_reader, ns_writer) = reflector::store();
     let ns_stream = reflector::reflector(
         ns_writer,
-        watcher(namespaces, watcher::Config::default().any_semantic()).modify(|n| n.managed_fields_mut().clear()),
+        watcher(namespaces, watcher::Config::default()).modify(|n| n.managed_fields_mut().clear()),
     )
     .default_backoff()
     .touched_objects();
@@ -361,7 +416,7 @@ pub fn cluster_controller(
     // Its state Secrets and copies, cached whole; every other Secret metadata only.
     let (secrets, secret_metadata): (Api<Secret>, Api<PartialObjectMeta<Secret>>) =
         (Api::all(client.clone()), Api::all(client.clone()));
-    let copies_config = watcher::Config::default().labels(labels::CLUSTER_CREDENTIAL).any_semantic();
+    let copies_config = watcher::Config::default().labels(labels::CLUSTER_CREDENTIAL);
     let (managed_reader, managed_writer) = reflector::store();
     let managed_stream = reflector::reflector(
         managed_writer,
@@ -370,8 +425,7 @@ pub fn cluster_controller(
     .default_backoff()
     .touched_objects();
 
-    let source_stream =
-        watcher(secret_metadata, watcher::Config::default().any_semantic()).default_backoff().touched_objects();
+    let source_stream = watcher(secret_metadata, watcher::Config::default()).default_backoff().touched_objects();
 
     let source_cache = Arc::new(SourceCache::default());
     let (synced_tx, synced) = tokio::sync::watch::channel(false);

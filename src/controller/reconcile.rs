@@ -195,7 +195,15 @@ async fn run_pipeline(
     // 6. status
     let next = ready_to_request.map(|prep| run.next_decision(prep));
     if run.update_status(ready_to_request, next.as_ref()).await? == StatusWrite::Stale {
-        // The newer object normally arrives through the watch first; this is the fallback.
+        // Computed from a stale read. The newer object normally arrives through the watch
+        // first, but a watch can be stuck (an API server restart, a hung connection): read it
+        // once and compute again from it, so the status converges whatever the watch does.
+        if !run.confirmed
+            && let Some(fresh) = run.read_fresh().await?
+            && fresh.metadata.resource_version != run.cc.metadata.resource_version
+        {
+            return Ok(Outcome::Stale(Arc::new(fresh)));
+        }
         return Ok(Outcome::Done(Action::requeue(STALE_STATUS_RETRY)));
     }
     Ok(Outcome::Done(run.requeue(next.as_ref())))
@@ -233,17 +241,15 @@ impl Run {
         let read_state = !self.ctx.written.is_current(&self.state_key(), state_version.as_deref());
         let read_credential =
             !self.confirmed && self.ctx.written.lags(&self.status_key(), self.cc.metadata.resource_version.as_deref());
-        let credentials: Api<ClientCredential> = Api::namespaced(self.ctx.client.clone(), &self.namespace());
-        let name = self.cc.name_any();
         let state = async {
             match read_state {
-                true => self.secrets.get_opt(&self.state_name).await.map(Some),
+                true => self.secrets.get_opt(&self.state_name).await.map(Some).map_err(Error::from),
                 false => Ok(None),
             }
         };
         let fresh = async {
             match read_credential {
-                true => credentials.get_opt(&name).await.map(Some),
+                true => self.read_fresh().await.map(Some),
                 false => Ok(None),
             }
         };
@@ -251,8 +257,7 @@ impl Run {
         match fresh {
             // Deleted meanwhile: nothing to renew.
             Some(None) => return Ok(None),
-            Some(Some(mut fresh)) if fresh.metadata.resource_version != self.cc.metadata.resource_version => {
-                fresh.managed_fields_mut().clear();
+            Some(Some(fresh)) if fresh.metadata.resource_version != self.cc.metadata.resource_version => {
                 return Ok(Some(Arc::new(fresh)));
             }
             _ => {}
@@ -302,6 +307,17 @@ impl Run {
 
     fn namespace(&self) -> String {
         self.cc.namespace().unwrap_or_default()
+    }
+
+    /// The ClientCredential as the API server has it now (managedFields dropped, as in the
+    /// cache); None when it was deleted.
+    async fn read_fresh(&self) -> Result<Option<ClientCredential>, Error> {
+        let credentials: Api<ClientCredential> = Api::namespaced(self.ctx.client.clone(), &self.namespace());
+        let mut fresh = credentials.get_opt(&self.cc.name_any()).await?;
+        if let Some(cc) = fresh.as_mut() {
+            cc.managed_fields_mut().clear();
+        }
+        Ok(fresh)
     }
 
     fn state_key(&self) -> Written {

@@ -193,12 +193,13 @@ pub struct Needed {
 /// Every Kubernetes API call the controller makes, and the permission it needs.
 pub const NEEDED: &[Needed] = &[
     // src/controller/mod.rs controller_for_scope: the ClientCredential reflector's watcher
-    // lists, then watches. src/controller/reconcile.rs renew_if_due GETs the ClientCredential
-    // before a token request when the cache lags behind our own status write.
+    // lists, then watches. src/controller/reconcile.rs read_fresh GETs the ClientCredential
+    // before a token request when the cache lags behind our own status write, and after a
+    // status patch computed from a stale read was refused (409).
     Needed {
         scope: Scope::Watched,
         grant: ("tokensync.io", "clientcredentials", "get", None),
-        sites: &[("src/controller/reconcile.rs", "true => credentials.get_opt(&name)")],
+        sites: &[("src/controller/reconcile.rs", "credentials.get_opt(&self.cc.name_any())")],
     },
     Needed {
         scope: Scope::Watched,

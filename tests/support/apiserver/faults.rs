@@ -43,6 +43,8 @@ pub struct RequestRecord {
     pub metadata_only: bool,
     /// The labelSelector query parameter, if any.
     pub label_selector: Option<String>,
+    /// The client's name, from [`super::CLIENT_HEADER`] ([`super::ApiServer::client_named`]).
+    pub client: Option<String>,
 }
 
 /// A rule that makes matching requests fail. Build with [`Fault::writes`] or [`Fault::verbs`].
@@ -61,6 +63,11 @@ pub struct Fault {
     pub times: usize,
     /// Perform the request, then answer with the error (a lost response).
     pub after_write: bool,
+    /// `Some`: only requests of this client ([`super::ApiServer::client_named`]).
+    pub client: Option<String>,
+    /// Matching requests hang (before they change anything) for as long as the rule exists,
+    /// instead of failing; `code` and `times` do not apply.
+    pub hang: bool,
 }
 
 impl Fault {
@@ -76,6 +83,8 @@ impl Fault {
             message: "injected fault".into(),
             times: 1,
             after_write: false,
+            client: None,
+            hang: false,
         }
     }
 
@@ -135,6 +144,20 @@ impl Fault {
     }
 
     #[must_use]
+    pub fn client(mut self, name: &str) -> Self {
+        self.client = Some(name.into());
+        self
+    }
+
+    /// Matching requests get no answer until the rule is removed
+    /// ([`super::ApiServer::clear_faults`]): a connection that hangs rather than fails.
+    #[must_use]
+    pub fn hang(mut self) -> Self {
+        self.hang = true;
+        self
+    }
+
+    #[must_use]
     pub fn after_write(mut self) -> Self {
         self.after_write = true;
         self
@@ -147,5 +170,6 @@ impl Fault {
             && self.subresource.as_ref().is_none_or(|s| *s == rec.subresource)
             && self.namespace.as_ref().is_none_or(|n| rec.namespace.as_ref() == Some(n))
             && self.name.as_ref().is_none_or(|n| rec.name.as_ref() == Some(n))
+            && self.client.as_ref().is_none_or(|c| rec.client.as_ref() == Some(c))
     }
 }

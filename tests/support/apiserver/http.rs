@@ -12,12 +12,12 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::Shared;
 use super::errors::ApiError;
 use super::faults::{RequestRecord, Verb};
 use super::resources::ResourceType;
 use super::selectors::{FieldSelector, LabelSelector};
 use super::store::{DeleteOpts, EventType, HistEvent, ListQuery, Store, WriteCtx};
+use super::{CLIENT_HEADER, Shared};
 
 const APPLY: &str = "application/apply-patch+yaml";
 const AGGREGATED: &str = "as=APIGroupDiscoveryList";
@@ -110,7 +110,8 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    shared.wait_unpaused().await;
+    let client = headers.get(CLIENT_HEADER).and_then(|v| v.to_str().ok()).map(String::from);
+    shared.wait_unpaused(client.as_deref()).await;
     let query: HashMap<String, String> =
         url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
     let segs: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
@@ -251,7 +252,9 @@ async fn resource(
         changed: false,
         metadata_only: output == Output::Metadata,
         label_selector: query.get("labelSelector").cloned(),
+        client: headers.get(CLIENT_HEADER).and_then(|v| v.to_str().ok()).map(String::from),
     };
+    shared.wait_while(|store| store.faults.iter().any(|f| f.hang && f.matches(&record))).await;
     if verb == Verb::Watch {
         return start_watch(shared, t, query, output, record);
     }
@@ -284,11 +287,11 @@ async fn resource(
 
 /// The first matching fault rule, used up by one: `(after_write, error)`.
 fn take_fault(store: &mut Store, record: &RequestRecord) -> Option<(bool, ApiError)> {
-    let i = store.faults.iter().position(|f| f.times > 0 && f.matches(record))?;
+    let i = store.faults.iter().position(|f| !f.hang && f.times > 0 && f.matches(record))?;
     let f = &mut store.faults[i];
     f.times -= 1;
     let out = (f.after_write, ApiError::from_code(f.code, f.message.clone()));
-    store.faults.retain(|f| f.times > 0);
+    store.faults.retain(|f| f.hang || f.times > 0);
     Some(out)
 }
 
@@ -482,6 +485,8 @@ struct WatchStream {
     epoch: u64,
     bookmark_epoch: u64,
     bookmarks: bool,
+    /// The client's name ([`CLIENT_HEADER`]): its stream stalls while the client is paused.
+    client: Option<String>,
     next_bookmark: Instant,
     pending: VecDeque<Bytes>,
     done: bool,
@@ -503,7 +508,7 @@ impl WatchStream {
                 if store.watch_epoch != self.epoch {
                     return None;
                 }
-                if !store.paused && !store.held_watches.contains(&self.filter.rt.plural) {
+                if !store.is_paused(self.client.as_deref()) && !store.held_watches.contains(&self.filter.rt.plural) {
                     if self.cursor < store.evicted_rv {
                         let msg = format!("too old resource version: {} ({})", self.cursor, store.evicted_rv);
                         self.pending.push_back(line(&gone_event(msg)));
@@ -561,6 +566,7 @@ fn start_watch(
     let bookmarks = query.get("allowWatchBookmarks").is_some_and(|b| b == "true");
     let rv = query.get("resourceVersion").cloned().unwrap_or_default();
     let send_initial = query.get("sendInitialEvents").map(|s| s == "true");
+    let client = record.client.clone();
     let filter =
         WatchFilter { rt: t.rt.clone(), namespace: t.namespace.clone(), labels: q.labels, fields: q.fields, output };
     let mut pending = VecDeque::new();
@@ -618,6 +624,7 @@ fn start_watch(
         epoch,
         bookmark_epoch,
         bookmarks,
+        client,
         pending,
         done,
     };

@@ -24,7 +24,12 @@
 //! isolation, `metadata.generation` for custom resources, no-op writes that change nothing,
 //! finalizers and deletionTimestamp, background/foreground/orphan garbage collection,
 //! namespace lifecycle, Secret stringData/type/immutable handling, Status errors,
-//! `dryRun=All`, legacy and aggregated discovery, `/version`.
+//! `dryRun=All`, legacy and aggregated discovery, `/version`. Control plane faults: a
+//! restart after which watches from earlier resourceVersions get 410 and, optionally, lists
+//! with `resourceVersion=0` ("any") are served from a watch cache older than the version
+//! watches are refused at ([`ApiServer::restart_with_lagging_cache`]); a client cut off
+//! so that its requests hang instead of failing ([`ApiServer::pause_client`]), or only some
+//! of its requests ([`Fault::hang`]).
 //!
 //! Simplified (see also the docs of the items):
 //! - No admission, RBAC, authentication, schema validation, pruning of unknown fields or
@@ -43,6 +48,8 @@
 //! - Lists with `resourceVersionMatch=Exact` and continue tokens read an exact snapshot from
 //!   the history window; other list resourceVersions read the current state; a watch from a
 //!   future resourceVersion starts there without waiting.
+//! - A lagging watch cache serves only `resourceVersion=0` lists (whole, ignoring `limit`);
+//!   watches, `sendInitialEvents` included, and consistent lists are always up to date.
 //! - core/v1 and events.k8s.io/v1 Events are stored separately (no conversion between them).
 //! - Deletion is immediate (no grace periods); the garbage collector runs synchronously after
 //!   every write (each of its changes is its own write with its own resourceVersion).
@@ -81,6 +88,10 @@ use store::{DeleteOpts, Owner, Store, WriteCtx};
 /// The manager recorded for writes made with [`ApiServer::put`].
 pub const DIRECT_MANAGER: &str = "apiserver-double";
 
+/// Request header naming the client, set by [`ApiServer::client_named`]: lets a test cut one
+/// replica off the server ([`ApiServer::pause_client`]) while others go on.
+pub const CLIENT_HEADER: &str = "x-apiserver-double-client";
+
 pub(crate) struct Shared {
     store: Mutex<Store>,
     /// Bumped on every change of state (objects, requests, faults, pause): wakes watches and
@@ -99,11 +110,17 @@ impl Shared {
         self.changes.send_modify(|n| *n += 1);
     }
 
-    async fn wait_unpaused(&self) {
+    /// Waits while the server is paused, or this client is ([`ApiServer::pause_client`]).
+    async fn wait_unpaused(&self, client: Option<&str>) {
+        self.wait_while(|store| store.is_paused(client)).await;
+    }
+
+    /// Waits while `condition` holds on the state, re-checking on every change.
+    async fn wait_while(&self, mut condition: impl FnMut(&Store) -> bool) {
         let mut rx = self.changes.subscribe();
         loop {
             rx.borrow_and_update();
-            if !self.lock().paused {
+            if !condition(&self.lock()) {
                 return;
             }
             if rx.changed().await.is_err() {
@@ -323,8 +340,28 @@ impl ApiServer {
 
     /// A real `kube::Client` for this server (no auth, default namespace `default`).
     pub fn client(&self) -> kube::Client {
-        let config = kube::Config::new(self.url().parse().expect("valid URL"));
-        kube::Client::try_from(config).expect("client for the API server double")
+        kube::Client::try_from(self.config()).expect("client for the API server double")
+    }
+
+    /// The configuration [`Self::client`] uses, for callers that build their own client.
+    pub fn config(&self) -> kube::Config {
+        kube::Config::new(self.url().parse().expect("valid URL"))
+    }
+
+    /// Like [`Self::config`], with every request naming the client `name` (see
+    /// [`Self::pause_client`]).
+    pub fn config_named(&self, name: &str) -> kube::Config {
+        let mut config = self.config();
+        config.headers.push((
+            axum::http::HeaderName::from_static(CLIENT_HEADER),
+            axum::http::HeaderValue::from_str(name).expect("a client name is a valid header value"),
+        ));
+        config
+    }
+
+    /// A client whose requests name it `name` (see [`Self::pause_client`]).
+    pub fn client_named(&self, name: &str) -> kube::Client {
+        kube::Client::try_from(self.config_named(name)).expect("client for the API server double")
     }
 
     /// Runs `f` on a consistent view of the state.
@@ -517,6 +554,41 @@ impl ApiServer {
         self.mutate(|s| {
             s.held_watches.remove(resource);
         });
+    }
+
+    /// Cuts the client `name` ([`Self::client_named`]) off without an error, like a network
+    /// partition or a connection to a dead server that never times out: its new requests
+    /// hang (before they change anything) and its open watches deliver nothing, until
+    /// [`Self::resume_client`]. Other clients go on.
+    pub fn pause_client(&self, name: &str) {
+        self.mutate(|s| s.paused_clients.insert(name.to_string()));
+    }
+
+    pub fn resume_client(&self, name: &str) {
+        self.mutate(|s| s.paused_clients.remove(name));
+    }
+
+    /// Restarts the API server: every open watch ends, and the new watch cache keeps no
+    /// history from before, so watches resuming from an earlier resourceVersion get 410
+    /// Expired ("too old resource version: 41 (42)").
+    pub fn restart(&self) {
+        self.mutate(|s| s.restart(None));
+    }
+
+    /// [`Self::restart`], and lists with "any" semantics (`resourceVersion=0`, what
+    /// kube-rs's `ListSemantic::Any` and client-go's informers send) are served, until
+    /// [`Self::cache_caught_up`], from a watch cache that is still at `at`, an older
+    /// resourceVersion than the one watches are now refused at. A real control plane does
+    /// this right after a restart (an API server whose cache lags, behind the same address):
+    /// a client that relists with rv=0 after a 410 gets a version its next watch is refused
+    /// at again. Consistent lists (no resourceVersion) and watches are served up to date.
+    pub fn restart_with_lagging_cache(&self, at: u64) {
+        self.mutate(|s| s.restart(Some(at)));
+    }
+
+    /// The lagging watch cache of [`Self::restart_with_lagging_cache`] has caught up.
+    pub fn cache_caught_up(&self) {
+        self.mutate(|s| s.lagging_cache = None);
     }
 
     /// Waits until `condition` holds on the state, re-checking on every change (no polling).

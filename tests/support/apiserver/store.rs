@@ -1,7 +1,7 @@
 //! The object store: resourceVersions, event history, the write pipeline (create, update,
 //! patch, apply, delete), field ownership and garbage collection.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -98,6 +98,12 @@ pub struct ListQuery {
     pub resource_version_match: Option<String>,
 }
 
+/// The state a lagging watch cache serves: every object as of `rv`.
+pub struct LaggingCache {
+    pub rv: u64,
+    pub objects: BTreeMap<Key, Value>,
+}
+
 pub struct Store {
     pub types: Vec<ResourceType>,
     pub objects: BTreeMap<Key, Value>,
@@ -114,6 +120,12 @@ pub struct Store {
     pub paused: bool,
     /// Resources (plural names) whose watch events are held back: clients' caches of them lag.
     pub held_watches: std::collections::BTreeSet<String>,
+    /// Clients (named by the [`super::CLIENT_HEADER`] header) whose requests and watch
+    /// streams hang, as if their connection to the server were cut.
+    pub paused_clients: BTreeSet<String>,
+    /// A watch cache that lags behind storage after [`Store::restart`]: reads with "any"
+    /// semantics (`resourceVersion=0`) are served from it.
+    pub lagging_cache: Option<LaggingCache>,
     pub gc_enabled: bool,
     pub require_namespaces: bool,
 }
@@ -233,6 +245,8 @@ impl Store {
             bookmark_epoch: 0,
             paused: false,
             held_watches: Default::default(),
+            paused_clients: BTreeSet::new(),
+            lagging_cache: None,
             gc_enabled: true,
             require_namespaces: true,
         }
@@ -324,6 +338,42 @@ impl Store {
         self.evicted_rv = self.rv;
     }
 
+    /// Whether requests (and watch deliveries) of this client are held.
+    pub fn is_paused(&self, client: Option<&str>) -> bool {
+        self.paused || client.is_some_and(|c| self.paused_clients.contains(c))
+    }
+
+    /// Like an API server restart: open watches end (see [`super::ApiServer::restart`]),
+    /// the new watch cache starts at the current resourceVersion, so every watch from an
+    /// earlier one gets 410 Expired, and, with `lag_at`, lists with "any" semantics are
+    /// served from the state as of that older resourceVersion until
+    /// [`Store::lagging_cache`] is cleared.
+    pub fn restart(&mut self, lag_at: Option<u64>) {
+        self.lagging_cache = lag_at.map(|at| {
+            assert!(at >= self.evicted_rv && at <= self.rv, "a lagging cache at {at} is outside the history window");
+            let mut objects = self.objects.clone();
+            for ev in self.history.iter().rev().take_while(|e| e.rv > at) {
+                match &ev.prev {
+                    Some(prev) => objects.insert(ev.key.clone(), prev.clone()),
+                    None => objects.remove(&ev.key),
+                };
+            }
+            LaggingCache { rv: at, objects }
+        });
+        self.watch_epoch += 1;
+        self.compact();
+    }
+
+    /// Whether a list is served from the (lagging) watch cache: `resourceVersion=0`
+    /// (unset or `NotOlderThan` match) asks for "any" state, and the real server answers it
+    /// from its watch cache without a quorum read, however far behind that cache is. An
+    /// empty resourceVersion is a consistent read; `Exact` reads history.
+    fn cache_serves(&self, q: &ListQuery) -> Option<&LaggingCache> {
+        let any = q.resource_version.as_deref() == Some("0")
+            && q.resource_version_match.as_deref().is_none_or(|m| m == "NotOlderThan");
+        self.lagging_cache.as_ref().filter(|_| any && q.continue_token.is_none())
+    }
+
     /// The objects of a resource as of `at` (exact, within the history window) or now.
     pub fn snapshot(&self, rt: &ResourceType, at: Option<u64>) -> Result<BTreeMap<Key, Value>, ApiError> {
         let mine = |k: &Key| k.group == rt.group && k.plural == rt.plural;
@@ -379,7 +429,21 @@ impl Store {
                 }
             }
         };
-        let snapshot = self.snapshot(rt, Some(at).filter(|&a| a != self.rv))?;
+        let (at, snapshot) = match self.cache_serves(q) {
+            // The watch cache ignores `limit` for these reads: the whole list in one page.
+            Some(cache) => (
+                cache.rv,
+                cache
+                    .objects
+                    .iter()
+                    .filter(|(k, _)| k.group == rt.group && k.plural == rt.plural)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+            None => (at, self.snapshot(rt, Some(at).filter(|&a| a != self.rv))?),
+        };
+        let limit =
+            if self.cache_serves(q).is_some() { usize::MAX } else { q.limit.filter(|&l| l > 0).unwrap_or(usize::MAX) };
         let selecting = !q.labels.0.is_empty() || !q.fields.0.is_empty();
         let matching: Vec<(Key, Value)> = snapshot
             .into_iter()
@@ -390,7 +454,6 @@ impl Store {
                     && q.fields.matches(v)
             })
             .collect();
-        let limit = q.limit.filter(|&l| l > 0).unwrap_or(usize::MAX);
         let remaining = matching.len().saturating_sub(limit);
         let page: Vec<(Key, Value)> = matching.into_iter().take(limit).collect();
         let (cont, remaining_count) = match page.last() {
