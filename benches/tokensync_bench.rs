@@ -281,6 +281,19 @@ fn writes(records: &[RequestRecord]) -> Writes {
     w
 }
 
+/// API requests by verb and resource (`GET secrets`, `APPLY secrets`, `PATCH
+/// clientcredentials/status`, ...) divided by `per`: the cost of one token or one renewal.
+fn requests_by_verb(records: &[RequestRecord], per: f64) -> BTreeMap<String, f64> {
+    let mut counts: BTreeMap<String, f64> = BTreeMap::new();
+    for r in records {
+        let sub = r.subresource.as_deref().map(|s| format!("/{s}")).unwrap_or_default();
+        let meta = if r.metadata_only { " (metadata)" } else { "" };
+        let key = format!("{} {}{sub}{meta}", format!("{:?}", r.verb).to_uppercase(), r.resource);
+        *counts.entry(key).or_default() += 1.0 / per;
+    }
+    counts
+}
+
 fn renew_at_spread(api: &ApiServer) -> (u32, usize) {
     let mut per_second: BTreeMap<String, u32> = BTreeMap::new();
     for cc in api.list_json("clientcredentials.tokensync.io", Some(NS)) {
@@ -326,6 +339,10 @@ fn populate_unrelated(api: &ApiServer, n: usize) {
     }
 }
 
+fn renewals_so_far(issuer: &Issuer, from: u64) -> f64 {
+    (issuer.total() - from).max(1) as f64
+}
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -354,6 +371,16 @@ async fn main() {
     let c1 = Controller::start(&api, dir.path(), &o, 1);
     poll_until("all Ready", Duration::from_secs(1800), || ready_count(&api) == n).await;
     let time_to_ready = started.elapsed().as_secs_f64();
+    // What issuance cost, per credential, once the echoes of the last writes have settled
+    // (until the controller has been idle for a second: no new request in the log).
+    let mut seen = 0;
+    while api.requests().len() != seen {
+        seen = api.requests().len();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let issuance_log = api.requests();
+    results.insert("requests_per_first_token", json!(requests_by_verb(&issuance_log, n as f64)));
+    results.insert("issuance_writes", json!(writes(&issuance_log)));
     let first_wave_end = jiff::Timestamp::now().as_second();
     let initial_requests = issuer.total();
     results.insert("time_to_all_ready_s", json!(time_to_ready));
@@ -385,7 +412,8 @@ async fn main() {
                 assert!(t.elapsed() < Duration::from_secs(900), "restart reconciles");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            let w = writes(&api.requests()[before_log..]);
+            let log = api.requests()[before_log..].to_vec();
+            let w = (writes(&log), requests_by_verb(&log, 1.0));
             (c, issuer.total() - before_requests, t.elapsed().as_secs_f64(), w)
         }
     };
@@ -393,7 +421,8 @@ async fn main() {
     let (c2, restart_requests, restart_s, restart_writes) = restart(2).await;
     results.insert("restart_token_requests", json!(restart_requests));
     results.insert("restart_time_to_reconcile_all_s", json!(restart_s));
-    results.insert("restart_writes", json!(restart_writes));
+    results.insert("restart_writes", json!(restart_writes.0));
+    results.insert("restart_requests", json!(restart_writes.1));
     let rss_fresh = c2.rss_kib();
     results.insert("rss_fresh_process_mib", json!(mib(rss_fresh)));
 
@@ -424,7 +453,9 @@ async fn main() {
     .await;
     let renewals = issuer.total() - steady_from;
     let cpu = controller.cpu_seconds() - cpu_from;
-    let w = writes(&api.requests()[log_from..]);
+    let steady_log = api.requests()[log_from..].to_vec();
+    let w = writes(&steady_log);
+    results.insert("requests_per_renewal", json!(requests_by_verb(&steady_log, renewals_so_far(&issuer, steady_from))));
     let wave_to = jiff::Timestamp::now().as_second();
     results.insert("steady_window_s", json!(t.elapsed().as_secs_f64()));
     results.insert("renewals_in_window", json!(renewals));
