@@ -39,6 +39,9 @@ pub struct Token {
     pub scope: Option<String>,
     /// A refresh token the server returned with this token (new or rotated).
     pub refresh_token: Option<SecretString>,
+    /// RFC 8693 2.2.1: the type of the token a token exchange issued, e.g.
+    /// urn:ietf:params:oauth:token-type:access_token.
+    pub issued_token_type: Option<String>,
 }
 
 /// Parses a response to a token or refresh request. `now` is when the request was sent:
@@ -105,7 +108,18 @@ pub fn parse(
         Some(Value::String(s)) if !s.is_empty() => Some(SecretString::from(s.clone())),
         _ => None,
     };
-    Ok(Token { access_token, token_type, issued_at: now, expires_at, expiry_source, scope, refresh_token })
+    let issued_token_type =
+        lookup(&body, "issued_token_type").and_then(Value::as_str).map(str::to_owned).filter(|s| !s.is_empty());
+    Ok(Token {
+        access_token,
+        token_type,
+        issued_at: now,
+        expires_at,
+        expiry_source,
+        scope,
+        refresh_token,
+        issued_token_type,
+    })
 }
 
 /// Expiry from, in order: the lifetime field, the absolute expiry field, the JWT exp claim,
