@@ -116,6 +116,8 @@ pub struct Store {
     pub held_watches: std::collections::BTreeSet<String>,
     pub gc_enabled: bool,
     pub require_namespaces: bool,
+    /// The ServiceAccount token issuer (set when the server starts).
+    pub issuer: Option<super::tokens::Issuer>,
 }
 
 pub fn now() -> String {
@@ -235,6 +237,7 @@ impl Store {
             held_watches: Default::default(),
             gc_enabled: true,
             require_namespaces: true,
+            issuer: None,
         }
     }
 
