@@ -227,6 +227,7 @@ const API_CALL_PATTERNS: &[&str] = &[
     "metadata_watcher(",
     ".publish(",
     ".evict(",
+    ".create_token_request(",
     "Api::<",
 ];
 
