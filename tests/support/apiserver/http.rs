@@ -173,7 +173,7 @@ fn resolve(store: &Store, group: &str, version: &str, rest: &[&str]) -> Option<T
         }
         let subresource = tail.get(1).map(|s| s.to_string());
         let token = |s: &str| s == "token" && rt.group.is_empty() && rt.plural == "serviceaccounts";
-        if subresource.as_deref().is_some_and(|s| !(s == "status" && rt.status_subresource) && !token(s)) {
+        if subresource.as_deref().is_some_and(|s| !(token(s) || (s == "status" && rt.status_subresource))) {
             return None;
         }
         Some(Target {
