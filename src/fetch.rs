@@ -46,6 +46,11 @@ pub struct FetchArgs {
     /// Request timeout in seconds.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub timeout: u64,
+
+    /// A ServiceAccount token file (for example a projected token, or the output of
+    /// `kubectl create token NAME --audience AUD`) for a spec with serviceAccountRef.
+    #[arg(long, value_name = "PATH")]
+    pub service_account_token_file: Option<PathBuf>,
 }
 
 /// How `fetch` failed; the exit code tells the two apart.
@@ -90,10 +95,22 @@ pub async fn run(args: &FetchArgs) -> Result<String, FetchError> {
 
     let data_of = |secret: &str| manifests.secret(&namespace, secret).and_then(|s| s.data.as_ref());
     let source = |e: SourceError| FetchError::Input(format!("{}: {e} in the given files", e.reason()));
-    let secret_name = &cc.spec.credentials_ref.name;
-    let data =
-        data_of(secret_name).ok_or_else(|| source(SourceError::NotFound(format!("{namespace}/{secret_name}"))))?;
-    let credentials = engine::credentials(&cc.spec, data).map_err(source)?;
+    let data = match &cc.spec.credentials_ref {
+        Some(r) => {
+            Some(data_of(&r.name).ok_or_else(|| source(SourceError::NotFound(format!("{namespace}/{}", r.name))))?)
+        }
+        None => None,
+    };
+    let mut credentials = engine::credentials(&cc.spec, data).map_err(source)?;
+    if cc.spec.service_account_ref.is_some() {
+        // A projected ServiceAccount token (kubelet keeps it fresh), read for this request.
+        let path = args.service_account_token_file.as_ref().ok_or_else(|| {
+            FetchError::Input(
+                "spec.serviceAccountRef: give the ServiceAccount token with --service-account-token-file".into(),
+            )
+        })?;
+        credentials.federated_token = Some(crate::agent::read_token_file(path).map_err(FetchError::Input)?);
+    }
     config.tls = engine::tls_material(&cc.spec, data_of).map_err(source)?;
 
     let policy = EndpointPolicy { allow_http: args.allow_http, ..Default::default() };

@@ -93,6 +93,34 @@ pub struct Prepared {
     /// token) is a change like a rotated client secret: it is tried at once, not after the
     /// backoff earned by the old one.
     pub attempt_inputs: String,
+    /// The ServiceAccount whose token must be obtained right before each request
+    /// (spec.serviceAccountRef); the controller mints it, the agent reads a projected file.
+    pub service_account: Option<ServiceAccountSource>,
+}
+
+/// Which ServiceAccount token a request needs. Only names: the token itself is obtained
+/// for each request and is part of nothing persisted or fingerprinted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAccountSource {
+    /// None: the credential's own namespace ([`Prepared::in_namespace`]).
+    pub namespace: Option<String>,
+    pub name: String,
+    pub audience: String,
+    pub expiration_seconds: i64,
+}
+
+/// The shortest ServiceAccount token lifetime the Kubernetes API server accepts.
+pub const MIN_SERVICE_ACCOUNT_TOKEN_SECONDS: i64 = 600;
+
+impl Prepared {
+    /// Resolves a ServiceAccount reference without a namespace to `namespace` (a
+    /// ClientCredential's own).
+    pub fn in_namespace(mut self, namespace: &str) -> Self {
+        if let Some(sa) = self.service_account.as_mut() {
+            sa.namespace.get_or_insert_with(|| namespace.to_owned());
+        }
+        self
+    }
 }
 
 /// Why a credential cannot be prepared: a condition reason (`InvalidSpec`,
@@ -120,12 +148,19 @@ pub fn prepare(
     if let Some(missing) = engine::referenced_secrets(spec).into_iter().find(|n| !secrets.contains_key(n)) {
         return Err(source(SourceError::NotFound(missing)));
     }
-    let credentials = engine::credentials(spec, &secrets[&spec.credentials_ref.name]).map_err(source)?;
+    let source_data = spec.credentials_ref.as_ref().and_then(|r| secrets.get(&r.name));
+    let credentials = engine::credentials(spec, source_data).map_err(source)?;
     config.tls = engine::tls_material(spec, |n| secrets.get(n)).map_err(source)?;
     let inputs = inputs_fingerprint(spec, &credentials, &config.tls);
     let bootstrap = bootstrap_fingerprint(&credentials);
     let attempt_inputs = attempt_inputs(&inputs, bootstrap.as_deref());
-    Ok(Prepared { config, credentials, inputs, bootstrap, attempt_inputs })
+    let service_account = spec.service_account_ref.as_ref().map(|r| ServiceAccountSource {
+        namespace: r.namespace.clone(),
+        name: r.name.clone(),
+        audience: r.audience.clone(),
+        expiration_seconds: r.expiration_seconds.unwrap_or(MIN_SERVICE_ACCOUNT_TOKEN_SECONDS),
+    });
+    Ok(Prepared { config, credentials, inputs, bootstrap, attempt_inputs, service_account })
 }
 
 /// Consecutive failed token requests since the last success.
@@ -212,18 +247,29 @@ pub fn renewal_requested(annotation: Option<&str>, handled: Option<&str>, stored
 }
 
 /// One token request with the refresh token held in `stored` (if any), timed and counted
-/// in `metrics`. Returns the state to persist, whether a bootstrap refresh token was
-/// exchanged for a rotated one ([`issued`]), and the flow the engine took.
+/// in `metrics`. `federated_token`: the ServiceAccount token obtained for this one request
+/// ([`Prepared::service_account`]); it is used and dropped, never stored. Returns the state
+/// to persist, whether a bootstrap refresh token was exchanged for a rotated one
+/// ([`issued`]), and the flow the engine took.
 pub async fn request(
     engine: &crate::oauth::TokenClient,
     metrics: &crate::metrics::Metrics,
     prep: &Prepared,
     stored: Option<&StoredToken>,
     renewal_request: Option<String>,
+    federated_token: Option<SecretString>,
 ) -> Result<(StoredToken, bool, crate::oauth::Flow), TokenError> {
     let held = held_refresh_token(stored, prep);
     let started = std::time::Instant::now();
-    let result = engine.acquire(&prep.config, &prep.credentials, held).await;
+    let with_token;
+    let credentials = match federated_token {
+        Some(token) => {
+            with_token = Credentials { federated_token: Some(token), ..prep.credentials.clone() };
+            &with_token
+        }
+        None => &prep.credentials,
+    };
+    let result = engine.acquire(&prep.config, credentials, held).await;
     metrics.observe_token_request(&result, started.elapsed());
     let acquired = result?;
     let flow = acquired.flow;
@@ -277,7 +323,7 @@ pub fn inputs_fingerprint(spec: &ClientCredentialSpec, credentials: &Credentials
         }
     }
     let secret = |s: &Option<SecretString>| s.as_ref().map(|v| v.expose_secret().to_owned());
-    let material = json!({
+    let mut material = json!({
         "spec": relevant,
         "client_id": credentials.client_id,
         "client_secret": secret(&credentials.client_secret),
@@ -285,6 +331,13 @@ pub fn inputs_fingerprint(spec: &ClientCredentialSpec, credentials: &Credentials
         "ca": tls.ca_bundle_pem.as_ref().map(hex::encode),
         "client_cert": tls.client_identity.as_ref().map(|i| (hex::encode(&i.certificate_pem), i.private_key_pem.expose_secret().to_owned())),
     });
+    // Only a subject token from the source Secret is set here: a ServiceAccount token is
+    // obtained per request, after this fingerprint, and is not part of it (the spec's
+    // serviceAccountRef name and audience are). Added only when present, so that the
+    // fingerprints of existing credentials stay what they were (no request on upgrade).
+    if let Some(subject) = secret(&credentials.federated_token) {
+        material["subject_token"] = subject.into();
+    }
     fingerprint(material.to_string().as_bytes())
 }
 

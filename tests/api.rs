@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 use tokensync::api::{self, ClientCredential, validate::validate};
 use tokensync::manifest::Manifests;
 
-const EXAMPLES: &[&str] = &["chalk", "chatlayer", "cerkl", "charp", "tali"];
+const EXAMPLES: &[&str] =
+    &["chalk", "chatlayer", "cerkl", "charp", "tali", "entra-federated", "google-sts", "keycloak-federated"];
 
 fn example(name: &str) -> Manifests {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(format!("{name}.yaml"));
@@ -132,6 +133,7 @@ fn no_date_printer_column_points_at_a_future_time() {
         failed_inputs: None,
         handled_renewal_request: None,
         target_secret_name: "demo".into(),
+        service_account: None,
     };
     let status = serde_json::to_value(next(None, &facts)).unwrap();
     let object = json!({"metadata": {"creationTimestamp": "2026-11-30T11:00:00Z"}, "status": status});
@@ -204,8 +206,17 @@ fn every_example_is_valid_for_rust_validation_and_for_the_crd_rules() {
         validate(&cc.spec, cc_name).unwrap_or_else(|e| panic!("examples/{name}.yaml: {e}"));
         let violations = cel_violations(&schema(), &defaulted(cc));
         assert!(violations.is_empty(), "examples/{name}.yaml breaks CRD rules: {violations:?}");
-        let secret = manifests.secret("default", &cc.spec.credentials_ref.name);
-        assert!(secret.is_some(), "examples/{name}.yaml holds the Secret its ClientCredential references");
+        match &cc.spec.credentials_ref {
+            Some(r) => assert!(
+                manifests.secret("default", &r.name).is_some(),
+                "examples/{name}.yaml holds the Secret its ClientCredential references"
+            ),
+            // A secretless example: a ServiceAccount that opts in, and no Secret at all.
+            None => {
+                assert!(cc.spec.service_account_ref.is_some(), "examples/{name}.yaml: no Secret and no ServiceAccount");
+                assert!(manifests.secrets.is_empty(), "examples/{name}.yaml needs no Secret");
+            }
+        }
     }
 }
 
@@ -380,6 +391,68 @@ fn each_invalid_spec_is_rejected_with_a_message_naming_the_field() {
             true,
         ),
         (
+            "no credentials Secret and no ServiceAccount",
+            with(json!({"credentialsRef": null, "clientId": "app"})),
+            "spec.credentialsRef",
+            true,
+        ),
+        (
+            "client secret authentication without a credentials Secret",
+            with(
+                json!({"credentialsRef": null, "serviceAccountRef": {"name": "app", "audience": "api://AzureADTokenExchange"}, "grantType": "urn:ietf:params:oauth:grant-type:jwt-bearer"}),
+            ),
+            "spec.credentialsRef",
+            true,
+        ),
+        (
+            "service_account_token authentication without a ServiceAccount",
+            with(json!({"clientAuthentication": "service_account_token"})),
+            "spec.serviceAccountRef",
+            true,
+        ),
+        (
+            "service_account_token authentication without a client id",
+            with(
+                json!({"credentialsRef": null, "clientAuthentication": "service_account_token", "serviceAccountRef": {"name": "app", "audience": "api://AzureADTokenExchange"}}),
+            ),
+            "spec.clientId",
+            true,
+        ),
+        (
+            "token exchange without a subject token",
+            with(json!({"grantType": "urn:ietf:params:oauth:grant-type:token-exchange"})),
+            "spec.serviceAccountRef",
+            true,
+        ),
+        (
+            "a ServiceAccount nothing uses",
+            with(json!({"serviceAccountRef": {"name": "app", "audience": "api://AzureADTokenExchange"}})),
+            "spec.serviceAccountRef",
+            true,
+        ),
+        (
+            "a ClientCredential using a ServiceAccount in another namespace",
+            with(
+                json!({"clientAuthentication": "service_account_token", "serviceAccountRef": {"name": "app", "namespace": "kube-system", "audience": "api://AzureADTokenExchange"}}),
+            ),
+            "spec.serviceAccountRef.namespace",
+            true,
+        ),
+        (
+            "a ServiceAccount token shorter than the API server allows",
+            with(
+                json!({"clientAuthentication": "service_account_token", "serviceAccountRef": {"name": "app", "audience": "a", "expirationSeconds": 599}}),
+            ),
+            "spec.serviceAccountRef.expirationSeconds",
+            false,
+        ),
+        (
+            "reserved token exchange parameter",
+            with(json!({"extraParameters": {"subject_token": "x"}})),
+            "spec.extraParameters[subject_token]",
+            true,
+        ),
+        (
             "a ClientCredential fanning out to other namespaces",
             with(json!({"target": {"namespaceSelector": {"matchLabels": {"team": "a"}}}})),
             "spec.target",
@@ -443,6 +516,13 @@ fn a_cluster_credential_needs_its_credentials_namespace_and_a_namespace_selectio
             "spec.credentialsRef.namespace",
         ),
         ("no namespaces selected", cluster(json!({"target": {"namespaceSelector": null}})), "spec.target"),
+        (
+            "no ServiceAccount namespace",
+            cluster(
+                json!({"credentialsRef": null, "clientId": "app", "clientAuthentication": "service_account_token", "serviceAccountRef": {"name": "app", "audience": "api://AzureADTokenExchange"}}),
+            ),
+            "spec.serviceAccountRef.namespace",
+        ),
         // The shared rules hold for the cluster kind too.
         ("both endpoint and issuer", cluster(json!({"issuer": "https://auth.example"})), "spec.tokenEndpoint"),
     ];
@@ -499,6 +579,7 @@ fn the_cluster_example_is_valid_for_rust_validation_and_for_the_crd_rules() {
     validate_cluster(&ccc.spec.token, "chalk").unwrap();
     assert!(cel_violations(&cluster_schema(), &serde_json::to_value(&ccc).unwrap()).is_empty());
     let secret = documents.iter().find(|d| d["kind"] == "Secret").unwrap();
-    assert_eq!(secret["metadata"]["namespace"], json!(ccc.spec.token.credentials_ref.namespace));
-    assert_eq!(secret["metadata"]["name"], json!(ccc.spec.token.credentials_ref.name));
+    let creds = ccc.spec.token.credentials_ref.as_ref().unwrap();
+    assert_eq!(secret["metadata"]["namespace"], json!(creds.namespace));
+    assert_eq!(secret["metadata"]["name"], json!(creds.name));
 }

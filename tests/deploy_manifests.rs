@@ -227,6 +227,7 @@ const API_CALL_PATTERNS: &[&str] = &[
     "metadata_watcher(",
     ".publish(",
     ".evict(",
+    ".create_token_request(",
     "Api::<",
 ];
 
@@ -255,7 +256,9 @@ fn every_kubernetes_api_call_in_the_code_is_a_row_of_the_rbac_table() {
     for path in files {
         let file = path.strip_prefix(deploy::repo()).unwrap().to_string_lossy().replace('\\', "/");
         let text = std::fs::read_to_string(&path).unwrap();
-        if !text.contains("kube") {
+        // Only code that uses the Kubernetes client can call the API (a comment that mentions
+        // the kubelet does not make a file one).
+        if !text.contains("kube::") {
             continue;
         }
         let code = text.split("#[cfg(test)]").next().unwrap();

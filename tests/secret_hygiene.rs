@@ -24,6 +24,9 @@ const REFRESH_TOKEN: &str = "CANARY-refresh-token-9a8b";
 const STATE_REFRESH_TOKEN: &str = "CANARY-state-refresh-3d3d";
 const AUTH_CODE: &str = "CANARY-auth-code-7c6d";
 const ACCESS_TOKEN: &str = "CANARY-access-token-5e4f";
+/// A ServiceAccount token (the client assertion, jwt-bearer assertion or token-exchange
+/// subject token of a secretless credential).
+const SA_TOKEN: &str = "CANARY-sa-token.eyJpc3MiOiJrOHMifQ.sig-2b2b";
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -66,6 +69,7 @@ fn setups(base: &str) -> Vec<(String, TokenRequestConfig, Credentials, Option<Se
         private_key: Some(private_key().into()),
         refresh_token: Some(REFRESH_TOKEN.to_owned().into()),
         authorization_code: Some(AUTH_CODE.to_owned().into()),
+        federated_token: None,
     };
     let mut out = Vec::new();
     for auth in [
@@ -73,10 +77,27 @@ fn setups(base: &str) -> Vec<(String, TokenRequestConfig, Credentials, Option<Se
         ClientAuthentication::ClientSecretPost,
         ClientAuthentication::PrivateKeyJwt,
         ClientAuthentication::ClientSecretJwt,
+        ClientAuthentication::ServiceAccountToken,
+        ClientAuthentication::None,
     ] {
-        for grant in
-            [GrantType::ClientCredentials, GrantType::RefreshToken, GrantType::AuthorizationCode, GrantType::JwtBearer]
-        {
+        for grant in [
+            GrantType::ClientCredentials,
+            GrantType::RefreshToken,
+            GrantType::AuthorizationCode,
+            GrantType::JwtBearer,
+            GrantType::TokenExchange,
+        ] {
+            // The ServiceAccount token stands in for the secret material where it is used.
+            let sa_based = auth == ClientAuthentication::ServiceAccountToken
+                || (auth == ClientAuthentication::None
+                    && matches!(grant, GrantType::JwtBearer | GrantType::TokenExchange));
+            if auth == ClientAuthentication::None && !sa_based {
+                continue;
+            }
+            let creds = Credentials {
+                federated_token: (sa_based || grant == GrantType::TokenExchange).then(|| SA_TOKEN.to_owned().into()),
+                ..creds.clone()
+            };
             for encoding in [RequestEncoding::Form, RequestEncoding::Json] {
                 let mut c = TokenRequestConfig::new(endpoint());
                 c.client_authentication = auth;
@@ -121,7 +142,7 @@ async fn no_failure_path_reveals_a_credential_in_errors_debug_or_logs() {
     let sa = sent_assertions.clone();
     let server = TokenServer::start(move |r: &Recorded| {
         let p = r.params();
-        for k in ["client_assertion", "assertion"] {
+        for k in ["client_assertion", "assertion", "subject_token"] {
             if let Some(a) = p.get(k) {
                 sa.lock().unwrap().push(a.clone());
             }
@@ -178,7 +199,7 @@ async fn no_failure_path_reveals_a_credential_in_errors_debug_or_logs() {
     let text = format!("{}\n{}", outputs.join("\n"), String::from_utf8_lossy(&logs.0.lock().unwrap()));
     assert!(text.len() > 10_000, "the failure paths ran and logged ({} bytes)", text.len());
     let mut needles: Vec<String> =
-        [CLIENT_SECRET, REFRESH_TOKEN, STATE_REFRESH_TOKEN, AUTH_CODE, ACCESS_TOKEN, "CANARY-rt-new-0000"]
+        [CLIENT_SECRET, REFRESH_TOKEN, STATE_REFRESH_TOKEN, AUTH_CODE, ACCESS_TOKEN, "CANARY-rt-new-0000", SA_TOKEN]
             .iter()
             .flat_map(|s| forms_of(s))
             .collect();

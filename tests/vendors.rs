@@ -31,6 +31,7 @@ async fn fetch_json(file: &std::path::Path) -> Value {
         output: OutputFormat::Json,
         allow_http: true,
         timeout: 10,
+        service_account_token_file: None,
     };
     let out = fetch::run(&args).await.unwrap_or_else(|e| panic!("fetch failed: {e}"));
     serde_json::from_str(&out).unwrap()
@@ -40,8 +41,9 @@ fn engine_for(file: &std::path::Path) -> (tokensync::oauth::TokenRequestConfig, 
     let m = Manifests::load_files(&[file]).unwrap();
     let cc = &m.client_credentials[0];
     let config = engine::token_request_config(&cc.spec).unwrap();
-    let data = m.secret("default", &cc.spec.credentials_ref.name).unwrap().data.as_ref().unwrap();
-    (config, engine::credentials(&cc.spec, data).unwrap())
+    let name = &cc.spec.credentials_ref.as_ref().unwrap().name;
+    let data = m.secret("default", name).unwrap().data.as_ref().unwrap();
+    (config, engine::credentials(&cc.spec, Some(data)).unwrap())
 }
 
 fn client() -> TokenClient {
@@ -71,7 +73,14 @@ async fn chalk_token_refused_by_who_am_i_is_not_returned() {
     })
     .await;
     let (_dir, file) = example_pointing_at("chalk", "https://api.chalk.ai", &server);
-    let args = FetchArgs { files: vec![file], name: None, output: OutputFormat::Json, allow_http: true, timeout: 10 };
+    let args = FetchArgs {
+        files: vec![file],
+        name: None,
+        output: OutputFormat::Json,
+        allow_http: true,
+        timeout: 10,
+        service_account_token_file: None,
+    };
     let err = fetch::run(&args).await.unwrap_err().to_string();
     assert!(err.contains("TokenVerificationFailed") && err.contains("401"), "{err}");
     assert!(!err.contains("revoked\""), "{err}");

@@ -88,8 +88,26 @@ pub struct AgentArgs {
     #[arg(long, value_name = "ADDR")]
     pub admin_addr: Option<SocketAddr>,
 
+    /// The projected ServiceAccount token (a `serviceAccountToken` volume source; kubelet
+    /// rotates it) of credentials whose spec names a serviceAccountRef. Read anew for every
+    /// token request, never copied. Its audience is the one the pod spec projects.
+    #[arg(long, value_name = "PATH", env = "TOKENSYNC_SERVICE_ACCOUNT_TOKEN_FILE")]
+    pub service_account_token_file: Option<PathBuf>,
+
     #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+/// Reads a ServiceAccount token file (projected volume). Errors name the file, never its
+/// content.
+pub fn read_token_file(path: &std::path::Path) -> Result<secrecy::SecretString, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the ServiceAccount token file {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("the ServiceAccount token file {} is empty", path.display()));
+    }
+    Ok(secrecy::SecretString::from(token.to_owned()))
 }
 
 /// A duration, or a bare `0` for "off".
@@ -158,6 +176,7 @@ impl Agent {
             progress: progress_tx,
             health: Default::default(),
             ready: ready.clone(),
+            service_account_token_file: args.service_account_token_file.clone(),
         });
         let (commands, rx) = mpsc::unbounded_channel();
         let mut supervisor = Supervisor {

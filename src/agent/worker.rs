@@ -17,9 +17,9 @@ use super::sources::LoadedCredential;
 use super::state_file::{self, AgentState};
 use crate::controller::labels::RENEW_REQUESTED_AT;
 use crate::metrics::{CredentialLabels, Metrics};
-use crate::oauth::TokenClient;
+use crate::oauth::{TokenClient, TokenError};
 use crate::schedule::{BackoffPolicy, Decision, RenewalPolicy, RequestReason, decide};
-use crate::token_state::{self, StoredToken};
+use crate::token_state::{self, Prepared, StoredToken};
 
 /// How soon a failed state or token file write is retried.
 const WRITE_RETRY: Duration = Duration::from_secs(5);
@@ -53,6 +53,25 @@ pub struct Shared {
     pub health: Mutex<HashMap<String, bool>>,
     /// True once the configuration loaded and every credential has a valid token on disk.
     pub ready: Arc<AtomicBool>,
+    /// The projected ServiceAccount token file of credentials with spec.serviceAccountRef.
+    pub service_account_token_file: Option<PathBuf>,
+}
+
+impl Shared {
+    /// The ServiceAccount token for one request of `prep`, read from the projected file
+    /// now (kubelet rotates it), or None when the credential uses none.
+    fn federated_token(&self, prep: &Prepared) -> Result<Option<secrecy::SecretString>, TokenError> {
+        if prep.service_account.is_none() {
+            return Ok(None);
+        }
+        let path = self.service_account_token_file.as_ref().ok_or_else(|| {
+            TokenError::credentials(
+                "spec.serviceAccountRef: give the agent the projected ServiceAccount token with \
+                 --service-account-token-file",
+            )
+        })?;
+        super::read_token_file(path).map(Some).map_err(TokenError::credentials)
+    }
 }
 
 impl Shared {
@@ -157,14 +176,20 @@ impl Worker {
                         self.state.handled_renewal_request = annotation.clone();
                     }
                     let renewal_request = if manual { annotation.clone() } else { None };
-                    let result = token_state::request(
-                        &self.shared.engine,
-                        &self.shared.metrics,
-                        prep,
-                        self.state.token.as_ref(),
-                        renewal_request,
-                    )
-                    .await;
+                    let result = match self.shared.federated_token(prep) {
+                        Ok(federated) => {
+                            token_state::request(
+                                &self.shared.engine,
+                                &self.shared.metrics,
+                                prep,
+                                self.state.token.as_ref(),
+                                renewal_request,
+                                federated,
+                            )
+                            .await
+                        }
+                        Err(e) => Err(e),
+                    };
                     match result {
                         Ok((stored, rotated, flow)) => {
                             tracing::info!(namespace = ns, name, ?flow, reason = describe(reason), expires_at = %stored.expires_at, "token issued");

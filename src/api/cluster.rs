@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::v1alpha1::{
-    ClientCredentialSpec, ClientCredentialStatus, NAMESPACED_CREDENTIALS_RULE, NAMESPACED_TARGET_RULE,
+    ClientCredentialSpec, ClientCredentialStatus, NAMESPACED_CREDENTIALS_RULE, NAMESPACED_SERVICE_ACCOUNT_RULE,
+    NAMESPACED_TARGET_RULE,
 };
 
 /// Desired state of a ClusterClientCredential: the token request of a ClientCredential, made
@@ -92,9 +93,14 @@ pub const CRD_PATH: &str = "crds/clusterclientcredentials.tokensync.io.yaml";
 /// the rules that keep a ClientCredential in its namespace.
 pub const CLUSTER_RULES: &[(&str, &str, &str)] = &[
     (
-        "has(self.credentialsRef.namespace)",
+        "!has(self.credentialsRef) || has(self.credentialsRef.namespace)",
         "a ClusterClientCredential names the namespace of its credentials Secret in spec.credentialsRef.namespace",
         ".credentialsRef.namespace",
+    ),
+    (
+        "!has(self.serviceAccountRef) || has(self.serviceAccountRef.namespace)",
+        "a ClusterClientCredential names the namespace of its ServiceAccount in spec.serviceAccountRef.namespace",
+        ".serviceAccountRef.namespace",
     ),
     (
         "has(self.target.namespaces) || has(self.target.namespaceSelector)",
@@ -114,7 +120,9 @@ pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::
     if let Some(Value::Array(rules)) = spec.get_mut("x-kubernetes-validations") {
         rules.retain(|r| {
             let rule = r.get("rule").and_then(Value::as_str);
-            rule != Some(NAMESPACED_CREDENTIALS_RULE) && rule != Some(NAMESPACED_TARGET_RULE)
+            rule != Some(NAMESPACED_CREDENTIALS_RULE)
+                && rule != Some(NAMESPACED_SERVICE_ACCOUNT_RULE)
+                && rule != Some(NAMESPACED_TARGET_RULE)
         });
         for (rule, message, field_path) in CLUSTER_RULES {
             rules.push(json!({"rule": rule, "message": message, "fieldPath": field_path}));

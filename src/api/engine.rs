@@ -12,7 +12,7 @@ use super::v1alpha1::ClientCredentialSpec;
 use super::validate::check_url;
 use crate::oauth::config::{
     AssertionConfig, ClientIdentity, Credentials, Endpoint, RefreshEndpointConfig, ResponseMapping, TlsMaterial,
-    TokenRequestConfig,
+    TokenExchangeConfig, TokenRequestConfig,
 };
 use crate::oauth::{ClientAuthentication, GrantType};
 
@@ -97,12 +97,19 @@ pub fn token_request_config(spec: &ClientCredentialSpec) -> Result<TokenRequestC
     if let Some(v) = &spec.verify {
         config.verify_url = Some(check_url(&v.url)?);
     }
+    if let Some(x) = &spec.token_exchange {
+        let defaults = TokenExchangeConfig::default();
+        config.token_exchange = TokenExchangeConfig {
+            subject_token_type: x.subject_token_type.clone().unwrap_or(defaults.subject_token_type),
+            requested_token_type: x.requested_token_type.clone(),
+        };
+    }
     Ok(config)
 }
 
 /// The names of every Secret a spec reads: credentials, CA bundle, client certificate.
 pub fn referenced_secrets(spec: &ClientCredentialSpec) -> Vec<String> {
-    let mut names = vec![spec.credentials_ref.name.clone()];
+    let mut names: Vec<String> = spec.credentials_ref.iter().map(|r| r.name.clone()).collect();
     if let Some(tls) = &spec.tls {
         names.extend(tls.ca_bundle_secret_ref.as_ref().map(|r| r.name.clone()));
         names.extend(tls.client_certificate_secret_ref.as_ref().map(|r| r.name.clone()));
@@ -112,19 +119,31 @@ pub fn referenced_secrets(spec: &ClientCredentialSpec) -> Vec<String> {
 }
 
 /// Reads the credential material the grant and authentication method need, and only that.
-pub fn credentials(spec: &ClientCredentialSpec, secret: &SecretData) -> Result<Credentials, SourceError> {
-    let r = &spec.credentials_ref;
+/// `secret` is the data of the credentials Secret (None when the spec names none: a
+/// secretless credential, whose client id is spec.clientId).
+pub fn credentials(spec: &ClientCredentialSpec, secret: Option<&SecretData>) -> Result<Credentials, SourceError> {
+    let Some(r) = &spec.credentials_ref else {
+        return Ok(Credentials { client_id: spec.client_id.clone().unwrap_or_default(), ..Default::default() });
+    };
+    let empty = SecretData::new();
+    let secret = secret.unwrap_or(&empty);
     let read = |key: &str, needed_by: &str| text(&r.name, secret, key, needed_by);
-    let mut creds = Credentials { client_id: read(&r.client_id_key, "the client_id")?, ..Default::default() };
+    let client_id = match &spec.client_id {
+        Some(inline) => inline.clone(),
+        None => read(&r.client_id_key, "the client_id")?,
+    };
+    let mut creds = Credentials { client_id, ..Default::default() };
     let auth = spec.client_authentication;
-    let needs_secret =
-        auth.needs_client_secret() && !(spec.grant_type == GrantType::JwtBearer && auth == ClientAuthentication::None);
+    let needs_secret = auth.needs_client_secret()
+        && !(matches!(spec.grant_type, GrantType::JwtBearer | GrantType::TokenExchange)
+            && auth == ClientAuthentication::None);
     if needs_secret {
         creds.client_secret =
             Some(read(&r.client_secret_key, &format!("clientAuthentication {}", auth.as_str()))?.into());
     }
     if let Some(key) = &r.private_key_key
-        && (auth == ClientAuthentication::PrivateKeyJwt || spec.grant_type == GrantType::JwtBearer)
+        && (auth == ClientAuthentication::PrivateKeyJwt
+            || (spec.grant_type == GrantType::JwtBearer && spec.service_account_ref.is_none()))
     {
         creds.private_key = Some(read(key, "the assertion signing key")?.into());
     }
@@ -138,6 +157,12 @@ pub fn credentials(spec: &ClientCredentialSpec, secret: &SecretData) -> Result<C
     {
         creds.authorization_code =
             Some(SecretString::from(read(key, "grantType authorization_code")?.trim().to_owned()));
+    }
+    if let Some(key) = &r.subject_token_key
+        && spec.grant_type == GrantType::TokenExchange
+        && spec.service_account_ref.is_none()
+    {
+        creds.federated_token = Some(SecretString::from(read(key, "grantType token-exchange")?.trim().to_owned()));
     }
     Ok(creds)
 }

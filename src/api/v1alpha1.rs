@@ -18,7 +18,9 @@ pub use crate::oauth::{ClientAuthentication, GrantType, RequestEncoding, Signing
 /// The admission rules that keep a ClientCredential in its own namespace. The
 /// ClusterClientCredential CRD, which shares the spec, replaces them with
 /// [`super::cluster::CLUSTER_RULES`].
-pub const NAMESPACED_CREDENTIALS_RULE: &str = "!has(self.credentialsRef.namespace)";
+pub const NAMESPACED_CREDENTIALS_RULE: &str = "!has(self.credentialsRef) || !has(self.credentialsRef.namespace)";
+pub const NAMESPACED_SERVICE_ACCOUNT_RULE: &str =
+    "!has(self.serviceAccountRef) || !has(self.serviceAccountRef.namespace)";
 pub const NAMESPACED_TARGET_RULE: &str =
     "!has(self.target.namespaces) && !has(self.target.namespaceSelector) && !has(self.target.excludeNamespaces)";
 
@@ -48,15 +50,21 @@ pub const NAMESPACED_TARGET_RULE: &str =
 #[x_kube(
     validation = Rule::new("has(self.tokenEndpoint) != has(self.issuer)").message("exactly one of spec.tokenEndpoint and spec.issuer must be set").field_path(".tokenEndpoint"),
     validation = Rule::new("!(has(self.renewBefore) && has(self.renewBeforePercentage))").message("spec.renewBefore and spec.renewBeforePercentage are mutually exclusive").field_path(".renewBefore"),
-    validation = Rule::new("!has(self.grantType) || self.grantType != 'refresh_token' || has(self.credentialsRef.refreshTokenKey)").message("grantType refresh_token needs spec.credentialsRef.refreshTokenKey").field_path(".credentialsRef.refreshTokenKey"),
-    validation = Rule::new("!has(self.grantType) || self.grantType != 'authorization_code' || has(self.credentialsRef.authorizationCodeKey)").message("grantType authorization_code needs spec.credentialsRef.authorizationCodeKey").field_path(".credentialsRef.authorizationCodeKey"),
-    validation = Rule::new("!has(self.grantType) || self.grantType != 'urn:ietf:params:oauth:grant-type:jwt-bearer' || has(self.credentialsRef.privateKeyKey)").message("grantType urn:ietf:params:oauth:grant-type:jwt-bearer needs spec.credentialsRef.privateKeyKey to sign the assertion").field_path(".credentialsRef.privateKeyKey"),
-    validation = Rule::new("!has(self.clientAuthentication) || self.clientAuthentication != 'private_key_jwt' || has(self.credentialsRef.privateKeyKey)").message("clientAuthentication private_key_jwt needs spec.credentialsRef.privateKeyKey").field_path(".credentialsRef.privateKeyKey"),
+    validation = Rule::new("!has(self.grantType) || self.grantType != 'refresh_token' || (has(self.credentialsRef) && has(self.credentialsRef.refreshTokenKey))").message("grantType refresh_token needs spec.credentialsRef.refreshTokenKey").field_path(".credentialsRef.refreshTokenKey"),
+    validation = Rule::new("!has(self.grantType) || self.grantType != 'authorization_code' || (has(self.credentialsRef) && has(self.credentialsRef.authorizationCodeKey))").message("grantType authorization_code needs spec.credentialsRef.authorizationCodeKey").field_path(".credentialsRef.authorizationCodeKey"),
+    validation = Rule::new("!has(self.grantType) || self.grantType != 'urn:ietf:params:oauth:grant-type:jwt-bearer' || has(self.serviceAccountRef) || (has(self.credentialsRef) && has(self.credentialsRef.privateKeyKey))").message("grantType urn:ietf:params:oauth:grant-type:jwt-bearer needs spec.credentialsRef.privateKeyKey to sign the assertion, or spec.serviceAccountRef whose token is the assertion").field_path(".credentialsRef.privateKeyKey"),
+    validation = Rule::new("!has(self.clientAuthentication) || self.clientAuthentication != 'private_key_jwt' || (has(self.credentialsRef) && has(self.credentialsRef.privateKeyKey))").message("clientAuthentication private_key_jwt needs spec.credentialsRef.privateKeyKey").field_path(".credentialsRef.privateKeyKey"),
     validation = Rule::new("!has(self.clientAuthentication) || self.clientAuthentication != 'none' || !has(self.grantType) || self.grantType != 'client_credentials'").message("grantType client_credentials needs client authentication; clientAuthentication none is only for refresh_token, authorization_code and jwt-bearer").field_path(".clientAuthentication"),
     validation = Rule::new("!has(self.clientAuthentication) || self.clientAuthentication != 'client_secret_jwt' || !has(self.assertion) || !has(self.assertion.algorithm) || self.assertion.algorithm in ['HS256', 'HS384', 'HS512']").message("clientAuthentication client_secret_jwt signs with the client secret: spec.assertion.algorithm must be HS256, HS384 or HS512").field_path(".assertion.algorithm"),
-    validation = Rule::new("!has(self.target.name) || self.target.name != self.credentialsRef.name").message("the target Secret must not be the credentials Secret").field_path(".target.name"),
+    validation = Rule::new("!has(self.target.name) || !has(self.credentialsRef) || self.target.name != self.credentialsRef.name").message("the target Secret must not be the credentials Secret").field_path(".target.name"),
     validation = Rule::new("!has(self.assertion) || !has(self.assertion.algorithm) || !(self.assertion.algorithm in ['HS256', 'HS384', 'HS512']) || (has(self.clientAuthentication) && self.clientAuthentication == 'client_secret_jwt')").message("HS256/HS384/HS512 assertions are only for clientAuthentication client_secret_jwt; private keys sign with RS*, PS* or ES*").field_path(".assertion.algorithm"),
     validation = Rule::new(NAMESPACED_CREDENTIALS_RULE).message("spec.credentialsRef.namespace is only for a ClusterClientCredential: a ClientCredential reads Secrets in its own namespace").field_path(".credentialsRef.namespace"),
+    validation = Rule::new("has(self.credentialsRef) || (has(self.serviceAccountRef) && has(self.clientAuthentication) && self.clientAuthentication in ['none', 'service_account_token'])").message("spec.credentialsRef is required unless no secret is needed: spec.serviceAccountRef with clientAuthentication service_account_token or none").field_path(".credentialsRef"),
+    validation = Rule::new("!has(self.clientAuthentication) || self.clientAuthentication != 'service_account_token' || has(self.serviceAccountRef)").message("clientAuthentication service_account_token needs spec.serviceAccountRef, whose token is the client assertion").field_path(".serviceAccountRef"),
+    validation = Rule::new("!has(self.clientAuthentication) || self.clientAuthentication != 'service_account_token' || has(self.clientId) || has(self.credentialsRef)").message("clientAuthentication service_account_token needs the client id: spec.clientId, or spec.credentialsRef with the clientIdKey").field_path(".clientId"),
+    validation = Rule::new("!has(self.grantType) || self.grantType != 'urn:ietf:params:oauth:grant-type:token-exchange' || has(self.serviceAccountRef) || (has(self.credentialsRef) && has(self.credentialsRef.subjectTokenKey))").message("grantType urn:ietf:params:oauth:grant-type:token-exchange needs a subject token: spec.serviceAccountRef or spec.credentialsRef.subjectTokenKey").field_path(".serviceAccountRef"),
+    validation = Rule::new("!has(self.serviceAccountRef) || (has(self.clientAuthentication) && self.clientAuthentication == 'service_account_token') || (has(self.grantType) && self.grantType in ['urn:ietf:params:oauth:grant-type:jwt-bearer', 'urn:ietf:params:oauth:grant-type:token-exchange'])").message("spec.serviceAccountRef is used by clientAuthentication service_account_token or grantType jwt-bearer or token-exchange; set one of them").field_path(".serviceAccountRef"),
+    validation = Rule::new(NAMESPACED_SERVICE_ACCOUNT_RULE).message("spec.serviceAccountRef.namespace is only for a ClusterClientCredential: a ClientCredential uses a ServiceAccount in its own namespace").field_path(".serviceAccountRef.namespace"),
     validation = Rule::new(NAMESPACED_TARGET_RULE).message("spec.target.namespaces, namespaceSelector and excludeNamespaces are only for a ClusterClientCredential: a ClientCredential writes its target in its own namespace").field_path(".target")
 )]
 pub struct ClientCredentialSpec {
@@ -79,14 +87,20 @@ pub struct ClientCredentialSpec {
     /// refresh tokens are kept by tokensync); authorization_code (a one-time code from the
     /// source Secret is exchanged once, then the refresh token is used);
     /// urn:ietf:params:oauth:grant-type:jwt-bearer (RFC 7523 2.1: an assertion signed with the
-    /// private key).
+    /// private key, or the token of spec.serviceAccountRef);
+    /// urn:ietf:params:oauth:grant-type:token-exchange (RFC 8693: the token of
+    /// spec.serviceAccountRef, or credentialsRef.subjectTokenKey, is the subject_token; Google
+    /// STS, Keycloak, Dex).
     #[serde(default)]
     pub grant_type: GrantType,
 
     /// How the client authenticates to the token endpoint. client_secret_basic (HTTP Basic,
     /// RFC 6749 2.3.1, the default), client_secret_post (client_id and client_secret in the
     /// body), private_key_jwt and client_secret_jwt (RFC 7523 client assertions), none (public
-    /// client: only client_id is sent).
+    /// client: only client_id is sent; with jwt-bearer nothing, with token-exchange client_id
+    /// only when one is configured), service_account_token (no client secret: the client
+    /// assertion is a token of spec.serviceAccountRef, as Microsoft Entra ID federated
+    /// credentials and Keycloak federated client authentication expect).
     #[serde(default)]
     pub client_authentication: ClientAuthentication,
 
@@ -100,11 +114,36 @@ pub struct ClientCredentialSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub omit_grant_type: bool,
 
+    /// The client id, inline: it is not a secret. When set, credentialsRef.clientIdKey is not
+    /// read. With spec.serviceAccountRef it makes a credential that needs no Secret at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub client_id: Option<String>,
+
     /// The Secret holding the client credentials and, for the other flows, the private key,
-    /// bootstrap refresh token or authorization code. A ClientCredential reads it from its own
-    /// namespace (cross-namespace references are not possible); a ClusterClientCredential
-    /// from credentialsRef.namespace.
-    pub credentials_ref: CredentialsRef,
+    /// bootstrap refresh token, authorization code or subject token. A ClientCredential reads
+    /// it from its own namespace (cross-namespace references are not possible); a
+    /// ClusterClientCredential from credentialsRef.namespace. Not needed by a secretless
+    /// credential (spec.serviceAccountRef with clientAuthentication service_account_token or
+    /// none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_ref: Option<CredentialsRef>,
+
+    /// A Kubernetes ServiceAccount whose short-lived token stands where a client secret
+    /// stood (workload identity federation): the client assertion of clientAuthentication
+    /// service_account_token, the assertion of grantType jwt-bearer, or the subject token of
+    /// grantType token-exchange. tokensync requests a new token for every token request
+    /// (TokenRequest API), never stores or logs it. The ServiceAccount must opt in: its
+    /// annotation tokensync.io/allowed-audiences lists (comma-separated) the audiences
+    /// tokensync may request for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_ref: Option<ServiceAccountRef>,
+
+    /// RFC 8693 token exchange settings (grantType urn:ietf:params:oauth:grant-type:token-exchange).
+    /// The audience, scope and resource parameters are spec.audience, spec.scopes and
+    /// spec.resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_exchange: Option<TokenExchangeSettings>,
 
     /// Scopes to request, sent space-separated in the scope parameter (also on refresh).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -124,10 +163,11 @@ pub struct ClientCredentialSpec {
     /// Additional parameters sent in every token and refresh request, e.g. redirect_uri.
     /// Parameters that tokensync sets itself (grant_type, client_id, client_secret,
     /// client_assertion, client_assertion_type, refresh_token, code, assertion, scope,
-    /// audience, resource) cannot be overridden here.
+    /// audience, resource, subject_token, subject_token_type, requested_token_type) cannot be
+    /// overridden here.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 32))]
-    #[x_kube(validation = Rule::new("self.all(k, size(k) > 0 && !(k in ['grant_type', 'client_id', 'client_secret', 'client_assertion', 'client_assertion_type', 'refresh_token', 'code', 'assertion', 'scope', 'audience', 'resource']))").message("extraParameters keys must not be empty nor a parameter tokensync sets itself (grant_type, client_id, client_secret, client_assertion, client_assertion_type, refresh_token, code, assertion, scope, audience, resource)"))]
+    #[x_kube(validation = Rule::new("self.all(k, size(k) > 0 && !(k in ['grant_type', 'client_id', 'client_secret', 'client_assertion', 'client_assertion_type', 'refresh_token', 'code', 'assertion', 'scope', 'audience', 'resource', 'subject_token', 'subject_token_type', 'requested_token_type']))").message("extraParameters keys must not be empty nor a parameter tokensync sets itself (grant_type, client_id, client_secret, client_assertion, client_assertion_type, refresh_token, code, assertion, scope, audience, resource, subject_token, subject_token_type, requested_token_type)"))]
     pub extra_parameters: BTreeMap<String, String>,
 
     /// Additional HTTP headers sent with every token and refresh request, e.g.
@@ -185,6 +225,65 @@ pub struct ClientCredentialSpec {
     /// ClientCredential with the keys access_token, token_type and expires_at.
     #[serde(default)]
     pub target: TargetSecret,
+}
+
+impl ClientCredentialSpec {
+    /// A ClusterClientCredential's own namespace, where its state is kept: that of its
+    /// credentials Secret, or of its ServiceAccount when it has no Secret.
+    pub fn home_namespace(&self) -> Option<&str> {
+        self.credentials_ref
+            .as_ref()
+            .and_then(|r| r.namespace.as_deref())
+            .or_else(|| self.service_account_ref.as_ref().and_then(|r| r.namespace.as_deref()))
+    }
+}
+
+/// A ServiceAccount whose token tokensync requests for each token request.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountRef {
+    /// Name of the ServiceAccount, in the ClientCredential's namespace (a
+    /// ClusterClientCredential names the namespace).
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub name: String,
+
+    /// Namespace of the ServiceAccount. Required on a ClusterClientCredential and rejected on
+    /// a ClientCredential, which may only use ServiceAccounts in its own namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub namespace: Option<String>,
+
+    /// The aud claim of the ServiceAccount token: what the identity provider expects, e.g.
+    /// api://AzureADTokenExchange (Entra ID) or
+    /// https://iam.googleapis.com/projects/N/locations/global/workloadIdentityPools/P/providers/X
+    /// (Google). It must be listed in the ServiceAccount's tokensync.io/allowed-audiences
+    /// annotation, and must not be an audience the cluster's API server accepts.
+    #[schemars(length(min = 1, max = 2048))]
+    pub audience: String,
+
+    /// Lifetime requested for each ServiceAccount token, in seconds. Default 600, the
+    /// shortest the API server allows: the token is used at once, for one request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 600, max = 86400))]
+    pub expiration_seconds: Option<i64>,
+}
+
+/// RFC 8693 token exchange parameters.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenExchangeSettings {
+    /// subject_token_type. Default urn:ietf:params:oauth:token-type:jwt (a ServiceAccount
+    /// token is a JWT); e.g. urn:ietf:params:oauth:token-type:id_token or access_token for a
+    /// subject token from credentialsRef.subjectTokenKey.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^\S+$"))]
+    pub subject_token_type: Option<String>,
+
+    /// requested_token_type, e.g. urn:ietf:params:oauth:token-type:access_token (Google STS
+    /// requires it). Default: not sent, the server decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^\S+$"))]
+    pub requested_token_type: Option<String>,
 }
 
 /// One extra HTTP header.
@@ -249,6 +348,12 @@ pub struct CredentialsRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub authorization_code_key: Option<String>,
+
+    /// Key holding the subject token of grantType token-exchange when it does not come from
+    /// spec.serviceAccountRef (for example an id_token another system keeps fresh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub subject_token_key: Option<String>,
 }
 
 fn default_client_id_key() -> String {
@@ -570,4 +675,21 @@ pub struct ClientCredentialStatus {
     /// Name of the target Secret that holds the token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_secret_name: Option<String>,
+
+    /// The ServiceAccount and audience of the tokens tokensync requests for this credential
+    /// (spec.serviceAccountRef). The tokens themselves are never shown or stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<ServiceAccountStatus>,
+}
+
+/// Which ServiceAccount token a credential uses.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountStatus {
+    /// Namespace of the ServiceAccount.
+    pub namespace: String,
+    /// Name of the ServiceAccount.
+    pub name: String,
+    /// The audience of its tokens.
+    pub audience: String,
 }

@@ -26,6 +26,9 @@ pub const RESERVED_PARAMETERS: &[&str] = &[
     "scope",
     "audience",
     "resource",
+    "subject_token",
+    "subject_token_type",
+    "requested_token_type",
 ];
 
 /// Headers tokensync sets itself; extraHeaders may not override them.
@@ -125,35 +128,107 @@ pub fn validate(spec: &ClientCredentialSpec, resource_name: &str) -> Result<(), 
         _ => c.fail("spec.tokenEndpoint", "exactly one of spec.tokenEndpoint and spec.issuer must be set"),
     }
 
-    let creds = &spec.credentials_ref;
-    c.object_name("spec.credentialsRef.name", &creds.name);
-    c.secret_key("spec.credentialsRef.clientIdKey", &creds.client_id_key);
-    c.secret_key("spec.credentialsRef.clientSecretKey", &creds.client_secret_key);
-    for (field, key) in [
-        ("spec.credentialsRef.privateKeyKey", &creds.private_key_key),
-        ("spec.credentialsRef.refreshTokenKey", &creds.refresh_token_key),
-        ("spec.credentialsRef.authorizationCodeKey", &creds.authorization_code_key),
-    ] {
-        if let Some(key) = key {
-            c.secret_key(field, key);
+    let creds = spec.credentials_ref.as_ref();
+    if let Some(creds) = creds {
+        c.object_name("spec.credentialsRef.name", &creds.name);
+        c.secret_key("spec.credentialsRef.clientIdKey", &creds.client_id_key);
+        c.secret_key("spec.credentialsRef.clientSecretKey", &creds.client_secret_key);
+        for (field, key) in [
+            ("spec.credentialsRef.privateKeyKey", &creds.private_key_key),
+            ("spec.credentialsRef.refreshTokenKey", &creds.refresh_token_key),
+            ("spec.credentialsRef.authorizationCodeKey", &creds.authorization_code_key),
+            ("spec.credentialsRef.subjectTokenKey", &creds.subject_token_key),
+        ] {
+            if let Some(key) = key {
+                c.secret_key(field, key);
+            }
+        }
+    }
+    let key_set =
+        |key: fn(&super::v1alpha1::CredentialsRef) -> &Option<String>| creds.is_some_and(|r| key(r).is_some());
+    let auth = spec.client_authentication;
+    let sa = spec.service_account_ref.as_ref();
+    if let Some(client_id) = &spec.client_id {
+        c.check(
+            !client_id.is_empty() && client_id.len() <= 1024,
+            "spec.clientId",
+            "the client id is 1-1024 characters",
+        );
+    }
+    c.check(
+        creds.is_some()
+            || (sa.is_some() && matches!(auth, ClientAuthentication::None | ClientAuthentication::ServiceAccountToken)),
+        "spec.credentialsRef",
+        "spec.credentialsRef is required unless no secret is needed: spec.serviceAccountRef with clientAuthentication service_account_token or none",
+    );
+    if auth == ClientAuthentication::ServiceAccountToken {
+        c.check(
+            sa.is_some(),
+            "spec.serviceAccountRef",
+            "clientAuthentication service_account_token needs spec.serviceAccountRef, whose token is the client assertion",
+        );
+        c.check(
+            spec.client_id.is_some() || creds.is_some(),
+            "spec.clientId",
+            "clientAuthentication service_account_token needs the client id: spec.clientId, or spec.credentialsRef with the clientIdKey",
+        );
+    }
+    if let Some(sa) = sa {
+        c.check(
+            auth == ClientAuthentication::ServiceAccountToken
+                || matches!(spec.grant_type, GrantType::JwtBearer | GrantType::TokenExchange),
+            "spec.serviceAccountRef",
+            "spec.serviceAccountRef is used by clientAuthentication service_account_token or grantType jwt-bearer or token-exchange; set one of them",
+        );
+        c.object_name("spec.serviceAccountRef.name", &sa.name);
+        c.check(
+            !sa.audience.is_empty() && sa.audience.len() <= 2048,
+            "spec.serviceAccountRef.audience",
+            "the audience is 1-2048 characters",
+        );
+        if let Some(seconds) = sa.expiration_seconds {
+            c.check(
+                (600..=86400).contains(&seconds),
+                "spec.serviceAccountRef.expirationSeconds",
+                "between 600 (the shortest lifetime the API server allows) and 86400",
+            );
+        }
+    }
+    if let Some(exchange) = &spec.token_exchange {
+        for (field, value) in [
+            ("spec.tokenExchange.subjectTokenType", &exchange.subject_token_type),
+            ("spec.tokenExchange.requestedTokenType", &exchange.requested_token_type),
+        ] {
+            if let Some(v) = value {
+                c.check(
+                    !v.is_empty() && v.len() <= 256 && !v.contains(char::is_whitespace),
+                    field,
+                    "a token type URI of 1-256 characters without spaces",
+                );
+            }
         }
     }
 
     match spec.grant_type {
         GrantType::RefreshToken => c.check(
-            creds.refresh_token_key.is_some(),
+            key_set(|r| &r.refresh_token_key),
             "spec.credentialsRef.refreshTokenKey",
             "grantType refresh_token needs spec.credentialsRef.refreshTokenKey",
         ),
         GrantType::AuthorizationCode => c.check(
-            creds.authorization_code_key.is_some(),
+            key_set(|r| &r.authorization_code_key),
             "spec.credentialsRef.authorizationCodeKey",
             "grantType authorization_code needs spec.credentialsRef.authorizationCodeKey",
         ),
         GrantType::JwtBearer => c.check(
-            creds.private_key_key.is_some(),
+            sa.is_some() || key_set(|r| &r.private_key_key),
             "spec.credentialsRef.privateKeyKey",
-            "grantType urn:ietf:params:oauth:grant-type:jwt-bearer needs spec.credentialsRef.privateKeyKey to sign the assertion",
+            "grantType urn:ietf:params:oauth:grant-type:jwt-bearer needs spec.credentialsRef.privateKeyKey to sign the assertion, or spec.serviceAccountRef whose token is the assertion",
+        ),
+        GrantType::TokenExchange => c.check(
+            sa.is_some() || key_set(|r| &r.subject_token_key),
+            "spec.serviceAccountRef",
+            "grantType urn:ietf:params:oauth:grant-type:token-exchange needs a subject token: spec.serviceAccountRef or spec.credentialsRef.subjectTokenKey",
         ),
         GrantType::ClientCredentials => c.check(
             spec.client_authentication != ClientAuthentication::None,
@@ -163,7 +238,7 @@ pub fn validate(spec: &ClientCredentialSpec, resource_name: &str) -> Result<(), 
     }
     if spec.client_authentication == ClientAuthentication::PrivateKeyJwt {
         c.check(
-            creds.private_key_key.is_some(),
+            key_set(|r| &r.private_key_key),
             "spec.credentialsRef.privateKeyKey",
             "clientAuthentication private_key_jwt needs spec.credentialsRef.privateKeyKey",
         );
@@ -198,7 +273,7 @@ pub fn validate(spec: &ClientCredentialSpec, resource_name: &str) -> Result<(), 
         c.check(
             !key.is_empty() && !RESERVED_PARAMETERS.contains(&key.as_str()),
             &format!("spec.extraParameters[{key}]"),
-            "extraParameters keys must not be empty nor a parameter tokensync sets itself (grant_type, client_id, client_secret, client_assertion, client_assertion_type, refresh_token, code, assertion, scope, audience, resource)",
+            "extraParameters keys must not be empty nor a parameter tokensync sets itself (grant_type, client_id, client_secret, client_assertion, client_assertion_type, refresh_token, code, assertion, scope, audience, resource, subject_token, subject_token_type, requested_token_type)",
         );
     }
     c.check(spec.extra_parameters.len() <= 32, "spec.extraParameters", "at most 32 parameters");
@@ -291,7 +366,7 @@ pub fn validate(spec: &ClientCredentialSpec, resource_name: &str) -> Result<(), 
         c.object_name("spec.target.name", name);
     }
     c.check(
-        target_name != creds.name,
+        creds.is_none_or(|r| target_name != r.name),
         "spec.target.name",
         "the target Secret must not be the credentials Secret (it defaults to the ClientCredential's name)",
     );
@@ -318,9 +393,14 @@ pub fn validate(spec: &ClientCredentialSpec, resource_name: &str) -> Result<(), 
     // belong to ClusterClientCredential ([`validate_cluster`] takes them out before calling
     // this).
     c.check(
-        creds.namespace.is_none(),
+        creds.is_none_or(|r| r.namespace.is_none()),
         "spec.credentialsRef.namespace",
         "only for a ClusterClientCredential: a ClientCredential reads Secrets in its own namespace",
+    );
+    c.check(
+        sa.is_none_or(|r| r.namespace.is_none()),
+        "spec.serviceAccountRef.namespace",
+        "only for a ClusterClientCredential: a ClientCredential uses a ServiceAccount in its own namespace",
     );
     c.check(
         target.namespaces.is_empty() && target.namespace_selector.is_none() && target.exclude_namespaces.is_empty(),
@@ -335,14 +415,31 @@ pub fn validate(spec: &ClientCredentialSpec, resource_name: &str) -> Result<(), 
 /// rule on the spec as it reads from the credentials namespace ([`localized`]).
 pub fn validate_cluster(spec: &ClientCredentialSpec, resource_name: &str) -> Result<(), ValidationErrors> {
     let mut c = Collector::default();
-    match &spec.credentials_ref.namespace {
-        Some(ns) => {
-            c.check(is_dns_label(ns), "spec.credentialsRef.namespace", &format!("{ns:?} is not a valid namespace name"))
+    if let Some(creds) = &spec.credentials_ref {
+        match &creds.namespace {
+            Some(ns) => c.check(
+                is_dns_label(ns),
+                "spec.credentialsRef.namespace",
+                &format!("{ns:?} is not a valid namespace name"),
+            ),
+            None => c.fail(
+                "spec.credentialsRef.namespace",
+                "a ClusterClientCredential names the namespace of its credentials Secret",
+            ),
         }
-        None => c.fail(
-            "spec.credentialsRef.namespace",
-            "a ClusterClientCredential names the namespace of its credentials Secret",
-        ),
+    }
+    if let Some(sa) = &spec.service_account_ref {
+        match &sa.namespace {
+            Some(ns) => c.check(
+                is_dns_label(ns),
+                "spec.serviceAccountRef.namespace",
+                &format!("{ns:?} is not a valid namespace name"),
+            ),
+            None => c.fail(
+                "spec.serviceAccountRef.namespace",
+                "a ClusterClientCredential names the namespace of its ServiceAccount",
+            ),
+        }
     }
     let target = &spec.target;
     c.check(
@@ -370,7 +467,12 @@ pub fn validate_cluster(spec: &ClientCredentialSpec, resource_name: &str) -> Res
 /// from the credentials namespace, without the fields that reach into other namespaces.
 pub fn localized(spec: &ClientCredentialSpec) -> ClientCredentialSpec {
     let mut spec = spec.clone();
-    spec.credentials_ref.namespace = None;
+    if let Some(creds) = spec.credentials_ref.as_mut() {
+        creds.namespace = None;
+    }
+    if let Some(sa) = spec.service_account_ref.as_mut() {
+        sa.namespace = None;
+    }
     spec.target.namespaces.clear();
     spec.target.namespace_selector = None;
     spec.target.exclude_namespaces.clear();

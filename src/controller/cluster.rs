@@ -94,7 +94,7 @@ async fn run_pipeline(
         Err(e) => Err(Failure { reason: Reason::InvalidSpec, message: e.to_string() }),
         Ok(()) => Ok(()),
     };
-    let credentials_ns = spec.credentials_ref.namespace.clone().unwrap_or_default();
+    let credentials_ns = spec.home_namespace().unwrap_or_default().to_owned();
     let source: Api<Secret> = Api::namespaced(base.client.clone(), &credentials_ns);
     let state_name = labels::cluster_state_secret_name(&name);
 
@@ -266,6 +266,7 @@ async fn run_pipeline(
             .flatten(),
         handled_renewal_request: handled_request,
         target_secret_name: target_name,
+        service_account: prepared.as_ref().ok().and_then(super::service_account::status_of),
     };
     // Namespaces that did not get the token make Degraded True (TargetNamespacesFailed);
     // Ready follows the token, which the other namespaces hold.
@@ -479,7 +480,7 @@ async fn prepare(
     secrets: &Api<Secret>,
 ) -> Result<Result<Prepared, Failure>, Error> {
     let local = localized(spec);
-    let namespace = spec.credentials_ref.namespace.clone().unwrap_or_default();
+    let namespace = spec.home_namespace().unwrap_or_default().to_owned();
     let mut data: BTreeMap<String, engine::SecretData> = BTreeMap::new();
     for secret in engine::referenced_secrets(&local) {
         if let Some(d) = ctx.sources.read(secrets, &SecretRef::new(&namespace, &secret)).await? {
@@ -513,7 +514,7 @@ pub fn readers(
     secret: &str,
 ) -> Vec<ObjectRef<ClusterClientCredential>> {
     all.iter()
-        .filter(|c| c.spec.token.credentials_ref.namespace.as_deref() == Some(namespace))
+        .filter(|c| c.spec.token.credentials_ref.as_ref().and_then(|r| r.namespace.as_deref()) == Some(namespace))
         .filter(|c| engine::referenced_secrets(&localized(&c.spec.token)).iter().any(|n| n == secret))
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()

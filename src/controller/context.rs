@@ -22,6 +22,9 @@ pub struct Policy {
     /// How often a credential that is waiting on a user's fix (bad spec, missing Secret) is
     /// looked at again even without a change event.
     pub recheck: Duration,
+    /// Audiences the cluster's API server accepts: ServiceAccount tokens are never
+    /// requested for them ([`super::service_account::api_server_audiences`]).
+    pub kubernetes_audiences: Vec<String>,
 }
 
 impl Default for Policy {
@@ -30,6 +33,7 @@ impl Default for Policy {
             renewal: RenewalPolicy::default(),
             backoff: BackoffPolicy::default(),
             recheck: Duration::from_secs(600),
+            kubernetes_audiences: Vec::new(),
         }
     }
 }

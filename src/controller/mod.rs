@@ -7,6 +7,7 @@ pub mod context;
 pub mod labels;
 pub mod leader;
 pub mod reconcile;
+pub mod service_account;
 pub mod sources;
 pub mod state;
 pub mod status;
@@ -97,6 +98,13 @@ pub struct ControllerArgs {
     /// and watches all namespaces (it cannot be combined with --namespace).
     #[arg(long, env = "TOKENSYNC_CLUSTER_CREDENTIALS")]
     pub cluster_credentials: bool,
+
+    /// Audiences the cluster's API server accepts, besides those found on its own (the
+    /// issuer and audiences of the controller's mounted token, the issuer in
+    /// /.well-known/openid-configuration, https://kubernetes.default.svc[.cluster.local]).
+    /// tokensync never requests a ServiceAccount token for any of them.
+    #[arg(long, value_name = "AUDIENCE", env = "TOKENSYNC_KUBERNETES_AUDIENCES", value_delimiter = ',')]
+    pub kubernetes_audiences: Vec<String>,
 }
 
 impl ControllerArgs {
@@ -229,14 +237,9 @@ pub async fn run_controllers(
 ) {
     let scopes: Vec<Option<String>> =
         if args.namespaces.is_empty() { vec![None] } else { args.namespaces.iter().cloned().map(Some).collect() };
-    let shared = Shared {
-        client,
-        engine: args.engine(),
-        policy: args.policy(),
-        metrics,
-        reporter,
-        concurrency: args.concurrency,
-    };
+    let mut policy = args.policy();
+    policy.kubernetes_audiences = service_account::api_server_audiences(&client, &args.kubernetes_audiences).await;
+    let shared = Shared { client, engine: args.engine(), policy, metrics, reporter, concurrency: args.concurrency };
     let mut synced = Vec::new();
     let mut runs = Vec::new();
     for scope in scopes {

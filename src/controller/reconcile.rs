@@ -468,6 +468,7 @@ impl Run {
                 .flatten(),
             handled_renewal_request: self.handled_request.clone(),
             target_secret_name: self.target_name.clone(),
+            service_account: prep.and_then(super::service_account::status_of),
         };
         let next_status = status::next(cc.status.as_ref(), &facts);
         let key = self.status_key();
@@ -545,6 +546,7 @@ async fn prepare(
         }
     }
     Ok(token_state::prepare(&cc.spec, &cc.name_any(), &data)
+        .map(|p| p.in_namespace(&cc.namespace().unwrap_or_default()))
         .map_err(|p| Failure { reason: Reason::from_reason_str(p.reason), message: p.message }))
 }
 
@@ -580,8 +582,9 @@ pub(super) async fn acquire(
     stored: Option<&StoredToken>,
     renewal_request: Option<String>,
 ) -> Result<(StoredToken, bool), TokenError> {
+    let federated = super::service_account::token_for(ctx, prep).await?;
     let (stored, rotated, flow) =
-        token_state::request(&ctx.engine, &ctx.metrics, prep, stored, renewal_request).await?;
+        token_state::request(&ctx.engine, &ctx.metrics, prep, stored, renewal_request, federated).await?;
     tracing::info!(credential = who, ?flow, expires_at = %stored.expires_at, "token issued");
     Ok((stored, rotated))
 }

@@ -36,6 +36,14 @@ pub enum Reason {
     TargetSecretConflict,
     /// ClusterClientCredential only: some selected namespaces did not receive the token.
     TargetNamespacesFailed,
+    /// spec.serviceAccountRef names a ServiceAccount that does not exist.
+    ServiceAccountNotFound,
+    /// The ServiceAccount's tokensync.io/allowed-audiences annotation does not list the audience.
+    ServiceAccountNotOptedIn,
+    /// The audience is one the cluster's own API server accepts.
+    ForbiddenAudience,
+    /// The TokenRequest API refused or failed (RBAC, API errors).
+    ServiceAccountTokenFailed,
 }
 
 impl Reason {
@@ -54,6 +62,10 @@ impl Reason {
             Reason::TokenVerificationFailed => "TokenVerificationFailed",
             Reason::TargetSecretConflict => "TargetSecretConflict",
             Reason::TargetNamespacesFailed => "TargetNamespacesFailed",
+            Reason::ServiceAccountNotFound => "ServiceAccountNotFound",
+            Reason::ServiceAccountNotOptedIn => "ServiceAccountNotOptedIn",
+            Reason::ForbiddenAudience => "ForbiddenAudience",
+            Reason::ServiceAccountTokenFailed => "ServiceAccountTokenFailed",
         }
     }
 
@@ -68,6 +80,10 @@ impl Reason {
             "TokenVerificationFailed" => Reason::TokenVerificationFailed,
             "TargetSecretConflict" => Reason::TargetSecretConflict,
             "TargetNamespacesFailed" => Reason::TargetNamespacesFailed,
+            "ServiceAccountNotFound" => Reason::ServiceAccountNotFound,
+            "ServiceAccountNotOptedIn" => Reason::ServiceAccountNotOptedIn,
+            "ForbiddenAudience" => Reason::ForbiddenAudience,
+            "ServiceAccountTokenFailed" => Reason::ServiceAccountTokenFailed,
             _ => Reason::TokenEndpointUnavailable,
         }
     }
@@ -108,6 +124,8 @@ pub struct Facts {
     pub failed_inputs: Option<String>,
     pub handled_renewal_request: Option<String>,
     pub target_secret_name: String,
+    /// The ServiceAccount and audience of the credential's ServiceAccount tokens.
+    pub service_account: Option<crate::api::ServiceAccountStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -167,6 +185,7 @@ pub fn next(current: Option<&ClientCredentialStatus>, facts: &Facts) -> ClientCr
         failed_inputs: facts.failed_inputs.clone(),
         handled_renewal_request: facts.handled_renewal_request.clone(),
         target_secret_name: Some(facts.target_secret_name.clone()),
+        service_account: facts.service_account.clone(),
     }
 }
 
@@ -241,6 +260,7 @@ mod tests {
             failed_inputs: None,
             handled_renewal_request: None,
             target_secret_name: "demo".into(),
+            service_account: None,
         }
     }
 

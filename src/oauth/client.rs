@@ -6,7 +6,8 @@
 //! | client_credentials | refresh at spec.refreshEndpoint if set, falling back to a new token when the refresh is refused | client_credentials request |
 //! | refresh_token | refresh | error: no refresh token |
 //! | authorization_code | refresh | exchange the one-time code |
-//! | jwt-bearer | (ignored) | assertion grant |
+//! | jwt-bearer | (ignored) | assertion grant (a signed assertion, or the federated token) |
+//! | token-exchange | (ignored) | RFC 8693 exchange of the federated (subject) token |
 //!
 //! Then, when spec.verify is set, the new token is probed before it is handed back.
 
@@ -32,6 +33,7 @@ pub enum Flow {
     RefreshFellBackToClientCredentials,
     AuthorizationCode,
     JwtBearer,
+    TokenExchange,
 }
 
 /// A token and how it was obtained.
@@ -123,6 +125,10 @@ impl TokenClient {
             GrantType::JwtBearer => {
                 Acquired { token: self.jwt_bearer(config, &token_url, credentials).await?, flow: Flow::JwtBearer }
             }
+            GrantType::TokenExchange => Acquired {
+                token: self.token_exchange(config, &token_url, credentials).await?,
+                flow: Flow::TokenExchange,
+            },
         };
         if let Some(verify) = &config.verify_url {
             self.verify(config, verify, &acquired.token).await?;
@@ -225,16 +231,24 @@ impl TokenClient {
         url: &Url,
         creds: &Credentials,
     ) -> Result<Token, TokenError> {
-        let key = creds.private_key.as_ref().ok_or_else(|| TokenError::credentials("the private key is missing"))?;
-        let settings = &config.assertion;
-        let audience = settings.audience.clone().unwrap_or_else(|| url.to_string());
-        let claims = Claims {
-            issuer: settings.issuer.as_deref().unwrap_or(&creds.client_id),
-            subject: settings.subject.as_deref().unwrap_or(&creds.client_id),
-            audience: &audience,
-            extra: &settings.extra_claims,
+        // A federated token (a ServiceAccount token) is the assertion as it is; otherwise
+        // tokensync signs one with the private key.
+        let jwt = match &creds.federated_token {
+            Some(token) => request::federated_token(creds).map(|_| token.clone())?,
+            None => {
+                let key =
+                    creds.private_key.as_ref().ok_or_else(|| TokenError::credentials("the private key is missing"))?;
+                let settings = &config.assertion;
+                let audience = settings.audience.clone().unwrap_or_else(|| url.to_string());
+                let claims = Claims {
+                    issuer: settings.issuer.as_deref().unwrap_or(&creds.client_id),
+                    subject: settings.subject.as_deref().unwrap_or(&creds.client_id),
+                    audience: &audience,
+                    extra: &settings.extra_claims,
+                };
+                assertion::sign(SigningKey::PrivateKey(key), claims, settings, Timestamp::now())?
+            }
         };
-        let jwt = assertion::sign(SigningKey::PrivateKey(key), claims, settings, Timestamp::now())?;
         let mut redactor = Redactor::default();
         let mut params = Params::default();
         params.add("grant_type", GrantType::JwtBearer.as_str());
@@ -249,6 +263,35 @@ impl TokenClient {
         self.post(config, url, config.encoding, params, auth, Some(redactor))
             .await
             .map_err(|e| e.context(format!("jwt-bearer request to {url}")))
+    }
+
+    /// RFC 8693 2.1: the federated token is the subject token. audience, scope and resource
+    /// are the common parameters. Client authentication is optional: with `none`, a
+    /// client_id is sent when one is configured (Keycloak, Dex public clients), nothing
+    /// otherwise (Google STS).
+    async fn token_exchange(
+        &self,
+        config: &TokenRequestConfig,
+        url: &Url,
+        creds: &Credentials,
+    ) -> Result<Token, TokenError> {
+        let subject = request::federated_token(creds)?;
+        let mut redactor = Redactor::default();
+        let mut params = Params::default();
+        params.add("grant_type", GrantType::TokenExchange.as_str());
+        params.add_secret("subject_token", subject, &mut redactor);
+        params.add("subject_token_type", config.token_exchange.subject_token_type.clone());
+        if let Some(requested) = &config.token_exchange.requested_token_type {
+            params.add("requested_token_type", requested.clone());
+        }
+        Self::common_params(config, &mut params);
+        let auth = match config.client_authentication {
+            ClientAuthentication::None if creds.client_id.is_empty() => Auth::Nothing,
+            _ => Auth::Configured(creds),
+        };
+        self.post(config, url, config.encoding, params, auth, Some(redactor))
+            .await
+            .map_err(|e| e.context(format!("token exchange at {url}")))
     }
 
     async fn post(

@@ -127,6 +127,27 @@ pub struct TokenRequestConfig {
     pub assertion: AssertionConfig,
     pub verify_url: Option<Url>,
     pub tls: TlsMaterial,
+    /// RFC 8693 token exchange settings (grant token-exchange).
+    pub token_exchange: TokenExchangeConfig,
+}
+
+/// RFC 8693: how the subject token ([`Credentials::federated_token`]) is described, and
+/// which token is asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenExchangeConfig {
+    /// subject_token_type; default urn:ietf:params:oauth:token-type:jwt.
+    pub subject_token_type: String,
+    /// requested_token_type; None leaves it to the server.
+    pub requested_token_type: Option<String>,
+}
+
+/// The token type URI of a JWT (RFC 8693 3).
+pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+impl Default for TokenExchangeConfig {
+    fn default() -> Self {
+        TokenExchangeConfig { subject_token_type: TOKEN_TYPE_JWT.into(), requested_token_type: None }
+    }
 }
 
 impl TokenRequestConfig {
@@ -149,6 +170,7 @@ impl TokenRequestConfig {
             assertion: AssertionConfig::default(),
             verify_url: None,
             tls: TlsMaterial::default(),
+            token_exchange: TokenExchangeConfig::default(),
         }
     }
 }
@@ -165,4 +187,10 @@ pub struct Credentials {
     pub refresh_token: Option<SecretString>,
     /// A one-time authorization code.
     pub authorization_code: Option<SecretString>,
+    /// A token issued to this workload by an issuer the server trusts (workload identity
+    /// federation): a Kubernetes ServiceAccount token minted for this one request, a
+    /// projected token file, or a subject token from the source Secret. It is the
+    /// client_assertion of clientAuthentication service_account_token, the assertion of the
+    /// jwt-bearer grant (instead of signing one) and the subject_token of token exchange.
+    pub federated_token: Option<SecretString>,
 }

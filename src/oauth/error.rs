@@ -30,6 +30,10 @@ pub enum ErrorKind {
     /// The verification probe (spec.verify) refused the new token. Reason
     /// `TokenVerificationFailed`.
     VerificationFailed,
+    /// Material the caller obtains for each request (a Kubernetes ServiceAccount token)
+    /// could not be obtained or was refused by the caller's own safety rules; the reason is
+    /// the caller's.
+    Source(&'static str),
 }
 
 impl ErrorKind {
@@ -42,6 +46,7 @@ impl ErrorKind {
             ErrorKind::Unavailable => "TokenEndpointUnavailable",
             ErrorKind::InvalidResponse => "InvalidTokenResponse",
             ErrorKind::VerificationFailed => "TokenVerificationFailed",
+            ErrorKind::Source(reason) => reason,
         }
     }
 }

@@ -109,6 +109,12 @@ pub fn build(
                 params.add_secret("client_assertion", &jwt, redactor);
             }
             ClientAuthentication::None => params.add("client_id", creds.client_id.clone()),
+            ClientAuthentication::ServiceAccountToken => {
+                let token = federated_token(creds)?;
+                params.add("client_id", creds.client_id.clone());
+                params.add("client_assertion_type", CLIENT_ASSERTION_TYPE);
+                params.add_secret("client_assertion", token, redactor);
+            }
         }
     }
     for (name, value) in &config.extra_headers {
@@ -116,6 +122,15 @@ pub fn build(
         headers.push((name.clone(), value.clone()));
     }
     Ok(HttpRequest { method: reqwest::Method::POST, url: url.clone(), headers, body: Some(params.encode(encoding)) })
+}
+
+/// The federated token (a ServiceAccount token, a projected token file, a subject token).
+pub fn federated_token(creds: &Credentials) -> Result<&SecretString, TokenError> {
+    creds
+        .federated_token
+        .as_ref()
+        .filter(|s| !s.expose_secret().trim().is_empty())
+        .ok_or_else(|| TokenError::credentials("the ServiceAccount (federated) token is missing or empty"))
 }
 
 fn client_secret(creds: &Credentials) -> Result<&SecretString, TokenError> {

@@ -39,6 +39,9 @@ pub struct Token {
     pub scope: Option<String>,
     /// A refresh token the server returned with this token (new or rotated).
     pub refresh_token: Option<SecretString>,
+    /// RFC 8693 2.2.1: the type of the token a token exchange issued, e.g.
+    /// urn:ietf:params:oauth:token-type:access_token.
+    pub issued_token_type: Option<String>,
 }
 
 /// Parses a response to a token or refresh request. `now` is when the request was sent:
@@ -105,7 +108,18 @@ pub fn parse(
         Some(Value::String(s)) if !s.is_empty() => Some(SecretString::from(s.clone())),
         _ => None,
     };
-    Ok(Token { access_token, token_type, issued_at: now, expires_at, expiry_source, scope, refresh_token })
+    let issued_token_type =
+        lookup(&body, "issued_token_type").and_then(Value::as_str).map(str::to_owned).filter(|s| !s.is_empty());
+    Ok(Token {
+        access_token,
+        token_type,
+        issued_at: now,
+        expires_at,
+        expiry_source,
+        scope,
+        refresh_token,
+        issued_token_type,
+    })
 }
 
 /// Expiry from, in order: the lifetime field, the absolute expiry field, the JWT exp claim,
@@ -141,7 +155,13 @@ fn expiry(
         return Ok((exp, ExpirySource::JwtExp));
     }
     if let Some(lifetime) = mapping.default_lifetime {
-        return Ok((now + lifetime, ExpirySource::DefaultLifetime));
+        // Bounded like expires_in: a lifetime past what a timestamp can hold must be an
+        // error, not an overflow.
+        let at = Some(lifetime)
+            .filter(|l| l.as_secs_f64() <= MAX_LIFETIME_SECS)
+            .and_then(|l| now.checked_add(l).ok())
+            .ok_or_else(|| TokenError::invalid_response("spec.response.defaultLifetime is longer than 366 days"))?;
+        return Ok((at, ExpirySource::DefaultLifetime));
     }
     Err(TokenError::invalid_response(format!(
         "the response states no lifetime ({} or {}) and the token is not a JWT with exp; set \
@@ -353,6 +373,11 @@ mod tests {
         let mapping = ResponseMapping { default_lifetime: Some(Duration::from_secs(3600)), ..Default::default() };
         let t = parse(&resp(200, r#"{"access_token":"opaque"}"#), &mapping, now(), &Redactor::default()).unwrap();
         assert_eq!(t.expiry_source, ExpirySource::DefaultLifetime);
+        // Found by the hostile-input proptest: a lifetime past what a timestamp holds
+        // overflowed instead of failing.
+        let huge = ResponseMapping { default_lifetime: Some(Duration::from_secs(u64::MAX / 2)), ..Default::default() };
+        let e = parse(&resp(200, r#"{"access_token":"opaque"}"#), &huge, now(), &Redactor::default()).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidResponse);
     }
 
     #[test]

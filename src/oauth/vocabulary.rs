@@ -17,6 +17,8 @@ pub enum GrantType {
     AuthorizationCode,
     #[serde(rename = "urn:ietf:params:oauth:grant-type:jwt-bearer")]
     JwtBearer,
+    #[serde(rename = "urn:ietf:params:oauth:grant-type:token-exchange")]
+    TokenExchange,
 }
 
 /// Client authentication methods (OAuth 2.0 / OIDC token_endpoint_auth_method names).
@@ -33,6 +35,11 @@ pub enum ClientAuthentication {
     ClientSecretJwt,
     #[serde(rename = "none")]
     None,
+    /// The client assertion (RFC 7523 2.2) is a token issued elsewhere that the server
+    /// trusts, such as a Kubernetes ServiceAccount token (workload identity federation):
+    /// [`crate::oauth::Credentials::federated_token`].
+    #[serde(rename = "service_account_token")]
+    ServiceAccountToken,
 }
 
 /// Body encodings for token requests.
@@ -70,6 +77,7 @@ impl GrantType {
             GrantType::RefreshToken => "refresh_token",
             GrantType::AuthorizationCode => "authorization_code",
             GrantType::JwtBearer => "urn:ietf:params:oauth:grant-type:jwt-bearer",
+            GrantType::TokenExchange => "urn:ietf:params:oauth:grant-type:token-exchange",
         }
     }
 }
@@ -83,6 +91,7 @@ impl ClientAuthentication {
             ClientAuthentication::PrivateKeyJwt => "private_key_jwt",
             ClientAuthentication::ClientSecretJwt => "client_secret_jwt",
             ClientAuthentication::None => "none",
+            ClientAuthentication::ServiceAccountToken => "service_account_token",
         }
     }
 

@@ -305,6 +305,18 @@ pub const NEEDED: &[Needed] = &[
         grant: ("events.k8s.io", "events", "patch", None),
         sites: &[("src/controller/reconcile.rs", "ctx.recorder.publish(")],
     },
+    // src/controller/service_account.rs: secretless credentials read the ServiceAccount the
+    // spec names (its opt-in annotation) and request a token for it (TokenRequest API).
+    Needed {
+        scope: Scope::Watched,
+        grant: ("", "serviceaccounts", "get", None),
+        sites: &[("src/controller/service_account.rs", ".get_opt(&sa.name)")],
+    },
+    Needed {
+        scope: Scope::Watched,
+        grant: ("", "serviceaccounts/token", "create", None),
+        sites: &[("src/controller/service_account.rs", ".create_token_request(&sa.name")],
+    },
     // src/controller/mod.rs cluster_controller: the ClusterClientCredential reflector and the
     // metadata-only Namespace reflector (selection by name and labels).
     Needed {

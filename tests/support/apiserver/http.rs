@@ -120,6 +120,19 @@ async fn handle(
         let store = shared.lock();
         match segs.as_slice() {
             ["version"] => return json_response(200, &version_info()),
+            [".well-known", "openid-configuration"] => {
+                let external = format!("http://{}", shared.addr);
+                return match &store.issuer {
+                    Some(i) => json_response(200, &i.discovery(&external)),
+                    None => error_response(&ApiError::no_route()),
+                };
+            }
+            ["openid", "v1", "jwks"] => {
+                return match &store.issuer {
+                    Some(i) => json_response(200, &i.jwks()),
+                    None => error_response(&ApiError::no_route()),
+                };
+            }
             ["api"] if aggregated => return discovery_aggregated(&store, true),
             ["apis"] if aggregated => return discovery_aggregated(&store, false),
             ["api"] => {
@@ -160,7 +173,8 @@ fn resolve(store: &Store, group: &str, version: &str, rest: &[&str]) -> Option<T
             return None;
         }
         let subresource = tail.get(1).map(|s| s.to_string());
-        if subresource.as_deref().is_some_and(|s| s != "status" || !rt.status_subresource) {
+        let token = |s: &str| s == "token" && rt.group.is_empty() && rt.plural == "serviceaccounts";
+        if subresource.as_deref().is_some_and(|s| !(token(s) || (s == "status" && rt.status_subresource))) {
             return None;
         }
         Some(Target {
@@ -220,6 +234,7 @@ async fn resource(
         (&Method::GET, false) => Verb::List,
         (&Method::GET, true) => Verb::Get,
         (&Method::POST, false) if t.namespace.is_some() || !t.rt.namespaced => Verb::Create,
+        (&Method::POST, true) if t.subresource.as_deref() == Some("token") => Verb::Create,
         (&Method::PUT, true) => Verb::Update,
         (&Method::PATCH, true) if content_type == APPLY => Verb::Apply,
         (&Method::PATCH, true) => Verb::Patch,
@@ -345,6 +360,12 @@ fn dispatch(
             };
             let items: Vec<Value> = page.items.iter().map(|o| render_item(rt, o, output)).collect();
             Ok((200, json!({"kind": kind, "apiVersion": api_version, "metadata": metadata, "items": items})))
+        }
+        Verb::Create if sub == Some("token") => {
+            let request = parse_body(body, false)?;
+            let account = store.get(rt, ns, name)?;
+            let issuer = store.issuer.as_mut().ok_or_else(ApiError::no_route)?;
+            issuer.token_request(ns.unwrap_or_default(), &account, &request).map(|o| (201, o))
         }
         Verb::Create => {
             let obj = parse_body(body, false)?;

@@ -63,6 +63,7 @@ mod http;
 mod resources;
 mod selectors;
 mod store;
+mod tokens;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -138,9 +139,26 @@ pub struct Builder {
     require_namespaces: bool,
     namespaces: Vec<String>,
     bookmark_interval: Duration,
+    service_account_issuer: Option<String>,
+    api_audiences: Vec<String>,
 }
 
 impl Builder {
+    /// The ServiceAccount token issuer (default: the server's own URL, so that token servers
+    /// can fetch its discovery document and keys from `iss`, as identity providers do).
+    #[must_use]
+    pub fn service_account_issuer(mut self, issuer: &str) -> Self {
+        self.service_account_issuer = Some(issuer.into());
+        self
+    }
+
+    /// The audiences the API server itself accepts (default: the issuer).
+    #[must_use]
+    pub fn api_audiences(mut self, audiences: &[&str]) -> Self {
+        self.api_audiences = audiences.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
     /// Serves one more resource.
     #[must_use]
     pub fn resource(mut self, rt: ResourceType) -> Self {
@@ -203,6 +221,8 @@ impl Builder {
         let mut store = Store::new(self.resources, self.history_limit);
         store.gc_enabled = self.gc;
         store.require_namespaces = self.require_namespaces;
+        let issuer = self.service_account_issuer.unwrap_or_else(|| format!("http://{addr}"));
+        store.issuer = Some(tokens::Issuer::new(issuer, self.api_audiences));
         let (changes, _) = watch::channel(0);
         let shared =
             Arc::new(Shared { store: Mutex::new(store), changes, bookmark_interval: self.bookmark_interval, addr });
@@ -327,6 +347,8 @@ impl ApiServer {
             require_namespaces: true,
             namespaces: ["default", "kube-system", "kube-public", "kube-node-lease"].map(String::from).to_vec(),
             bookmark_interval: Duration::from_secs(60),
+            service_account_issuer: None,
+            api_audiences: Vec::new(),
         }
     }
 
@@ -491,6 +513,26 @@ impl ApiServer {
     /// See [`View::count`].
     pub fn count(&self, verb: Verb, resource: &str, subresource: Option<&str>) -> usize {
         self.inspect(|v| v.count(verb, resource, subresource))
+    }
+
+    /// The ServiceAccount tokens issued so far (TokenRequest), oldest first.
+    pub fn issued_service_account_tokens(&self) -> Vec<String> {
+        self.inspect(|v| v.store.issuer.as_ref().map(|i| i.issued.clone()).unwrap_or_default())
+    }
+
+    /// The ServiceAccount token issuer (`iss`).
+    pub fn service_account_issuer(&self) -> String {
+        self.inspect(|v| v.store.issuer.as_ref().map(|i| i.issuer.clone()).unwrap_or_default())
+    }
+
+    /// The shortest ServiceAccount token lifetime accepted (600 s by default, like a real
+    /// server).
+    pub fn set_min_token_expiration(&self, seconds: i64) {
+        self.mutate(|s| {
+            if let Some(i) = s.issuer.as_mut() {
+                i.min_expiration = seconds;
+            }
+        });
     }
 
     pub fn clear_requests(&self) {

@@ -184,6 +184,7 @@ pub fn builtin_resources() -> Vec<ResourceType> {
         secrets,
         namespaces,
         ResourceType::builtin("", "v1", "configmaps", "ConfigMap", true),
+        ResourceType::builtin("", "v1", "serviceaccounts", "ServiceAccount", true),
         ResourceType::builtin("", "v1", "events", "Event", true).with_field_selectors(&[
             "involvedObject.kind",
             "involvedObject.namespace",

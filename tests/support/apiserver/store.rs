@@ -128,6 +128,8 @@ pub struct Store {
     pub lagging_cache: Option<LaggingCache>,
     pub gc_enabled: bool,
     pub require_namespaces: bool,
+    /// The ServiceAccount token issuer (set when the server starts).
+    pub issuer: Option<super::tokens::Issuer>,
 }
 
 pub fn now() -> String {
@@ -249,6 +251,7 @@ impl Store {
             lagging_cache: None,
             gc_enabled: true,
             require_namespaces: true,
+            issuer: None,
         }
     }
 
