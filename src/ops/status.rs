@@ -215,7 +215,8 @@ fn write_failures(w: &mut String, status: &ClientCredentialStatus, now: Timestam
         let _ = writeln!(w, "  Next try:  {}", when(r.0, now));
     }
     if let Some(s) = status.retry_after_seconds {
-        let _ = writeln!(w, "  Retry-After asked by the server: {s}s");
+        // The endpoint's Retry-After, or the maximum backoff after a permanent error.
+        let _ = writeln!(w, "  Waits at least {} after a failure (Retry-After or backoff cap)", super::short_duration(s.max(0) as u64));
     }
 }
 
