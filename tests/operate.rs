@@ -388,3 +388,55 @@ async fn a_cluster_without_the_crds_is_named_as_such() {
         run.stderr
     );
 }
+
+#[tokio::test]
+async fn status_of_a_cluster_client_credential_shows_its_namespaces_and_claims() {
+    use k8s_openapi::api::core::v1::Namespace;
+    use tokensync::api::ClusterClientCredential;
+    let api = ApiServer::builder()
+        .crd(&tokensync::api::crd())
+        .crd(&tokensync::api::cluster::crd())
+        .namespaces(&["default", NS, "listed"])
+        .start()
+        .await;
+    let idp = Idp::start().await;
+    let _controller = start(&api, args(&["--cluster-credentials"]));
+    create_secret(&api, source_secret("shared-client", &[("client_id", "c"), ("client_secret", "s")])).await;
+    let ccc: ClusterClientCredential = serde_json::from_value(json!({
+        "apiVersion": "tokensync.io/v1alpha1", "kind": "ClusterClientCredential",
+        "metadata": {"name": "shared"},
+        "spec": {
+            "tokenEndpoint": idp.server.url("/token"),
+            "clientAuthentication": "client_secret_post",
+            "credentialsRef": {"name": "shared-client", "namespace": NS},
+            "target": {"name": "shared-token", "namespaces": ["listed"]}
+        }
+    }))
+    .unwrap();
+    Api::<ClusterClientCredential>::all(api.client()).create(&PostParams::default(), &ccc).await.unwrap();
+    api.wait_for(
+        |v| {
+            let c: Option<ClusterClientCredential> = v.get(None, "shared");
+            c.and_then(|c| c.status).is_some_and(|s| s.synced_namespaces == Some(1))
+        },
+        WAIT,
+    )
+    .await
+    .expect("the ClusterClientCredential synced its namespace");
+    assert!(api.get::<Namespace>(None, "listed").is_some());
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(dir.path(), &api.url());
+    let run = tokensync(&config, &["status", "clusterclientcredential/shared"]).await;
+    println!("$ tokensync status clusterclientcredential/shared\n{}", run.stdout);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for expected in [
+        "Name:        shared\nKind:        ClusterClientCredential\n",
+        "Ready:       True (TokenIssued)",
+        "Target:      Secret shared-token in each selected namespace (keys: access_token, expires_at, token_type)\n",
+        "Namespaces:  1 selected, 1 synced, 0 failed\n",
+        "  sub       service-account-payments\n",
+    ] {
+        assert!(run.stdout.contains(expected), "{expected:?} missing from:\n{}", run.stdout);
+    }
+}

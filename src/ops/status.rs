@@ -38,6 +38,15 @@ pub struct StatusArgs {
     pub kube: KubeArgs,
 }
 
+/// A ClusterClientCredential's namespaces.
+struct FanOut {
+    selected: i32,
+    synced: i32,
+    failed: i32,
+    /// (namespace, why), the first few.
+    failures: Vec<(String, String)>,
+}
+
 /// What `status` shows, read from the cluster.
 struct Object {
     kind: Kind,
@@ -47,8 +56,8 @@ struct Object {
     generation: Option<i64>,
     spec: ClientCredentialSpec,
     status: Option<ClientCredentialStatus>,
-    /// ClusterClientCredential: (selected, synced, failed, failures).
-    fan_out: Option<(i32, i32, i32, Vec<(String, String)>)>,
+    /// ClusterClientCredential: how the fan-out to the selected namespaces went.
+    fan_out: Option<FanOut>,
     /// Where the state Secret and the Events are.
     state_secret: (String, String),
     events_namespace: String,
@@ -129,13 +138,11 @@ async fn fetch(conn: &Connection, kind: Kind, name: &str) -> Result<Object, OpsE
                 events_namespace: "default".to_owned(),
                 spec: ccc.spec.token,
                 status: status.as_ref().map(|s| s.credential.clone()),
-                fan_out: status.map(|s| {
-                    (
-                        s.selected_namespaces.unwrap_or(0),
-                        s.synced_namespaces.unwrap_or(0),
-                        s.failed_namespaces.unwrap_or(0),
-                        s.namespace_failures.into_iter().map(|f| (f.namespace, f.message)).collect(),
-                    )
+                fan_out: status.map(|s| FanOut {
+                    selected: s.selected_namespaces.unwrap_or(0),
+                    synced: s.synced_namespaces.unwrap_or(0),
+                    failed: s.failed_namespaces.unwrap_or(0),
+                    failures: s.namespace_failures.into_iter().map(|f| (f.namespace, f.message)).collect(),
                 }),
             })
         }
@@ -216,7 +223,11 @@ fn write_failures(w: &mut String, status: &ClientCredentialStatus, now: Timestam
     }
     if let Some(s) = status.retry_after_seconds {
         // The endpoint's Retry-After, or the maximum backoff after a permanent error.
-        let _ = writeln!(w, "  Waits at least {} after a failure (Retry-After or backoff cap)", super::short_duration(s.max(0) as u64));
+        let _ = writeln!(
+            w,
+            "  Waits at least {} after a failure (Retry-After or backoff cap)",
+            super::short_duration(s.max(0) as u64)
+        );
     }
 }
 
@@ -262,9 +273,9 @@ async fn write_targets(w: &mut String, conn: &Connection, object: &Object) {
                 "Target:      Secret {target} in each selected namespace (keys: {})",
                 spec_keys().join(", ")
             );
-            if let Some((selected, synced, failed, failures)) = fan_out {
-                let _ = writeln!(w, "Namespaces:  {selected} selected, {synced} synced, {failed} failed");
-                for (ns, message) in failures {
+            if let Some(f) = fan_out {
+                let _ = writeln!(w, "Namespaces:  {} selected, {} synced, {} failed", f.selected, f.synced, f.failed);
+                for (ns, message) in &f.failures {
                     let _ = writeln!(w, "  {ns}: {message}");
                 }
             }
