@@ -234,3 +234,29 @@ impl Drop for ReconcileTimer<'_> {
         self.metrics.reconciled.send_modify(|n| *n += 1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ClientCredentialStatus;
+
+    #[test]
+    fn a_deleted_credential_leaves_no_series_behind() {
+        let metrics = Metrics::default();
+        let status = ClientCredentialStatus { failed_attempts: Some(3), ..Default::default() };
+        metrics.record_status("team-a", "demo", &status);
+        let cluster = crate::api::cluster::ClusterClientCredentialStatus {
+            credential: status,
+            failed_namespaces: Some(2),
+            ..Default::default()
+        };
+        metrics.record_cluster_status("shared", &cluster);
+        let text = metrics.encode();
+        assert!(text.contains("tokensync_credential_failed_attempts{namespace=\"team-a\",name=\"demo\"} 3"), "{text}");
+        assert!(text.contains("tokensync_cluster_credential_namespaces{name=\"shared\",state=\"failed\"} 2"), "{text}");
+        metrics.forget_credential("team-a", "demo");
+        metrics.forget_credential("", "shared");
+        let text = metrics.encode();
+        assert!(!text.contains("name=\"demo\"") && !text.contains("name=\"shared\""), "{text}");
+    }
+}
