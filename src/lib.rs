@@ -14,6 +14,7 @@ pub mod fetch;
 pub mod manifest;
 pub mod metrics;
 pub mod oauth;
+pub mod ops;
 pub mod render;
 pub mod schedule;
 pub mod telemetry;

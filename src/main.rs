@@ -58,10 +58,37 @@ enum Command {
     /// a change of the watched files reloads the configuration; SIGTERM/SIGINT stop it.
     /// Exit code 2: the configuration could not be loaded at start.
     Agent(tokensync::agent::AgentArgs),
+
+    /// Show one credential: Ready and Degraded with reason, token times, failures, target
+    /// Secret keys, recent Events and the JWT claims of its token (never the token).
+    ///
+    /// Uses your kubeconfig like kubectl (--kubeconfig, --context, -n). Exit code 2: the
+    /// credential could not be read (no cluster, no CRD, not found, forbidden).
+    Status(tokensync::ops::status::StatusArgs),
+
+    /// Request an immediate renewal through the tokensync.io/renew-requested-at annotation.
+    ///
+    /// With --wait, waits until the controller has handled the request. Exit code 1: a
+    /// renewal failed or timed out; 2: the request could not be made.
+    Renew(tokensync::ops::renew::RenewArgs),
 }
 
+/// The file name kubectl looks for on PATH to offer `kubectl tokensync ...`.
+const KUBECTL_PLUGIN: &str = "kubectl-tokensync";
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Installed as kubectl-tokensync, kubectl runs us with the arguments after
+    // `kubectl tokensync`: the same subcommands, only the name in usage lines differs.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let plugin = std::path::Path::new(&argv0).file_stem().is_some_and(|s| s == KUBECTL_PLUGIN);
+    let mut command = <Cli as clap::CommandFactory>::command();
+    if plugin {
+        command = command.bin_name("kubectl tokensync");
+    }
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     telemetry::init(cli.log_format);
     match cli.command {
         Command::Controller(args) => block_on(true, async {
@@ -93,6 +120,27 @@ fn main() -> ExitCode {
             print!("{}", documents.join("---\n"));
             ExitCode::SUCCESS
         }
+        Command::Status(args) => block_on(false, async {
+            match tokensync::ops::status::run(&args).await {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }),
+        Command::Renew(args) => block_on(false, async {
+            match tokensync::ops::renew::run(&args, &mut std::io::stdout()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }),
         // One request: a single-threaded runtime is enough.
         Command::Fetch(args) => block_on(false, async {
             match tokensync::fetch::run(&args).await {

@@ -19,6 +19,14 @@ pub struct CredentialLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterNamespaceLabels {
+    /// The ClusterClientCredential.
+    pub name: String,
+    /// selected, synced or failed.
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// success or failure
     pub result: String,
@@ -36,6 +44,9 @@ pub struct ErrorLabels {
     pub kind: String,
 }
 
+/// The `state` label values of `tokensync_cluster_credential_namespaces`.
+const CLUSTER_NAMESPACE_STATES: [&str; 3] = ["selected", "synced", "failed"];
+
 /// Every metric tokensync exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -45,6 +56,15 @@ pub struct Metrics {
     pub token_request_duration: Family<ResultLabels, Histogram>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Histogram,
+    /// 1 while the credential's Ready condition is True, else 0 (the alerts' and the
+    /// dashboard's view of the status; the reason stays in the status, not in a label).
+    pub credential_ready: Family<CredentialLabels, Gauge<i64, AtomicI64>>,
+    /// 1 while the credential's Degraded condition is True (renewal failing), else 0.
+    pub credential_degraded: Family<CredentialLabels, Gauge<i64, AtomicI64>>,
+    /// Consecutive failed token requests since the last success (status.failedAttempts).
+    pub credential_failed_attempts: Family<CredentialLabels, Gauge<i64, AtomicI64>>,
+    /// Namespaces of a ClusterClientCredential by state (selected, synced, failed).
+    pub cluster_namespaces: Family<ClusterNamespaceLabels, Gauge<i64, AtomicI64>>,
     /// Completed reconciles, also observable as a stream: tests and the benchmark wait on it
     /// instead of sleeping.
     reconciled: tokio::sync::watch::Sender<u64>,
@@ -83,8 +103,36 @@ impl Default for Metrics {
         );
         let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         registry.register("reconcile_duration_seconds", "Duration of reconciles", reconcile_duration.clone());
+        let credential_ready = Family::<CredentialLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "credential_ready",
+            "1 when the Ready condition of a credential is True, else 0 (namespace \"\" for a ClusterClientCredential)",
+            credential_ready.clone(),
+        );
+        let credential_degraded = Family::<CredentialLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "credential_degraded",
+            "1 when the Degraded condition of a credential is True (its renewal is failing), else 0",
+            credential_degraded.clone(),
+        );
+        let credential_failed_attempts = Family::<CredentialLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "credential_failed_attempts",
+            "Consecutive failed token requests of a credential since its last success",
+            credential_failed_attempts.clone(),
+        );
+        let cluster_namespaces = Family::<ClusterNamespaceLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "cluster_credential_namespaces",
+            "Namespaces of a ClusterClientCredential by state: selected, synced (hold the current token), failed",
+            cluster_namespaces.clone(),
+        );
         Metrics {
             registry,
+            credential_ready,
+            credential_degraded,
+            credential_failed_attempts,
+            cluster_namespaces,
             token_expiry,
             token_renewal,
             token_requests,
@@ -108,6 +156,39 @@ impl Metrics {
         let labels = CredentialLabels { namespace: namespace.into(), name: name.into() };
         self.token_expiry.remove(&labels);
         self.token_renewal.remove(&labels);
+        self.credential_ready.remove(&labels);
+        self.credential_degraded.remove(&labels);
+        self.credential_failed_attempts.remove(&labels);
+        if namespace.is_empty() {
+            for state in CLUSTER_NAMESPACE_STATES {
+                self.cluster_namespaces.remove(&ClusterNamespaceLabels { name: name.into(), state: state.into() });
+            }
+        }
+    }
+
+    /// Records the status a reconcile computed for a ClientCredential (or, with namespace
+    /// "", the credential part of a ClusterClientCredential's): Ready, Degraded, failed
+    /// attempts, and drops the renewal gauge when no renewal is scheduled (suspended, or a
+    /// failure only a change can fix), so that a stale renewal time never looks overdue.
+    pub fn record_status(&self, namespace: &str, name: &str, status: &crate::api::ClientCredentialStatus) {
+        let labels = CredentialLabels { namespace: namespace.into(), name: name.into() };
+        let is_true = |type_: &str| status.conditions.iter().any(|c| c.type_ == type_ && c.status == "True");
+        self.credential_ready.get_or_create(&labels).set(is_true(crate::controller::status::READY).into());
+        self.credential_degraded.get_or_create(&labels).set(is_true(crate::controller::status::DEGRADED).into());
+        self.credential_failed_attempts.get_or_create(&labels).set(status.failed_attempts.unwrap_or(0).into());
+        if status.renew_at.is_none() {
+            self.token_renewal.remove(&labels);
+        }
+    }
+
+    /// [`Metrics::record_status`] for a ClusterClientCredential, plus its namespace counts.
+    pub fn record_cluster_status(&self, name: &str, status: &crate::api::cluster::ClusterClientCredentialStatus) {
+        self.record_status("", name, &status.credential);
+        let counts = [status.selected_namespaces, status.synced_namespaces, status.failed_namespaces];
+        for (state, count) in CLUSTER_NAMESPACE_STATES.into_iter().zip(counts) {
+            let labels = ClusterNamespaceLabels { name: name.into(), state: state.into() };
+            self.cluster_namespaces.get_or_create(&labels).set(count.unwrap_or(0).into());
+        }
     }
 
     /// Counts one token acquisition and records its duration, by result and condition
@@ -151,5 +232,31 @@ impl Drop for ReconcileTimer<'_> {
     fn drop(&mut self) {
         self.metrics.reconcile_duration.observe(self.started.elapsed().as_secs_f64());
         self.metrics.reconciled.send_modify(|n| *n += 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ClientCredentialStatus;
+
+    #[test]
+    fn a_deleted_credential_leaves_no_series_behind() {
+        let metrics = Metrics::default();
+        let status = ClientCredentialStatus { failed_attempts: Some(3), ..Default::default() };
+        metrics.record_status("team-a", "demo", &status);
+        let cluster = crate::api::cluster::ClusterClientCredentialStatus {
+            credential: status,
+            failed_namespaces: Some(2),
+            ..Default::default()
+        };
+        metrics.record_cluster_status("shared", &cluster);
+        let text = metrics.encode();
+        assert!(text.contains("tokensync_credential_failed_attempts{namespace=\"team-a\",name=\"demo\"} 3"), "{text}");
+        assert!(text.contains("tokensync_cluster_credential_namespaces{name=\"shared\",state=\"failed\"} 2"), "{text}");
+        metrics.forget_credential("team-a", "demo");
+        metrics.forget_credential("", "shared");
+        let text = metrics.encode();
+        assert!(!text.contains("name=\"demo\"") && !text.contains("name=\"shared\""), "{text}");
     }
 }

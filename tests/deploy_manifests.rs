@@ -492,3 +492,13 @@ fn the_cluster_credentials_overlay_grants_exactly_what_the_cluster_controller_ad
     assert!(patch.contains("value: --cluster-credentials") && patch.contains("/containers/0/args/-"), "{patch}");
     assert!(controller_help().contains("--cluster-credentials"));
 }
+
+#[test]
+fn the_cli_user_role_grants_exactly_what_status_and_renew_call() {
+    let path = "deploy/cli/tokensync-cli.yaml";
+    let objects = deploy::parse(&deploy::read(path), path);
+    let [Object::ClusterRole(role)] = objects.as_slice() else { panic!("{path}: one ClusterRole, nothing else") };
+    assert_eq!(role.metadata.name.as_deref(), Some("tokensync-cli"));
+    let granted = deploy::granted(role.rules.as_deref().unwrap_or_default(), "ClusterRole tokensync-cli");
+    assert_eq!(granted, deploy::needed(Scope::Cli, LEASE), "{path}");
+}

@@ -327,3 +327,59 @@ fn cluster_credentials_add_the_flag_and_a_cluster_role_for_exactly_what_they_cal
     let refused = render_result(json!({ "clusterCredentials": { "enabled": true }, "watchNamespaces": ["team-a"] }));
     assert!(refused.is_err_and(|e| e.contains("clusterCredentials.enabled needs the cluster-wide install")));
 }
+
+#[test]
+fn alerts_and_dashboard_are_opt_in_and_render_the_files_of_deploy_monitoring() {
+    let off = render(json!({}));
+    assert!(!off.iter().any(|o| matches!(o, Object::PrometheusRule(_) | Object::ConfigMap(_))), "off by default");
+
+    let on = render(json!({
+        "prometheusRule": {"enabled": true, "labels": {"release": "kube-prometheus-stack"}},
+        "dashboard": {"enabled": true, "namespace": "monitoring", "annotations": {"grafana_folder": "Platform"}},
+    }));
+    let plain = deploy::parse(&deploy::read("deploy/monitoring/prometheusrule.yaml"), "deploy/monitoring");
+    let [Object::PrometheusRule(plain)] = plain.as_slice() else { panic!("deploy/monitoring: one PrometheusRule") };
+    let rule = on
+        .iter()
+        .find_map(|o| match o {
+            Object::PrometheusRule(r) => Some(r),
+            _ => None,
+        })
+        .expect("a PrometheusRule");
+    assert_eq!(rule.spec, plain.spec, "the chart's alerts equal deploy/monitoring/prometheusrule.yaml");
+    assert_eq!(rule.metadata.namespace.as_deref(), Some(SYSTEM_NAMESPACE));
+    let labels = rule.metadata.labels.clone().unwrap();
+    assert_eq!(labels.get("release").map(String::as_str), Some("kube-prometheus-stack"));
+
+    let dashboard = on
+        .iter()
+        .find_map(|o| match o {
+            Object::ConfigMap(c) => Some(c),
+            _ => None,
+        })
+        .expect("a dashboard ConfigMap");
+    assert_eq!(dashboard.metadata.namespace.as_deref(), Some("monitoring"));
+    assert_eq!(dashboard.metadata.labels.as_ref().unwrap().get("grafana_dashboard").map(String::as_str), Some("1"));
+    assert_eq!(
+        dashboard.metadata.annotations.as_ref().unwrap().get("grafana_folder").map(String::as_str),
+        Some("Platform")
+    );
+    let json = &dashboard.data.as_ref().unwrap()["tokensync.json"];
+    assert_eq!(format!("{json}\n"), deploy::read("deploy/monitoring/tokensync-dashboard.json"));
+
+    // A fork or mirror of the docs: every runbook link follows.
+    let mirrored = render(json!({
+        "prometheusRule": {"enabled": true, "runbookBaseUrl": "https://docs.internal/tokensync/runbook"},
+    }));
+    let rule = mirrored
+        .iter()
+        .find_map(|o| match o {
+            Object::PrometheusRule(r) => Some(r),
+            _ => None,
+        })
+        .unwrap();
+    for r in rule.spec.groups.iter().flat_map(|g| &g.rules) {
+        let url = &r.annotations["runbook_url"];
+        assert_eq!(url, &format!("https://docs.internal/tokensync/runbook#{}", r.alert.to_lowercase()));
+    }
+}

@@ -298,6 +298,7 @@ async fn run_pipeline(
     if let Some(r) = renew_at {
         base.metrics.token_renewal.get_or_create(&gauge_labels).set(r.as_second());
     }
+    base.metrics.record_cluster_status(&name, &next_status);
 
     Ok(Outcome::Done(requeue(base, now, next.as_ref(), stored.as_ref())))
 }

@@ -489,6 +489,7 @@ impl Run {
             }
         }
         record_gauges(&self.ctx, &cc, self.stored.as_ref(), renew_at);
+        self.ctx.metrics.record_status(&cc.namespace().unwrap_or_default(), &cc.name_any(), &next_status);
         Ok(StatusWrite::Current)
     }
 

@@ -43,6 +43,43 @@ pub enum Object {
     Service(Service),
     PodDisruptionBudget(PodDisruptionBudget),
     ServiceMonitor(ServiceMonitor),
+    PrometheusRule(PrometheusRule),
+    ConfigMap(k8s_openapi::api::core::v1::ConfigMap),
+}
+
+/// monitoring.coreos.com/v1 PrometheusRule, the part the alerts use; unknown fields are
+/// refused like the ServiceMonitor's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PrometheusRule {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    pub spec: PrometheusRuleSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusRuleSpec {
+    pub groups: Vec<RuleGroup>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleGroup {
+    pub name: String,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub alert: String,
+    pub expr: String,
+    #[serde(rename = "for")]
+    pub for_: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// The part of monitoring.coreos.com/v1 ServiceMonitor the chart uses. Unknown fields are
@@ -92,6 +129,8 @@ impl Object {
             Object::Service(_) => "Service",
             Object::PodDisruptionBudget(_) => "PodDisruptionBudget",
             Object::ServiceMonitor(_) => "ServiceMonitor",
+            Object::PrometheusRule(_) => "PrometheusRule",
+            Object::ConfigMap(_) => "ConfigMap",
         }
     }
 
@@ -107,6 +146,8 @@ impl Object {
             Object::Service(o) => serde_json::to_value(o),
             Object::PodDisruptionBudget(o) => serde_json::to_value(o),
             Object::ServiceMonitor(o) => serde_json::to_value(o),
+            Object::PrometheusRule(o) => serde_json::to_value(o),
+            Object::ConfigMap(o) => serde_json::to_value(o),
         }
         .unwrap()
     }
@@ -160,6 +201,8 @@ pub fn parse(text: &str, origin: &str) -> Vec<Object> {
             ("v1", "Service") => Object::Service(typed(&doc, &origin)),
             ("policy/v1", "PodDisruptionBudget") => Object::PodDisruptionBudget(typed(&doc, &origin)),
             ("monitoring.coreos.com/v1", "ServiceMonitor") => Object::ServiceMonitor(typed(&doc, &origin)),
+            ("monitoring.coreos.com/v1", "PrometheusRule") => Object::PrometheusRule(typed(&doc, &origin)),
+            ("v1", "ConfigMap") => Object::ConfigMap(typed(&doc, &origin)),
             _ => panic!("{origin}: unexpected object {api_version} {kind}: no install test knows this kind"),
         };
         out.push(object);
@@ -176,6 +219,10 @@ pub enum Scope {
     /// Cluster-wide, only with --cluster-credentials (the ClusterClientCredential controller),
     /// granted by a ClusterRole of its own on top of the cluster-wide install's.
     ClusterCredentials,
+    /// Not the controller: the user running `tokensync status` / `tokensync renew` (or
+    /// `kubectl tokensync`), with their own kubeconfig. Granted by the ClusterRole in
+    /// deploy/cli/tokensync-cli.yaml, which a cluster admin binds to operators.
+    Cli,
 }
 
 /// A permission: (apiGroup, resource, verb, resourceName when limited to one object).
@@ -376,6 +423,72 @@ pub const NEEDED: &[Needed] = &[
         scope: Scope::Own,
         grant: ("coordination.k8s.io", "leases", "update", Some(LEASE)),
         sites: &[("src/controller/leader.rs", "self.api.replace(&lease.name_any()")],
+    },
+    // src/ops: `tokensync status` reads the credential, the target Secret (key names only),
+    // the state Secret (JWT claims) and the Events about it; `tokensync renew` reads or lists
+    // the credentials, sets the renew annotation with a merge patch, and --wait watches the
+    // object (kube-runtime's await_condition lists and watches by name).
+    Needed {
+        scope: Scope::Cli,
+        grant: ("tokensync.io", "clientcredentials", "get", None),
+        sites: &[("src/ops/status.rs", "let cc = api.get(name)"), ("src/ops/renew.rs", "let cc = api.get(&name)")],
+    },
+    Needed {
+        scope: Scope::Cli,
+        grant: ("tokensync.io", "clusterclientcredentials", "get", None),
+        sites: &[("src/ops/status.rs", "let ccc = api.get(name)"), ("src/ops/renew.rs", "let ccc = api.get(&name)")],
+    },
+    Needed {
+        scope: Scope::Cli,
+        grant: ("tokensync.io", "clientcredentials", "list", None),
+        sites: &[
+            (
+                "src/ops/renew.rs",
+                "let list = api.list(&params).await.map_err(|e| missing_crd(conn, e, kind, \"list\", ns))",
+            ),
+            ("src/ops/renew.rs", "match await_condition(api, &t.name, handled)"),
+        ],
+    },
+    Needed {
+        scope: Scope::Cli,
+        grant: ("tokensync.io", "clusterclientcredentials", "list", None),
+        sites: &[
+            (
+                "src/ops/renew.rs",
+                "let list = api.list(&params).await.map_err(|e| missing_crd(conn, e, kind, \"list\", None))",
+            ),
+            ("src/ops/renew.rs", "match await_condition(api, &t.name, handled)"),
+        ],
+    },
+    Needed {
+        scope: Scope::Cli,
+        grant: ("tokensync.io", "clientcredentials", "watch", None),
+        sites: &[("src/ops/renew.rs", "match await_condition(api, &t.name, handled)")],
+    },
+    Needed {
+        scope: Scope::Cli,
+        grant: ("tokensync.io", "clusterclientcredentials", "watch", None),
+        sites: &[("src/ops/renew.rs", "match await_condition(api, &t.name, handled)")],
+    },
+    Needed {
+        scope: Scope::Cli,
+        grant: ("tokensync.io", "clientcredentials", "patch", None),
+        sites: &[("src/ops/renew.rs", "api.patch(&t.name, &params, &Patch::Merge(&patch))")],
+    },
+    Needed {
+        scope: Scope::Cli,
+        grant: ("tokensync.io", "clusterclientcredentials", "patch", None),
+        sites: &[("src/ops/renew.rs", "api.patch(&t.name, &params, &Patch::Merge(&patch))")],
+    },
+    Needed {
+        scope: Scope::Cli,
+        grant: ("", "secrets", "get", None),
+        sites: &[("src/ops/status.rs", "match api.get_opt(&target)"), ("src/ops/status.rs", "match api.get_opt(name)")],
+    },
+    Needed {
+        scope: Scope::Cli,
+        grant: ("events.k8s.io", "events", "list", None),
+        sites: &[("src/ops/status.rs", "match api.list(&ListParams::default())")],
     },
 ];
 
