@@ -125,7 +125,7 @@ async fn fetch(conn: &Connection, kind: Kind, name: &str) -> Result<Object, OpsE
         Kind::ClusterClientCredential => {
             let api: Api<ClusterClientCredential> = Api::all(conn.client.clone());
             let ccc = api.get(name).await.map_err(|e| not_found(e, None))?;
-            let credentials_ns = ccc.spec.token.credentials_ref.namespace.clone().unwrap_or_default();
+            let credentials_ns = ccc.spec.token.home_namespace().unwrap_or_default().to_owned();
             let status = ccc.status.clone();
             Ok(Object {
                 kind,
