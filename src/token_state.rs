@@ -192,11 +192,14 @@ impl FailureRecord {
     /// (`current`: [`Prepared::attempt_inputs`], None when the credential cannot be prepared).
     /// The one rule the controller, the cluster controller and the agent all apply; a
     /// failure is over when
-    /// - **a later success settled it**: a token issued with the inputs that failed, no
-    ///   earlier than the last failure. A success normally resets the record itself; this
-    ///   covers a success whose record was not written (a crash between storing the token and
-    ///   recording the outcome, or a record write lost to a stale read). Times are compared in
-    ///   whole seconds because that is how Kubernetes stores the last failure time.
+    /// - **a later success settled it**: a token issued with the inputs that failed, in a
+    ///   later second than the last failure. A success normally resets the record itself;
+    ///   this covers a success whose record was not written (a crash between storing the
+    ///   token and recording the outcome, or a record write lost to a stale read). Times are
+    ///   compared in whole seconds because that is how Kubernetes stores them; within one
+    ///   second the order is unknown, and the failure stands: a renewal that fails right
+    ///   after a token was issued (a manual renewal) is real, while a retry never comes
+    ///   sooner than the next whole second after a failure (backoff is counted from it).
     /// - **it belongs to inputs no longer in use**, and the stored token was issued from
     ///   exactly the inputs in use now: a source Secret changed to a wrong client secret and
     ///   then put back, a spec edit reverted. Nothing is failing: the published token is what
@@ -208,7 +211,7 @@ impl FailureRecord {
         let failed_with = self.inputs.as_deref();
         let token_from = stored.attempt_inputs();
         let settled = failed_with == Some(token_from.as_str())
-            && self.last_failure.is_none_or(|f| stored.issued_at.as_second() >= f.as_second());
+            && self.last_failure.is_none_or(|f| stored.issued_at.as_second() > f.as_second());
         let superseded = current.is_some_and(|now| failed_with != Some(now) && token_from == now);
         if settled || superseded { FailureRecord::default() } else { self }
     }
@@ -438,6 +441,9 @@ mod tests {
         // Issued before the failure (a renewal that then failed), or with other inputs (a
         // spec change that failed): still failing.
         assert_eq!(record.clone().still_pending(Some(&token(5, "in")), Some("in")).attempts, 1);
+        // Issued in the same second as the failure: the order is unknown, the failure stands
+        // (a manual renewal failing right after the token was issued).
+        assert_eq!(record.clone().still_pending(Some(&token(10, "in")), Some("in")).attempts, 1);
         assert_eq!(record.clone().still_pending(Some(&token(12, "old")), Some("in")).attempts, 1);
         assert_eq!(record.clone().still_pending(None, Some("in")).attempts, 1);
         assert_eq!(record.clone().still_pending(Some(&token(12, "old")), None).attempts, 1, "cannot prepare");

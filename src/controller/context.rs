@@ -82,6 +82,8 @@ struct Write {
     replaced: Option<String>,
     produced: Option<String>,
     content: [u8; 32],
+    /// The cache has shown the object since this write.
+    seen: bool,
 }
 
 impl WriteMemo {
@@ -92,7 +94,7 @@ impl WriteMemo {
         produced: Option<String>,
         written: &impl serde::Serialize,
     ) {
-        let entry = Write { replaced: replaced.map(str::to_owned), produced, content: hash(written) };
+        let entry = Write { replaced: replaced.map(str::to_owned), produced, content: hash(written), seen: false };
         self.lock().insert(key, entry);
     }
 
@@ -107,6 +109,21 @@ impl WriteMemo {
         self.lock().get(key).is_some_and(|w| {
             cached_version.is_some() && w.replaced.as_deref() == cached_version && w.content == hash(would_write)
         })
+    }
+
+    /// True when the cache has not shown `key` since our last write of it, which created it
+    /// with the content we would write now: the cache has not caught up with our own create.
+    /// (Once the cache has shown it, its absence is a deletion: a relist after a watch outage
+    /// drops deleted objects from the cache without any event.)
+    pub fn is_unseen_create(&self, key: &Written, would_write: &impl serde::Serialize) -> bool {
+        self.lock().get(key).is_some_and(|w| !w.seen && w.replaced.is_none() && w.content == hash(would_write))
+    }
+
+    /// The cache now shows `key`.
+    pub fn seen(&self, key: &Written) {
+        if let Some(w) = self.lock().get_mut(key) {
+            w.seen = true;
+        }
     }
 
     /// True when the cache shows `key` at the version our last write of it replaced: the
@@ -173,6 +190,12 @@ mod tests {
         assert!(memo.lags(&key, Some("10")) && !memo.lags(&key, Some("11")));
         assert!(memo.is_current(&key, Some("11")) && !memo.is_current(&key, Some("12")));
         assert!(memo.wrote(&key));
+        assert!(!memo.is_unseen_create(&key, &"new content"), "it replaced a version: not a create");
+        let created = Written::Secret(SecretRef::new("ns", "new"));
+        memo.remember(created.clone(), None, Some("3".into()), &"content");
+        assert!(memo.is_unseen_create(&created, &"content") && !memo.is_unseen_create(&created, &"other"));
+        memo.seen(&created);
+        assert!(!memo.is_unseen_create(&created, &"content"), "the cache showed it: now missing means deleted");
         memo.forget(&key);
         assert!(!memo.is_lagging_echo(&key, Some("10"), &"new content") && !memo.wrote(&key));
     }

@@ -366,7 +366,7 @@ pub fn controller_for_scope(
     let controller = Controller::for_stream(cc_stream, cc_reader.clone())
         .with_config(ControllerConfig::default().concurrency(shared.concurrency))
         .watches_stream(managed_stream, move |secret: Secret| {
-            forget_if_deleted(&memo_ctx, &cached, &secret);
+            note_cached(&memo_ctx, &cached, &secret);
             let owner = secret.labels().get(labels::CREDENTIAL).cloned();
             owner.zip(secret.namespace()).map(|(name, ns)| ObjectRef::new(&name).within(&ns))
         })
@@ -446,7 +446,7 @@ pub fn cluster_controller(
             all_for_ns.state().iter().map(|c| ObjectRef::from_obj(c.as_ref())).collect::<Vec<_>>()
         })
         .watches_stream(managed_stream, move |secret: Secret| {
-            forget_if_deleted(&memo_ctx.base, &cached, &secret);
+            note_cached(&memo_ctx.base, &cached, &secret);
             secret.labels().get(labels::CLUSTER_CREDENTIAL).map(|name| ObjectRef::new(name))
         })
         .watches_stream(source_stream, move |meta: PartialObjectMeta<Secret>| {
@@ -470,13 +470,16 @@ pub fn cluster_controller(
     (run, ready)
 }
 
-/// A managed Secret the watch reported that is no longer in the cache was deleted: what this
-/// process remembers writing to it no longer stands (a Secret of the same name may be
-/// somebody else's now). The reflector updates the cache before the event reaches here.
-fn forget_if_deleted(ctx: &Context, cache: &reflector::Store<Secret>, secret: &Secret) {
+/// Tells the write memo what the cache now shows of a managed Secret the watch reported (the
+/// reflector updates the cache before the event reaches here): present, the cache has caught
+/// up with our writes of it; gone, it was deleted, and what this process remembers writing
+/// to it no longer stands (a Secret of the same name may be somebody else's now).
+fn note_cached(ctx: &Context, cache: &reflector::Store<Secret>, secret: &Secret) {
     let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
-    if cache.get(&ObjectRef::new(&name).within(&ns)).is_none() {
-        ctx.written.forget(&context::Written::Secret(SecretRef::new(&ns, &name)));
+    let key = context::Written::Secret(SecretRef::new(&ns, &name));
+    match cache.get(&ObjectRef::new(&name).within(&ns)) {
+        Some(_) => ctx.written.seen(&key),
+        None => ctx.written.forget(&key),
     }
 }
 

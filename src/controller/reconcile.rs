@@ -366,7 +366,11 @@ impl Run {
             Ok(desired) => {
                 let key = self.target_key();
                 let cached_version = cached_target.and_then(|t| t.metadata.resource_version.as_deref());
-                if self.ctx.written.is_lagging_echo(&key, cached_version, &desired) {
+                let echo = match cached_target {
+                    Some(_) => self.ctx.written.is_lagging_echo(&key, cached_version, &desired),
+                    None => self.ctx.written.is_unseen_create(&key, &desired),
+                };
+                if echo {
                     return Ok(true);
                 }
                 // A Secret's type is immutable: when spec.target.type changed, replace ours.
@@ -375,7 +379,11 @@ impl Run {
                     self.secrets.delete(&self.target_name, &Default::default()).await?;
                 }
                 let produced = apply_target(&self.secrets, &desired).await?;
-                self.ctx.written.remember(key, cached_version, produced, &desired);
+                self.ctx.written.remember(key.clone(), cached_version, produced, &desired);
+                // The watch may have delivered our write before it was remembered.
+                if cached(&self.ctx, &self.namespace(), &self.target_name).is_some() {
+                    self.ctx.written.seen(&key);
+                }
             }
             Err(e) => {
                 self.failure.get_or_insert(Failure {
