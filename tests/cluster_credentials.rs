@@ -3,6 +3,7 @@
 //! server double; the token endpoint is a real HTTP server on 127.0.0.1. Waits are on
 //! conditions with a timeout, never sleeps.
 
+mod federation;
 mod support;
 mod token_server;
 
@@ -10,14 +11,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::apiserver::{ApiServer, Fault, Verb};
 use support::controller::*;
 use token_server::{Reply, TokenServer};
-use tokensync::api::{ClusterClientCredential, ClusterClientCredentialStatus};
+use tokensync::api::{ClusterClientCredential, ClusterClientCredentialStatus, ServiceAccountStatus};
 
 const PLATFORM: &str = "platform";
 const LABEL: &str = "tokensync.io/auth0-token";
@@ -460,4 +461,72 @@ async fn a_source_secret_put_back_clears_its_failure_and_copies_hold_only_what_t
         .expect("the key another manager added to the copy is removed");
     assert_eq!(copy.metadata.labels.unwrap()["backup.example/include"], "true");
     assert_eq!(endpoint.issued(), 1);
+}
+
+#[tokio::test]
+async fn a_service_account_token_replaces_the_secret_one_token_request_per_renewal_in_its_namespace() {
+    const AUDIENCE: &str = "https://auth.example/oauth2/token";
+    let api = cluster_api().await;
+    fleet(&api).await;
+    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "platform-sync",
+        "namespace": PLATFORM, "annotations": {"tokensync.io/allowed-audiences": AUDIENCE}}});
+    let sas: Api<ServiceAccount> = Api::namespaced(api.client(), PLATFORM);
+    sas.create(&PostParams::default(), &serde_json::from_value(sa).unwrap()).await.unwrap();
+    // A jwt-bearer endpoint verifying each assertion against the double's published keys,
+    // for the platform ServiceAccount only; token-N for the Nth verified one.
+    let (issuer, subject) = (api.service_account_issuer(), format!("system:serviceaccount:{PLATFORM}:platform-sync"));
+    let jwks = federation::fetch_jwks(&issuer).await;
+    let issued = Arc::new(AtomicU32::new(0));
+    let counter = issued.clone();
+    let server = TokenServer::start(move |r| {
+        let assertion = r.params().get("assertion").cloned().unwrap_or_default();
+        match federation::verify(&assertion, &jwks, &issuer, AUDIENCE) {
+            Ok(claims) if claims["sub"] == json!(subject) => {
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                Reply::json(
+                    200,
+                    json!({"access_token": format!("token-{n}"), "token_type": "Bearer", "expires_in": 3600}),
+                )
+            }
+            Ok(claims) => Reply::oauth_error(400, "invalid_grant", &format!("untrusted subject {}", claims["sub"])),
+            Err(e) => Reply::oauth_error(400, "invalid_grant", &e),
+        }
+    })
+    .await;
+    let _c = start(&api, args(&["--cluster-credentials"]));
+    let spec = json!({
+        "tokenEndpoint": server.url("/token"),
+        "credentialsRef": null,
+        "grantType": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+        "clientAuthentication": "none",
+        "serviceAccountRef": {"name": "platform-sync", "namespace": PLATFORM, "audience": AUDIENCE},
+    });
+    let endpoint = Endpoint::start().await;
+    Ccc::new("auth0", &endpoint).spec(spec).create(&api).await;
+
+    wait_copies(&api, &SELECTED.map(|ns| (ns, Some("token-1")))).await;
+    wait_copies(&api, &[("unlabelled", None), ("excluded", None)]).await;
+    wait_ccc(&api, "auth0", "Ready", |s| cond(s, "Ready") == ("True".into(), "TokenIssued".into())).await;
+    assert_eq!(
+        ccc_status(&api, "auth0").unwrap().credential.service_account,
+        Some(ServiceAccountStatus {
+            namespace: PLATFORM.into(),
+            name: "platform-sync".into(),
+            audience: AUDIENCE.into()
+        })
+    );
+    let token_requests = |api: &ApiServer| api.count(Verb::Create, "serviceaccounts", Some("token"));
+    assert_eq!((token_requests(&api), server.requests().len()), (1, 1), "one ServiceAccount token for all copies");
+
+    for (n, at) in ["r1", "r2"].into_iter().enumerate() {
+        renew_now(&api, at).await;
+        let token = format!("token-{}", n + 2);
+        wait_copies(&api, &SELECTED.map(|ns| (ns, Some(token.as_str())))).await;
+        assert_eq!((token_requests(&api), server.requests().len()), (n + 2, n + 2), "renewal {at}");
+    }
+    // Every TokenRequest was for the ServiceAccount in its own namespace, none in a target.
+    for r in api.requests().iter().filter(|r| r.subresource.as_deref() == Some("token")) {
+        assert_eq!((r.namespace.as_deref(), r.name.as_deref()), (Some(PLATFORM), Some("platform-sync")));
+    }
+    assert_eq!((issued.load(Ordering::SeqCst), endpoint.issued()), (3, 0), "no client secret was used");
 }

@@ -488,7 +488,12 @@ async fn prepare(
             data.insert(secret, d);
         }
     }
+    // `localized` dropped spec.serviceAccountRef.namespace (the engine knows no namespaces);
+    // the ServiceAccount is in the namespace the spec names, which may differ from that of
+    // the credentials Secret.
+    let sa_namespace = spec.service_account_ref.as_ref().and_then(|r| r.namespace.clone()).unwrap_or_default();
     Ok(token_state::prepare(&local, name, &data)
+        .map(|p| p.in_namespace(&sa_namespace))
         .map_err(|p| Failure { reason: Reason::from_reason_str(p.reason), message: p.message }))
 }
 
