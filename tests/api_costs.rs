@@ -122,7 +122,7 @@ async fn a_restart_with_valid_tokens_writes_nothing_even_while_its_caches_sync()
     // The Secret lists fail at first, so the ClientCredentials arrive (and reconciles start)
     // well before the managed Secrets are cached: every target and state Secret looks missing.
     api.clear_requests();
-    api.inject(Fault::verbs(&[Verb::List]).resource("secrets").code(500).times(4));
+    api.inject(Fault::verbs(&[Verb::List]).resource("secrets").code(500).times(2));
     let second = start(&api, args(&[]));
     assert!(second.metrics.wait_for_reconciles(3, WAIT).await, "the new controller reconciled each credential");
     let log = api.requests();

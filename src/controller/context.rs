@@ -44,8 +44,7 @@ pub struct Context {
     pub managed: Store<Secret>,
     /// What was last read from source Secrets, by resourceVersion.
     pub sources: Arc<SourceCache>,
-    /// Turns true once the controller's caches have synced. (Not the caches' own
-    /// `wait_until_ready`: it wakes only the last of several waiters.)
+    /// Turns true once the caches reconciles read have synced (see `controller::Synced`).
     pub synced: tokio::sync::watch::Receiver<bool>,
     pub engine: TokenClient,
     pub recorder: Recorder,

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Args;
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
@@ -331,10 +331,12 @@ pub fn controller_for_scope(
     //
     // managedFields are dropped before objects enter a cache: tokensync never reads them, and
     // they are a large share of every object's size.
+    let (cc_synced, cc_listed) = Synced::new();
     let cc_stream = reflector::reflector(
         cc_writer,
         watcher(ccs, watcher::Config::default()).modify(|cc| cc.managed_fields_mut().clear()),
     )
+    .inspect_ok(cc_synced.on_list())
     .default_backoff()
     .touched_objects()
     .map(move |ev| {
@@ -347,10 +349,12 @@ pub fn controller_for_scope(
     // The Secrets tokensync manages, cached whole (they are small and few).
     let managed_config = watcher::Config::default().labels(&labels::namespaced_managed_selector());
     let (managed_reader, managed_writer) = reflector::store();
+    let (managed_synced, managed_listed) = Synced::new();
     let managed_stream = reflector::reflector(
         managed_writer,
         watcher(secrets.clone(), managed_config).modify(|s| s.managed_fields_mut().clear()),
     )
+    .inspect_ok(managed_synced.on_list())
     .default_backoff()
     .touched_objects();
 
@@ -358,8 +362,7 @@ pub fn controller_for_scope(
     // without holding any Secret's data in memory. Nothing is cached.
     let source_stream = watcher(secret_metadata, watcher::Config::default()).default_backoff().touched_objects();
 
-    let (synced_tx, synced) = tokio::sync::watch::channel(false);
-    let ctx = Arc::new(shared.context(managed_reader.clone(), source_cache, synced));
+    let ctx = Arc::new(shared.context(managed_reader.clone(), source_cache, managed_listed.clone()));
 
     let sources = index.clone();
     let (memo_ctx, cached) = (ctx.clone(), managed_reader.clone());
@@ -377,13 +380,7 @@ pub fn controller_for_scope(
         .graceful_shutdown_on(shutdown);
 
     let run = drive(controller.run(reconcile::reconcile, reconcile::error_policy, ctx));
-    // The one waiter on the caches' readiness; reconciles wait on `synced`.
-    let ready = async move {
-        let _ = cc_reader.wait_until_ready().await;
-        let _ = managed_reader.wait_until_ready().await;
-        let _ = synced_tx.send(true);
-    }
-    .boxed();
+    let ready = all_listed(vec![cc_listed, managed_listed]);
     (run, ready)
 }
 
@@ -400,19 +397,23 @@ pub fn cluster_controller(
 
     let cccs: Api<ClusterClientCredential> = Api::all(client.clone());
     let (ccc_reader, ccc_writer) = reflector::store();
+    let (ccc_synced, ccc_listed) = Synced::new();
     let ccc_stream = reflector::reflector(
         ccc_writer,
         watcher(cccs, watcher::Config::default()).modify(|c| c.managed_fields_mut().clear()),
     )
+    .inspect_ok(ccc_synced.on_list())
     .default_backoff()
     .touched_objects();
 
     let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
     let (ns_reader, ns_writer) = reflector::store();
+    let (ns_synced, ns_listed) = Synced::new();
     let ns_stream = reflector::reflector(
         ns_writer,
         watcher(namespaces, watcher::Config::default()).modify(|n| n.managed_fields_mut().clear()),
     )
+    .inspect_ok(ns_synced.on_list())
     .default_backoff()
     .touched_objects();
 
@@ -421,19 +422,22 @@ pub fn cluster_controller(
         (Api::all(client.clone()), Api::all(client.clone()));
     let copies_config = watcher::Config::default().labels(labels::CLUSTER_CREDENTIAL);
     let (managed_reader, managed_writer) = reflector::store();
+    let (managed_synced, managed_listed) = Synced::new();
     let managed_stream = reflector::reflector(
         managed_writer,
         watcher(secrets, copies_config).modify(|s| s.managed_fields_mut().clear()),
     )
+    .inspect_ok(managed_synced.on_list())
     .default_backoff()
     .touched_objects();
 
     let source_stream = watcher(secret_metadata, watcher::Config::default()).default_backoff().touched_objects();
 
     let source_cache = Arc::new(SourceCache::default());
-    let (synced_tx, synced) = tokio::sync::watch::channel(false);
+    // Reconciles need the copies and the namespaces listed; readiness needs all three.
+    let (both_synced, both_listed) = Synced::new();
     let ctx = Arc::new(cluster::ClusterContext {
-        base: shared.context(managed_reader.clone(), source_cache.clone(), synced),
+        base: shared.context(managed_reader.clone(), source_cache.clone(), both_listed),
         namespaces: ns_reader.clone(),
     });
 
@@ -460,14 +464,52 @@ pub fn cluster_controller(
         .graceful_shutdown_on(shutdown);
 
     let run = drive(controller.run(cluster::reconcile, cluster::error_policy, ctx));
+    let reconcilable = all_listed(vec![ns_listed, managed_listed.clone()]);
     let ready = async move {
-        let _ = ccc_reader.wait_until_ready().await;
-        let _ = ns_reader.wait_until_ready().await;
-        let _ = managed_reader.wait_until_ready().await;
-        let _ = synced_tx.send(true);
+        reconcilable.await;
+        both_synced.set();
+        all_listed(vec![ccc_listed, managed_listed]).await;
     }
     .boxed();
     (run, ready)
+}
+
+/// Turns true once a reflector's store holds a complete list. Set by the stream itself as the
+/// watcher's `InitDone` passes (after the reflector applied it), rather than awaited through
+/// the store's `wait_until_ready`: that wakes only the last of several waiters, and a
+/// reconcile or readiness check that missed its wake-up sat until some unrelated event
+/// (seconds to a minute) after the caches were ready.
+#[derive(Clone)]
+struct Synced(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Synced {
+    fn new() -> (Synced, tokio::sync::watch::Receiver<bool>) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (Synced(Arc::new(tx)), rx)
+    }
+
+    fn set(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// For `inspect_ok` on a reflector's stream.
+    fn on_list<K>(self) -> impl FnMut(&watcher::Event<K>) {
+        move |event| {
+            if matches!(event, watcher::Event::InitDone) {
+                self.set();
+            }
+        }
+    }
+}
+
+/// Resolves once every one of `listed` is true.
+fn all_listed(listed: Vec<tokio::sync::watch::Receiver<bool>>) -> futures::future::BoxFuture<'static, ()> {
+    async move {
+        for mut rx in listed {
+            let _ = rx.wait_for(|listed| *listed).await;
+        }
+    }
+    .boxed()
 }
 
 /// Tells the write memo what the cache now shows of a managed Secret the watch reported (the
