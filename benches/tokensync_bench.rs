@@ -379,6 +379,25 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let issuance_log = api.requests();
+    // A credential that got more than one token while issuing is a defect: name it, and keep
+    // the controller's log for whoever looks into it.
+    if issuer.total() != n as u64 {
+        let log = std::env::temp_dir().join("tokensync-bench-issuance.log");
+        let _ = std::fs::copy(dir.path().join("controller-1.log"), &log);
+        let more: Vec<String> = api
+            .list_json("secrets", Some(NS))
+            .iter()
+            .filter_map(|s| {
+                let token = s["data"]["access_token"].as_str()?;
+                let token =
+                    String::from_utf8(base64::Engine::decode(&base64::engine::general_purpose::STANDARD, token).ok()?)
+                        .ok()?;
+                (!token.ends_with(".1"))
+                    .then(|| format!("{} holds {token}", s["metadata"]["name"].as_str().unwrap_or_default()))
+            })
+            .collect();
+        eprintln!("more than one token while issuing: {more:?}; controller log kept at {}", log.display());
+    }
     results.insert("requests_per_first_token", json!(requests_by_verb(&issuance_log, n as f64)));
     results.insert("issuance_writes", json!(writes(&issuance_log)));
     let first_wave_end = jiff::Timestamp::now().as_second();

@@ -132,3 +132,47 @@ async fn a_restart_with_valid_tokens_writes_nothing_even_while_its_caches_sync()
     let gets = gets(&log);
     assert!(gets.len() <= 3, "at most the source Secrets are read: {gets:#?}");
 }
+
+#[tokio::test]
+async fn issuing_many_first_tokens_at_once_costs_one_request_each_and_no_no_op_write() {
+    let api = api_server().await;
+    let per_client: Arc<std::sync::Mutex<std::collections::BTreeMap<String, u32>>> = Default::default();
+    let counts = per_client.clone();
+    let server = TokenServer::start(move |r| {
+        let id = r.params().get("client_id").cloned().unwrap_or_default();
+        *counts.lock().unwrap().entry(id.clone()).or_default() += 1;
+        Reply::json(200, json!({"access_token": format!("{id}-token"), "token_type": "Bearer", "expires_in": 3600}))
+    })
+    .await;
+    const N: usize = 100;
+    let names: Vec<String> = (0..N).map(|i| format!("cc-{i:03}")).collect();
+    for name in &names {
+        create_secret(&api, source_secret(&format!("{name}-client"), &[("client_id", name), ("client_secret", "s")]))
+            .await;
+        Cc::new(name, &server.url("/token")).create(&api).await;
+    }
+    let _c = start(&api, args(&[]));
+    let all_ready = api
+        .wait_for(
+            |v| {
+                names.iter().all(|n| {
+                    v.get::<ClientCredential>(Some(NS), n)
+                        .and_then(|c| c.status)
+                        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                })
+            },
+            WAIT * 3,
+        )
+        .await;
+    assert!(all_ready.is_ok(), "every credential became Ready");
+    let counts = per_client.lock().unwrap().clone();
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty() && counts.len() == N, "one token request per credential: {twice:?}");
+    let noop: Vec<String> = api
+        .requests()
+        .iter()
+        .filter(|r| r.verb.is_write() && r.code < 300 && !r.changed)
+        .map(|r| format!("{:?} {}/{:?}", r.verb, r.resource, r.name))
+        .collect();
+    assert!(noop.is_empty(), "no no-op write: {noop:#?}");
+}
