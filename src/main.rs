@@ -121,16 +121,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Status(args) => block_on(false, async {
-            match tokensync::ops::status::run(&args).await {
-                Ok(out) => {
-                    print!("{out}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(e.exit_code())
-                }
-            }
+            let result = tokensync::ops::status::run(&args).await;
+            printed(result.map_err(|e| (e.exit_code(), e.to_string())))
         }),
         Command::Renew(args) => block_on(false, async {
             match tokensync::ops::renew::run(&args, &mut std::io::stdout()).await {
@@ -143,17 +135,24 @@ fn main() -> ExitCode {
         }),
         // One request: a single-threaded runtime is enough.
         Command::Fetch(args) => block_on(false, async {
-            match tokensync::fetch::run(&args).await {
-                Ok(out) => {
-                    print!("{out}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(e.exit_code())
-                }
-            }
+            let result = tokensync::fetch::run(&args).await;
+            printed(result.map_err(|e| (e.exit_code(), e.to_string())))
         }),
+    }
+}
+
+/// A one-shot command's outcome: its output on stdout, or its error on stderr with its exit
+/// code.
+fn printed(result: Result<String, (u8, String)>) -> ExitCode {
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err((code, message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(code)
+        }
     }
 }
 
