@@ -12,18 +12,20 @@
 //! reachable where the tests run); a missing `node` or a failed install fails the tests with the
 //! command to run, it never skips them.
 
+mod support;
+
 use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::Value;
+use support::child_server::{ChildServer, field};
 use tempfile::TempDir;
 
 /// How long the node server may take to print its ready line (cold start, 2 shared cores).
@@ -120,10 +122,7 @@ fn installed_matches_pin(dir: &Path) -> Result<bool, String> {
 
 /// A running oidc-provider; killed when dropped.
 struct Provider {
-    child: Child,
-    /// Kept open: the server exits when its stdin closes, even if this process dies abruptly.
-    _stdin: ChildStdin,
-    stderr: Arc<Mutex<String>>,
+    process: ChildServer,
     issuer: String,
     token_endpoint: String,
     introspection_endpoint: String,
@@ -133,68 +132,21 @@ impl Provider {
     fn start() -> Provider {
         ensure_node_modules();
         let dir = server_dir();
-        let mut child = Command::new("node")
-            .arg(dir.join("server.mjs"))
-            .args(["--port", "0", "--exit-on-stdin-eof"])
-            .current_dir(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `node tests/oidc-provider/server.mjs`: {e}. {HOW_TO_INSTALL}"));
-        let stdin = child.stdin.take().expect("piped stdin");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr_pipe = child.stderr.take().expect("piped stderr");
-
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&stderr);
-        thread::spawn(move || {
-            for line in BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
-                let mut all = sink.lock().unwrap_or_else(|e| e.into_inner());
-                all.push_str(&line);
-                all.push('\n');
-            }
-        });
-
-        let (ready_tx, ready_rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let first = reader.read_line(&mut line).map(|_| line);
-            let _ = ready_tx.send(first);
-            // Keep draining so the server can never block on a full pipe.
-            let _ = std::io::copy(&mut reader, &mut std::io::sink());
-        });
-
-        let mut provider = Provider {
-            child,
-            _stdin: stdin,
-            stderr,
-            issuer: String::new(),
-            token_endpoint: String::new(),
-            introspection_endpoint: String::new(),
-        };
-        let line = match ready_rx.recv_timeout(STARTUP_TIMEOUT) {
-            Ok(Ok(line)) if !line.trim().is_empty() => line,
-            Ok(Ok(_)) => panic!("oidc-provider exited before it was ready; stderr:\n{}", provider.stderr()),
-            Ok(Err(e)) => panic!("cannot read oidc-provider's stdout: {e}; stderr:\n{}", provider.stderr()),
-            Err(RecvTimeoutError::Timeout) => {
-                panic!("oidc-provider printed no ready line within {STARTUP_TIMEOUT:?}; stderr:\n{}", provider.stderr())
-            }
-            Err(RecvTimeoutError::Disconnected) => panic!("oidc-provider's stdout reader died"),
-        };
-        let ready: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("oidc-provider's first line is not JSON ({e}): {line:?}"));
-        let field =
-            |name: &str| ready[name].as_str().unwrap_or_else(|| panic!("ready line lacks {name}: {line}")).to_owned();
-        provider.issuer = field("issuer");
-        provider.token_endpoint = field("token_endpoint");
-        provider.introspection_endpoint = field("introspection_endpoint");
-        provider
+        let mut command = Command::new("node");
+        command.arg(dir.join("server.mjs")).args(["--port", "0", "--exit-on-stdin-eof"]).current_dir(&dir);
+        let process =
+            ChildServer::spawn(&mut command, "oidc-provider (`node tests/oidc-provider/server.mjs`)", HOW_TO_INSTALL);
+        let ready = process.ready_line(STARTUP_TIMEOUT);
+        Provider {
+            issuer: field(&ready, "issuer"),
+            token_endpoint: field(&ready, "token_endpoint"),
+            introspection_endpoint: field(&ready, "introspection_endpoint"),
+            process,
+        }
     }
 
     fn stderr(&self) -> String {
-        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.process.stderr()
     }
 
     /// A fresh one-time authorization code for interop-rotation (redirect_uri REDIRECT_URI),
@@ -214,13 +166,6 @@ impl Provider {
             http(reqwest::Method::POST, &self.introspection_endpoint, Some(BASIC), &[("token", token)]);
         assert_eq!(status, 200, "introspection failed: {body}");
         serde_json::from_str(&body).expect("introspection answers JSON")
-    }
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

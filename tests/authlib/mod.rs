@@ -8,15 +8,14 @@
 //! to run: they never skip.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::Value;
+
+use crate::support::child_server::{ChildServer, field};
 
 /// Python start-up plus importing Authlib and cryptography, on 2 shared cores.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -72,10 +71,7 @@ fn ensure_installed() {
 
 /// A running Authlib server; killed when dropped.
 pub struct AuthlibServer {
-    child: Child,
-    /// Kept open: the server exits when its stdin closes, even if the test process dies.
-    _stdin: ChildStdin,
-    stderr: Arc<Mutex<String>>,
+    process: ChildServer,
     pub token_endpoint: String,
     pub whoami_endpoint: String,
 }
@@ -94,57 +90,20 @@ impl AuthlibServer {
         for a in audiences {
             command.args(["--audience", a]);
         }
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}: {HOW_TO_INSTALL}", python().display()));
-        let stdin = child.stdin.take().expect("piped stdin");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr_pipe = child.stderr.take().expect("piped stderr");
-
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&stderr);
-        thread::spawn(move || {
-            for line in BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
-                let mut all = sink.lock().unwrap_or_else(|e| e.into_inner());
-                all.push_str(&line);
-                all.push('\n');
-            }
-        });
-        let (ready_tx, ready_rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = ready_tx.send(reader.read_line(&mut line).map(|_| line));
-            // Keep draining so the server can never block on a full pipe.
-            let _ = std::io::copy(&mut reader, &mut std::io::sink());
-        });
-
-        let mut server = AuthlibServer {
-            child,
-            _stdin: stdin,
-            stderr,
-            token_endpoint: String::new(),
-            whoami_endpoint: String::new(),
-        };
+        let process = ChildServer::spawn(&mut command, "the Authlib server", HOW_TO_INSTALL);
         // Waited for off the runtime: the API server double runs on this test's runtime.
-        let first = tokio::task::spawn_blocking(move || ready_rx.recv_timeout(STARTUP_TIMEOUT)).await.unwrap();
-        let line = match first {
-            Ok(Ok(line)) if !line.trim().is_empty() => line,
-            Ok(_) => panic!("the Authlib server exited before it was ready; stderr:\n{}", server.stderr()),
-            Err(_) => panic!(
-                "the Authlib server printed no ready line within {STARTUP_TIMEOUT:?}; stderr:\n{}",
-                server.stderr()
-            ),
+        let (process, ready) = tokio::task::spawn_blocking(move || {
+            let ready = process.ready_line(STARTUP_TIMEOUT);
+            (process, ready)
+        })
+        .await
+        .unwrap();
+        let server = AuthlibServer {
+            token_endpoint: field(&ready, "token_endpoint"),
+            whoami_endpoint: field(&ready, "whoami_endpoint"),
+            process,
         };
-        let ready: Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("ready line is not JSON ({e}): {line}"));
-        let field = |name: &str| ready[name].as_str().unwrap_or_else(|| panic!("ready line lacks {name}")).to_owned();
-        server.token_endpoint = field("token_endpoint");
-        server.whoami_endpoint = field("whoami_endpoint");
-        let health = http().get(field("health_endpoint")).send().await;
+        let health = http().get(field(&ready, "health_endpoint")).send().await;
         match health {
             Ok(r) if r.status() == 200 => {}
             other => panic!("the Authlib server's health check failed ({other:?}); stderr:\n{}", server.stderr()),
@@ -170,14 +129,7 @@ impl AuthlibServer {
 
     /// The server's request log (request lines only; it never prints a token).
     pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
-impl Drop for AuthlibServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.stderr()
     }
 }
 

@@ -4,4 +4,5 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod child_server;
 pub mod controller;
