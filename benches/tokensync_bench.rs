@@ -159,6 +159,8 @@ impl Controller {
             .args(["--admin-addr", &format!("127.0.0.1:{port}"), "--concurrency", &o.concurrency.to_string()])
             .env("KUBECONFIG", &kubeconfig)
             .env_remove("RUST_LOG")
+            // TOKENSYNC_BENCH_LOG=debug (a RUST_LOG filter) for the controller's log file.
+            .envs(std::env::var("TOKENSYNC_BENCH_LOG").map(|f| ("RUST_LOG", f)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

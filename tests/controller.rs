@@ -399,6 +399,40 @@ async fn templates_type_labels_and_retain_policy_shape_the_target_secret() {
 }
 
 #[tokio::test]
+async fn labels_and_annotations_dropped_from_the_spec_leave_the_target_when_it_is_next_written() {
+    let api = api_server().await;
+    let issuer = Issuer::start(3600).await;
+    let _c = start(&api, args(&[]));
+    create_secret(&api, source_secret("demo-client", &[("client_id", "cid"), ("client_secret", "s")])).await;
+    Cc::new("demo", &issuer.url())
+        .spec(json!({"target": {"labels": {"team": "a"}, "annotations": {"note": "hi", "old": "x"}}}))
+        .create(&api)
+        .await;
+    wait_secret_value(&api, "demo", "access_token", "token-1").await;
+    // Dropped fields are tokensync's alone (server-side apply), so the next apply removes them.
+    let ccs: Api<ClientCredential> = Api::namespaced(api.client(), NS);
+    let spec = json!({"spec": {"target": {"labels": null, "annotations": {"note": "changed", "old": null}}}});
+    ccs.patch("demo", &PatchParams::default(), &Patch::Merge(&spec)).await.unwrap();
+    let cleaned = api
+        .wait_for(
+            |v| {
+                v.get::<Secret>(Some(NS), "demo").is_some_and(|s| {
+                    let (labels, annotations) =
+                        (s.metadata.labels.unwrap_or_default(), s.metadata.annotations.unwrap_or_default());
+                    annotations.get("note").map(String::as_str) == Some("changed")
+                        && !annotations.contains_key("old")
+                        && !labels.contains_key("team")
+                        && labels.contains_key("tokensync.io/client-credential")
+                })
+            },
+            WAIT,
+        )
+        .await;
+    assert!(cleaned.is_ok(), "target metadata: {:#?}", api.get::<Secret>(Some(NS), "demo").map(|s| s.metadata));
+    assert_eq!(issuer.requests(), 1, "re-rendering the target requests nothing");
+}
+
+#[tokio::test]
 async fn missing_source_secret_and_key_are_reported_and_recovered_from() {
     let api = api_server().await;
     let issuer = Issuer::start(3600).await;

@@ -156,7 +156,7 @@ async fn run_pipeline(
                     match fresh {
                         None => return Ok(Outcome::Done(Action::await_change())),
                         Some(mut fresh) if fresh.metadata.resource_version != ccc.metadata.resource_version => {
-                            fresh.managed_fields_mut().clear();
+                            super::slim(&mut fresh);
                             return Ok(Outcome::Stale(Arc::new(fresh)));
                         }
                         Some(_) => state,

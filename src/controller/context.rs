@@ -131,9 +131,12 @@ impl WriteMemo {
         self.lock().get(key).is_some_and(|w| cached_version.is_some() && w.replaced.as_deref() == cached_version)
     }
 
-    /// True when the cache shows `key` exactly as our last write of it left it.
-    pub fn is_current(&self, key: &Written, cached_version: Option<&str>) -> bool {
-        self.lock().get(key).is_some_and(|w| cached_version.is_some() && w.produced.as_deref() == cached_version)
+    /// True when this process wrote `key` and the cache does not show the version that write
+    /// produced: the cache may still show the object as it was before our write. Without a
+    /// remembered write the cache is the truth: it was listed (consistently) after this
+    /// replica started leading, and only the leader writes tokensync's Secrets.
+    pub fn cache_behind(&self, key: &Written, cached_version: Option<&str>) -> bool {
+        self.lock().get(key).is_some_and(|w| w.produced.is_none() || w.produced.as_deref() != cached_version)
     }
 
     /// Whether this process wrote `key` and has not seen it deleted since.
@@ -187,8 +190,10 @@ mod tests {
         assert!(!memo.is_lagging_echo(&key, None, &"new content"), "deleted: restore it");
         assert!(!memo.is_lagging_echo(&key, Some("10"), &"other content"), "a different write is due");
         assert!(memo.lags(&key, Some("10")) && !memo.lags(&key, Some("11")));
-        assert!(memo.is_current(&key, Some("11")) && !memo.is_current(&key, Some("12")));
         assert!(memo.wrote(&key));
+        assert!(memo.cache_behind(&key, Some("10")) && memo.cache_behind(&key, None));
+        assert!(!memo.cache_behind(&key, Some("11")), "the cache shows our write");
+        assert!(!memo.cache_behind(&Written::Status("never-written".into()), Some("1")), "nothing to be behind");
         assert!(!memo.is_unseen_create(&key, &"new content"), "it replaced a version: not a create");
         let created = Written::Secret(SecretRef::new("ns", "new"));
         memo.remember(created.clone(), None, Some("3".into()), &"content");

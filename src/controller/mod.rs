@@ -221,6 +221,18 @@ pub async fn run_with(
     }
 }
 
+/// Drops from an object, before it enters a cache, what no reconcile reads and what makes up
+/// much of its size: managedFields, and the copy of the whole object kubectl keeps in the
+/// `kubectl.kubernetes.io/last-applied-configuration` annotation after `kubectl apply`.
+pub fn slim<K: ResourceExt>(object: &mut K) {
+    object.managed_fields_mut().clear();
+    if let Some(annotations) = object.meta_mut().annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// A tiny error alias so `run` can report human-readable failures without another crate.
 pub mod anyhow_like {
     pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -329,34 +341,29 @@ pub fn controller_for_scope(
     // from; since Kubernetes 1.31 it is served from the watch cache too, so it costs little
     // more than an rv=0 list. (kube 5 happened to drop rv=0 from paginated lists anyway.)
     //
-    // managedFields are dropped before objects enter a cache: tokensync never reads them, and
-    // they are a large share of every object's size.
+    // managedFields and kubectl's last-applied-configuration are dropped before objects
+    // enter a cache ([`slim`]): tokensync never reads them, and they are a large share of
+    // every object's size.
     let (cc_synced, cc_listed) = Synced::new();
-    let cc_stream = reflector::reflector(
-        cc_writer,
-        watcher(ccs, watcher::Config::default()).modify(|cc| cc.managed_fields_mut().clear()),
-    )
-    .inspect_ok(cc_synced.on_list())
-    .default_backoff()
-    .touched_objects()
-    .map(move |ev| {
-        if let Ok(cc) = &ev {
-            indexer.update(cc);
-        }
-        ev
-    });
+    let cc_stream = reflector::reflector(cc_writer, watcher(ccs, watcher::Config::default()).modify(slim))
+        .inspect_ok(cc_synced.on_list())
+        .default_backoff()
+        .touched_objects()
+        .map(move |ev| {
+            if let Ok(cc) = &ev {
+                indexer.update(cc);
+            }
+            ev
+        });
 
     // The Secrets tokensync manages, cached whole (they are small and few).
     let managed_config = watcher::Config::default().labels(&labels::namespaced_managed_selector());
     let (managed_reader, managed_writer) = reflector::store();
     let (managed_synced, managed_listed) = Synced::new();
-    let managed_stream = reflector::reflector(
-        managed_writer,
-        watcher(secrets.clone(), managed_config).modify(|s| s.managed_fields_mut().clear()),
-    )
-    .inspect_ok(managed_synced.on_list())
-    .default_backoff()
-    .touched_objects();
+    let managed_stream = reflector::reflector(managed_writer, watcher(secrets.clone(), managed_config).modify(slim))
+        .inspect_ok(managed_synced.on_list())
+        .default_backoff()
+        .touched_objects();
 
     // Every other Secret, metadata only: enough to notice a change of a source Secret
     // without holding any Secret's data in memory. Nothing is cached.
@@ -398,24 +405,18 @@ pub fn cluster_controller(
     let cccs: Api<ClusterClientCredential> = Api::all(client.clone());
     let (ccc_reader, ccc_writer) = reflector::store();
     let (ccc_synced, ccc_listed) = Synced::new();
-    let ccc_stream = reflector::reflector(
-        ccc_writer,
-        watcher(cccs, watcher::Config::default()).modify(|c| c.managed_fields_mut().clear()),
-    )
-    .inspect_ok(ccc_synced.on_list())
-    .default_backoff()
-    .touched_objects();
+    let ccc_stream = reflector::reflector(ccc_writer, watcher(cccs, watcher::Config::default()).modify(slim))
+        .inspect_ok(ccc_synced.on_list())
+        .default_backoff()
+        .touched_objects();
 
     let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
     let (ns_reader, ns_writer) = reflector::store();
     let (ns_synced, ns_listed) = Synced::new();
-    let ns_stream = reflector::reflector(
-        ns_writer,
-        watcher(namespaces, watcher::Config::default()).modify(|n| n.managed_fields_mut().clear()),
-    )
-    .inspect_ok(ns_synced.on_list())
-    .default_backoff()
-    .touched_objects();
+    let ns_stream = reflector::reflector(ns_writer, watcher(namespaces, watcher::Config::default()).modify(slim))
+        .inspect_ok(ns_synced.on_list())
+        .default_backoff()
+        .touched_objects();
 
     // Its state Secrets and copies, cached whole; every other Secret metadata only.
     let (secrets, secret_metadata): (Api<Secret>, Api<PartialObjectMeta<Secret>>) =
@@ -423,13 +424,10 @@ pub fn cluster_controller(
     let copies_config = watcher::Config::default().labels(labels::CLUSTER_CREDENTIAL);
     let (managed_reader, managed_writer) = reflector::store();
     let (managed_synced, managed_listed) = Synced::new();
-    let managed_stream = reflector::reflector(
-        managed_writer,
-        watcher(secrets, copies_config).modify(|s| s.managed_fields_mut().clear()),
-    )
-    .inspect_ok(managed_synced.on_list())
-    .default_backoff()
-    .touched_objects();
+    let managed_stream = reflector::reflector(managed_writer, watcher(secrets, copies_config).modify(slim))
+        .inspect_ok(managed_synced.on_list())
+        .default_backoff()
+        .touched_objects();
 
     let source_stream = watcher(secret_metadata, watcher::Config::default()).default_backoff().touched_objects();
 
@@ -556,4 +554,26 @@ pub async fn shutdown_signal() {
         let _ = ctrl_c.await;
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slim_drops_managed_fields_and_the_last_applied_copy_and_keeps_other_annotations() {
+        let mut cc: ClientCredential = serde_json::from_value(serde_json::json!({
+            "apiVersion": "tokensync.io/v1alpha1", "kind": "ClientCredential",
+            "metadata": {
+                "name": "demo", "namespace": "team-a",
+                "annotations": {LAST_APPLIED: "{\"a\":\"very long copy\"}", "tokensync.io/renew-requested-at": "now"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {}}]
+            },
+            "spec": {"tokenEndpoint": "https://auth.example/token", "credentialsRef": {"name": "demo-client"}}
+        }))
+        .unwrap();
+        slim(&mut cc);
+        assert!(cc.managed_fields().is_empty());
+        assert_eq!(cc.annotations().keys().collect::<Vec<_>>(), ["tokensync.io/renew-requested-at"]);
+    }
 }

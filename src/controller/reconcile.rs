@@ -228,17 +228,20 @@ impl Run {
         // until it recovers). A token request is the one thing that cannot be undone, so
         // before spending one, what the decision rests on is confirmed, reading from the API
         // server only what the cache cannot vouch for:
-        // - the state Secret (the published token and refresh token), unless the cache shows
-        //   it exactly as our own last write left it;
+        // - the state Secret (the published token and refresh token), when this process wrote
+        //   it and the cache does not show it exactly as that write left it;
         // - the ClientCredential (its status holds the failure record and the handled renewal
         //   request), when the cache still shows the version our own last status write
         //   replaced: a status patch computed from it would fail with 409, but only after the
         //   request was spent.
-        // After a restart or a leader change nothing is remembered, so the state Secret is
-        // read; the caches were listed after this replica started leading.
+        // After a restart or a leader change nothing is remembered, and nothing needs to be:
+        // reconciles start only once the caches have synced, from a consistent list made
+        // after this replica started leading, and only the leader writes state Secrets. So
+        // the cache is the truth until this process writes, and the first token of a
+        // credential or the first renewal after a restart reads nothing.
         let cached_state = cached(&self.ctx, &self.namespace(), &self.state_name);
         let state_version = cached_state.as_ref().and_then(|s| s.resource_version());
-        let read_state = !self.ctx.written.is_current(&self.state_key(), state_version.as_deref());
+        let read_state = self.ctx.written.cache_behind(&self.state_key(), state_version.as_deref());
         let read_credential =
             !self.confirmed && self.ctx.written.lags(&self.status_key(), self.cc.metadata.resource_version.as_deref());
         let state = async {
@@ -262,11 +265,25 @@ impl Run {
             }
             _ => {}
         }
-        if let Some(state) = state {
-            self.stored = state.as_ref().and_then(state::read);
-        }
+        // The token is taken from the very object whose version was just vouched for: the
+        // one loaded when this reconcile started may be older, as the cache can catch up with
+        // our own last write meanwhile (a second "first token" was requested that way).
+        self.stored = match state {
+            Some(read) => read.as_ref().and_then(state::read),
+            None => cached_state.as_deref().and_then(state::read),
+        };
         self.settle_failures(Some(prep));
         let Some(reason) = self.due(prep) else { return Ok(None) };
+        tracing::debug!(
+            credential = %format!("{}/{}", self.namespace(), self.cc.name_any()),
+            ?reason,
+            state_read = read_state,
+            state_version = ?state_version,
+            credential_version = ?self.cc.metadata.resource_version,
+            confirmed = self.confirmed,
+            stored_issued_at = ?self.stored.as_ref().map(|s| s.issued_at),
+            "requesting a token"
+        );
         let manual = reason == RequestReason::ManualRenewal;
         if manual {
             self.handled_request = self.renew_annotation.clone();
@@ -315,7 +332,7 @@ impl Run {
         let credentials: Api<ClientCredential> = Api::namespaced(self.ctx.client.clone(), &self.namespace());
         let mut fresh = credentials.get_opt(&self.cc.name_any()).await?;
         if let Some(cc) = fresh.as_mut() {
-            cc.managed_fields_mut().clear();
+            super::slim(cc);
         }
         Ok(fresh)
     }
