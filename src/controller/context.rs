@@ -139,6 +139,12 @@ impl WriteMemo {
         self.lock().get(key).is_some_and(|w| w.produced.is_none() || w.produced.as_deref() != cached_version)
     }
 
+    /// True when `version` is the resourceVersion our last write of `key` produced: the
+    /// object is exactly what we wrote.
+    pub fn is_own_write(&self, key: &Written, version: Option<&str>) -> bool {
+        self.lock().get(key).is_some_and(|w| version.is_some() && w.produced.as_deref() == version)
+    }
+
     /// Whether this process wrote `key` and has not seen it deleted since.
     pub fn wrote(&self, key: &Written) -> bool {
         self.lock().contains_key(key)
@@ -193,6 +199,8 @@ mod tests {
         assert!(memo.wrote(&key));
         assert!(memo.cache_behind(&key, Some("10")) && memo.cache_behind(&key, None));
         assert!(!memo.cache_behind(&key, Some("11")), "the cache shows our write");
+        assert!(memo.is_own_write(&key, Some("11")) && !memo.is_own_write(&key, Some("12")));
+        assert!(!memo.is_own_write(&key, None), "a deletion is never our own write");
         assert!(!memo.cache_behind(&Written::Status("never-written".into()), Some("1")), "nothing to be behind");
         assert!(!memo.is_unseen_create(&key, &"new content"), "it replaced a version: not a create");
         let created = Written::Secret(SecretRef::new("ns", "new"));

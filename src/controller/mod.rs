@@ -332,6 +332,9 @@ pub fn controller_for_scope(
     let source_cache = Arc::new(SourceCache::default());
     let index = SourceIndex::new(source_cache.clone());
     let (cc_reader, cc_writer) = reflector::store();
+    let (managed_reader, managed_writer) = reflector::store();
+    let (managed_synced, managed_listed) = Synced::new();
+    let ctx = Arc::new(shared.context(managed_reader.clone(), source_cache, managed_listed.clone()));
     let indexer = index.clone();
     // Every watcher (re)lists with the default, consistent semantics (no resourceVersion),
     // never "any" (resourceVersion=0): after an API server restart, a watch cache can answer
@@ -344,39 +347,43 @@ pub fn controller_for_scope(
     // managedFields and kubectl's last-applied-configuration are dropped before objects
     // enter a cache ([`slim`]): tokensync never reads them, and they are a large share of
     // every object's size.
+    //
+    // An object exactly as our own last write left it (its resourceVersion is the one that
+    // write produced) is cached but starts no reconcile: the reconcile that wrote it already
+    // decided from it and scheduled the next one. A routine renewal writes three objects, so
+    // this spares three of every four reconciles.
     let (cc_synced, cc_listed) = Synced::new();
+    let echoes = ctx.clone();
     let cc_stream = reflector::reflector(cc_writer, watcher(ccs, watcher::Config::default()).modify(slim))
         .inspect_ok(cc_synced.on_list())
-        .default_backoff()
-        .touched_objects()
-        .map(move |ev| {
-            if let Ok(cc) = &ev {
-                indexer.update(cc);
-            }
-            ev
-        });
+        .default_backoff();
+    let cc_stream = changes_but_our_own(cc_stream, move |cc: &ClientCredential| {
+        indexer.update(cc);
+        let key = context::Written::Status(cc.metadata.uid.clone().unwrap_or_default());
+        echoes.written.is_own_write(&key, cc.metadata.resource_version.as_deref())
+    });
 
     // The Secrets tokensync manages, cached whole (they are small and few).
     let managed_config = watcher::Config::default().labels(&labels::namespaced_managed_selector());
-    let (managed_reader, managed_writer) = reflector::store();
-    let (managed_synced, managed_listed) = Synced::new();
     let managed_stream = reflector::reflector(managed_writer, watcher(secrets.clone(), managed_config).modify(slim))
         .inspect_ok(managed_synced.on_list())
-        .default_backoff()
-        .touched_objects();
+        .default_backoff();
+    let (memo_ctx, cached) = (ctx.clone(), managed_reader.clone());
+    let managed_stream = changes_but_our_own(managed_stream, move |secret: &Secret| {
+        let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
+        let key = context::Written::Secret(SecretRef::new(&ns, &name));
+        note_cached(&memo_ctx, &cached, &key, &ObjectRef::new(&name).within(&ns));
+        memo_ctx.written.is_own_write(&key, secret.resource_version().as_deref())
+    });
 
     // Every other Secret, metadata only: enough to notice a change of a source Secret
     // without holding any Secret's data in memory. Nothing is cached.
     let source_stream = watcher(secret_metadata, watcher::Config::default()).default_backoff().touched_objects();
 
-    let ctx = Arc::new(shared.context(managed_reader.clone(), source_cache, managed_listed.clone()));
-
     let sources = index.clone();
-    let (memo_ctx, cached) = (ctx.clone(), managed_reader.clone());
     let controller = Controller::for_stream(cc_stream, cc_reader.clone())
         .with_config(ControllerConfig::default().concurrency(shared.concurrency))
         .watches_stream(managed_stream, move |secret: Secret| {
-            note_cached(&memo_ctx, &cached, &secret);
             let owner = secret.labels().get(labels::CREDENTIAL).cloned();
             owner.zip(secret.namespace()).map(|(name, ns)| ObjectRef::new(&name).within(&ns))
         })
@@ -448,7 +455,9 @@ pub fn cluster_controller(
             all_for_ns.state().iter().map(|c| ObjectRef::from_obj(c.as_ref())).collect::<Vec<_>>()
         })
         .watches_stream(managed_stream, move |secret: Secret| {
-            note_cached(&memo_ctx.base, &cached, &secret);
+            let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
+            let key = context::Written::Secret(SecretRef::new(&ns, &name));
+            note_cached(&memo_ctx.base, &cached, &key, &ObjectRef::new(&name).within(&ns));
             secret.labels().get(labels::CLUSTER_CREDENTIAL).map(|name| ObjectRef::new(name))
         })
         .watches_stream(source_stream, move |meta: PartialObjectMeta<Secret>| {
@@ -514,12 +523,32 @@ fn all_listed(listed: Vec<tokio::sync::watch::Receiver<bool>>) -> futures::futur
 /// reflector updates the cache before the event reaches here): present, the cache has caught
 /// up with our writes of it; gone, it was deleted, and what this process remembers writing
 /// to it no longer stands (a Secret of the same name may be somebody else's now).
-fn note_cached(ctx: &Context, cache: &reflector::Store<Secret>, secret: &Secret) {
-    let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
-    let key = context::Written::Secret(SecretRef::new(&ns, &name));
-    match cache.get(&ObjectRef::new(&name).within(&ns)) {
-        Some(_) => ctx.written.seen(&key),
-        None => ctx.written.forget(&key),
+/// The objects of a watch that may need a reconcile: every change but our own writes
+/// (`own` tells them apart: it sees every object, whatever the event), and everything a
+/// (re)list shows, our own writes included: after a relist, an object that is gone gives no
+/// event at all, and the reconciles its siblings start are what notice it.
+fn changes_but_our_own<K: Send + 'static>(
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    own: impl Fn(&K) -> bool + Send + 'static,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static {
+    events.filter_map(move |event| {
+        let object = match event {
+            Ok(watcher::Event::Apply(o)) => (!own(&o)).then_some(Ok(o)),
+            Ok(watcher::Event::Delete(o) | watcher::Event::InitApply(o)) => {
+                own(&o);
+                Some(Ok(o))
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+            Err(e) => Some(Err(e)),
+        };
+        futures::future::ready(object)
+    })
+}
+
+fn note_cached(ctx: &Context, cache: &reflector::Store<Secret>, key: &context::Written, at: &ObjectRef<Secret>) {
+    match cache.get(at) {
+        Some(_) => ctx.written.seen(key),
+        None => ctx.written.forget(key),
     }
 }
 
