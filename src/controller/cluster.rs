@@ -27,6 +27,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::context::Context;
 use super::labels;
+use super::managed::CachedSecret;
 use super::reconcile::{
     Error, Outcome, STALE_STATUS_RETRY, acquire, apply_state, apply_target, describe, event, failure_record, requeue,
 };
@@ -100,7 +101,7 @@ async fn run_pipeline(
 
     // 2. load (the state Secret, from the cache)
     // Even when the spec is invalid, so that status reports the token the copies still hold.
-    let mut stored = cached(base, &credentials_ns, &state_name).as_deref().and_then(state::read);
+    let mut stored = cached(base, &credentials_ns, &state_name).as_deref().and_then(state::read_cached);
     // A token acquired by an earlier reconcile whose state write failed: write it first. It
     // is newer than anything stored and may carry the only copy of a rotated refresh token.
     if let Some(unsaved) = base.take_unsaved("", &name) {
@@ -359,7 +360,7 @@ async fn publish_copy(
             ));
         }
     }
-    let old_type = cached_copy.as_ref().map(|t| t.type_.clone().unwrap_or_else(|| "Opaque".into()));
+    let old_type = cached_copy.as_ref().map(|t| t.type_.clone());
     if old_type.is_some_and(|t| Some(&t) != desired.type_.as_ref()) {
         // A Secret's type is immutable: replace the copy.
         secrets
@@ -383,12 +384,12 @@ async fn remove_unselected_copies(
     }
     let target_name = ccc.spec.token.target.name.clone().unwrap_or_else(|| ccc.name_any());
     for copy in copies(ccc, ctx) {
-        let ns = copy.namespace().unwrap_or_default();
-        if selected.contains(&ns) && copy.name_any() == target_name {
+        let ns = copy.namespace.clone();
+        if selected.contains(&ns) && copy.name == target_name {
             continue;
         }
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-        delete_if_present(&secrets, &copy.name_any()).await?;
+        delete_if_present(&secrets, &copy.name).await?;
         tracing::info!(credential = %ccc.name_any(), namespace = %ns, "removed the copy from a namespace no longer selected");
     }
     Ok(())
@@ -497,19 +498,16 @@ async fn prepare(
         .map_err(|p| Failure { reason: Reason::from_reason_str(p.reason), message: p.message }))
 }
 
-fn cached(ctx: &Context, namespace: &str, name: &str) -> Option<Arc<Secret>> {
-    ctx.managed.get(&ObjectRef::new(name).within(namespace))
+fn cached(ctx: &Context, namespace: &str, name: &str) -> Option<Arc<CachedSecret>> {
+    ctx.managed.get(namespace, name)
 }
 
 /// The target copies of `ccc` the cache holds.
-fn copies(ccc: &ClusterClientCredential, ctx: &Context) -> Vec<Arc<Secret>> {
+fn copies(ccc: &ClusterClientCredential, ctx: &Context) -> Vec<Arc<CachedSecret>> {
     let name = ccc.name_any();
-    ctx.managed
-        .state()
-        .into_iter()
-        .filter(|s| s.labels().get(labels::CLUSTER_CREDENTIAL) == Some(&name))
-        .filter(|s| s.labels().get(labels::ROLE).map(String::as_str) == Some(labels::ROLE_TARGET))
-        .collect()
+    ctx.managed.find(|s| {
+        s.label(labels::CLUSTER_CREDENTIAL) == Some(name.as_str()) && s.label(labels::ROLE) == Some(labels::ROLE_TARGET)
+    })
 }
 
 /// Which ClusterClientCredentials read a Secret: those whose credentials namespace it is in

@@ -4,10 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::Recorder;
-use kube::runtime::reflector::Store;
 
+use super::managed::ManagedCache;
 use super::sources::{SecretRef, SourceCache};
 use super::state::StoredToken;
 use crate::metrics::Metrics;
@@ -41,7 +40,7 @@ impl Default for Policy {
 pub struct Context {
     pub client: kube::Client,
     /// The Secrets tokensync manages (target and state), from a label-selected watch.
-    pub managed: Store<Secret>,
+    pub managed: ManagedCache,
     /// What was last read from source Secrets, by resourceVersion.
     pub sources: Arc<SourceCache>,
     /// Turns true once the caches reconciles read have synced (see `controller::Synced`).

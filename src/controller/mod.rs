@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod context;
 pub mod labels;
 pub mod leader;
+pub mod managed;
 pub mod reconcile;
 pub mod service_account;
 pub mod sources;
@@ -35,6 +36,7 @@ use crate::engine_args::EngineArgs;
 use crate::metrics::Metrics;
 use crate::oauth::TokenClient;
 use context::{Context, Policy};
+use managed::ManagedCache;
 use sources::{SecretRef, SourceCache, SourceIndex};
 
 /// Flags of `tokensync controller`.
@@ -292,7 +294,7 @@ pub struct Shared {
 impl Shared {
     fn context(
         &self,
-        managed: reflector::Store<Secret>,
+        managed: ManagedCache,
         sources: Arc<SourceCache>,
         synced: tokio::sync::watch::Receiver<bool>,
     ) -> Context {
@@ -332,9 +334,9 @@ pub fn controller_for_scope(
     let source_cache = Arc::new(SourceCache::default());
     let index = SourceIndex::new(source_cache.clone());
     let (cc_reader, cc_writer) = reflector::store();
-    let (managed_reader, managed_writer) = reflector::store();
+    let managed = ManagedCache::default();
     let (managed_synced, managed_listed) = Synced::new();
-    let ctx = Arc::new(shared.context(managed_reader.clone(), source_cache, managed_listed.clone()));
+    let ctx = Arc::new(shared.context(managed.clone(), source_cache, managed_listed.clone()));
     let indexer = index.clone();
     // Every watcher (re)lists with the default, consistent semantics (no resourceVersion),
     // never "any" (resourceVersion=0): after an API server restart, a watch cache can answer
@@ -363,16 +365,18 @@ pub fn controller_for_scope(
         echoes.written.is_own_write(&key, cc.metadata.resource_version.as_deref())
     });
 
-    // The Secrets tokensync manages, cached whole (they are small and few).
+    // The Secrets tokensync manages, cached as much as reconciles read ([`managed`]).
     let managed_config = watcher::Config::default().labels(&labels::namespaced_managed_selector());
-    let managed_stream = reflector::reflector(managed_writer, watcher(secrets.clone(), managed_config).modify(slim))
+    let cache = managed.clone();
+    let managed_stream = watcher(secrets.clone(), managed_config)
+        .inspect_ok(move |event| cache.apply(event))
         .inspect_ok(managed_synced.on_list())
         .default_backoff();
-    let (memo_ctx, cached) = (ctx.clone(), managed_reader.clone());
+    let (memo_ctx, cached) = (ctx.clone(), managed.clone());
     let managed_stream = changes_but_our_own(managed_stream, move |secret: &Secret| {
         let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
         let key = context::Written::Secret(SecretRef::new(&ns, &name));
-        note_cached(&memo_ctx, &cached, &key, &ObjectRef::new(&name).within(&ns));
+        note_cached(&memo_ctx, &cached, &key);
         memo_ctx.written.is_own_write(&key, secret.resource_version().as_deref())
     });
 
@@ -429,9 +433,11 @@ pub fn cluster_controller(
     let (secrets, secret_metadata): (Api<Secret>, Api<PartialObjectMeta<Secret>>) =
         (Api::all(client.clone()), Api::all(client.clone()));
     let copies_config = watcher::Config::default().labels(labels::CLUSTER_CREDENTIAL);
-    let (managed_reader, managed_writer) = reflector::store();
+    let managed = ManagedCache::default();
     let (managed_synced, managed_listed) = Synced::new();
-    let managed_stream = reflector::reflector(managed_writer, watcher(secrets, copies_config).modify(slim))
+    let cache = managed.clone();
+    let managed_stream = watcher(secrets, copies_config)
+        .inspect_ok(move |event| cache.apply(event))
         .inspect_ok(managed_synced.on_list())
         .default_backoff()
         .touched_objects();
@@ -442,12 +448,12 @@ pub fn cluster_controller(
     // Reconciles need the copies and the namespaces listed; readiness needs all three.
     let (both_synced, both_listed) = Synced::new();
     let ctx = Arc::new(cluster::ClusterContext {
-        base: shared.context(managed_reader.clone(), source_cache.clone(), both_listed),
+        base: shared.context(managed.clone(), source_cache.clone(), both_listed),
         namespaces: ns_reader.clone(),
     });
 
     let (all_for_ns, all_for_sources) = (ccc_reader.clone(), ccc_reader.clone());
-    let (memo_ctx, cached) = (ctx.clone(), managed_reader.clone());
+    let (memo_ctx, cached) = (ctx.clone(), managed.clone());
     let controller = Controller::for_stream(ccc_stream, ccc_reader.clone())
         .with_config(ControllerConfig::default().concurrency(shared.concurrency))
         // A namespace created, relabelled or terminating can change any selection.
@@ -457,7 +463,7 @@ pub fn cluster_controller(
         .watches_stream(managed_stream, move |secret: Secret| {
             let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
             let key = context::Written::Secret(SecretRef::new(&ns, &name));
-            note_cached(&memo_ctx.base, &cached, &key, &ObjectRef::new(&name).within(&ns));
+            note_cached(&memo_ctx.base, &cached, &key);
             secret.labels().get(labels::CLUSTER_CREDENTIAL).map(|name| ObjectRef::new(name))
         })
         .watches_stream(source_stream, move |meta: PartialObjectMeta<Secret>| {
@@ -545,8 +551,9 @@ fn changes_but_our_own<K: Send + 'static>(
     })
 }
 
-fn note_cached(ctx: &Context, cache: &reflector::Store<Secret>, key: &context::Written, at: &ObjectRef<Secret>) {
-    match cache.get(at) {
+fn note_cached(ctx: &Context, cache: &ManagedCache, key: &context::Written) {
+    let context::Written::Secret(at) = key else { return };
+    match cache.get(&at.namespace, &at.name) {
         Some(_) => ctx.written.seen(key),
         None => ctx.written.forget(key),
     }

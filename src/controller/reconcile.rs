@@ -20,11 +20,11 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 use super::context::{Context, Written};
 use super::labels;
+use super::managed::CachedSecret;
 use super::sources::SecretRef;
 use super::state::{self, StoredToken};
 use super::status::{self, Facts, Failure, Reason, TokenFacts};
@@ -144,7 +144,7 @@ async fn run_pipeline(
             ..ctx.policy.renewal.clone()
         },
         // 1. load (from the cache: no API call on routine reconciles)
-        stored: cached(&ctx, &namespace, &state_name).as_deref().and_then(state::read),
+        stored: cached(&ctx, &namespace, &state_name).as_deref().and_then(state::read_cached),
         state_name,
         target_name: target::name(&cc),
         record: failure_record(&status),
@@ -172,12 +172,15 @@ async fn run_pipeline(
     // use) are cleared from what status records.
     run.settle_failures(prepared.as_ref().ok());
     let conflict = match &cached_target {
-        Some(t) => conflict_with(t, &name),
+        Some(t) => conflict_with(&t.name, target::cached_ownership(t, &name)),
         // Written by this process and not seen deleted since: ours, the cache lags.
         None if run.ctx.written.wrote(&run.target_key()) => None,
         // Not a Secret of ours (or not created yet): look before applying, because an
         // apply would take over a Secret somebody else owns.
-        None => run.secrets.get_opt(&run.target_name).await?.and_then(|t| conflict_with(&t, &name)),
+        None => {
+            let existing = run.secrets.get_opt(&run.target_name).await?;
+            existing.and_then(|t| conflict_with(&run.target_name, target::ownership(&t, &name)))
+        }
     };
     run.failure = conflict.clone().or_else(|| prepared.as_ref().err().cloned());
     let ready_to_request = prepared.as_ref().ok().filter(|_| conflict.is_none());
@@ -240,7 +243,7 @@ impl Run {
         // the cache is the truth until this process writes, and the first token of a
         // credential or the first renewal after a restart reads nothing.
         let cached_state = cached(&self.ctx, &self.namespace(), &self.state_name);
-        let state_version = cached_state.as_ref().and_then(|s| s.resource_version());
+        let state_version = cached_state.as_ref().and_then(|s| s.resource_version.clone());
         let read_state = self.ctx.written.cache_behind(&self.state_key(), state_version.as_deref());
         let read_credential =
             !self.confirmed && self.ctx.written.lags(&self.status_key(), self.cc.metadata.resource_version.as_deref());
@@ -270,7 +273,7 @@ impl Run {
         // our own last write meanwhile (a second "first token" was requested that way).
         self.stored = match state {
             Some(read) => read.as_ref().and_then(state::read),
-            None => cached_state.as_deref().and_then(state::read),
+            None => cached_state.as_deref().and_then(state::read_cached),
         };
         self.settle_failures(Some(prep));
         let Some(reason) = self.due(prep) else { return Ok(None) };
@@ -376,13 +379,13 @@ impl Run {
     /// Publishes the stored token into the target Secret when it differs from what is
     /// there: also restores a deleted or edited target, without a token request. Returns
     /// whether the target now holds the stored token.
-    async fn publish_target(&mut self, cached_target: Option<&Secret>) -> Result<bool, Error> {
+    async fn publish_target(&mut self, cached_target: Option<&CachedSecret>) -> Result<bool, Error> {
         let Some(stored) = self.stored.as_ref().filter(|s| s.is_valid_at(self.now)) else { return Ok(false) };
         match target::desired(&self.cc, stored) {
             Ok(desired) if cached_target.is_some_and(|t| target::up_to_date(t, &desired)) => {}
             Ok(desired) => {
                 let key = self.target_key();
-                let cached_version = cached_target.and_then(|t| t.metadata.resource_version.as_deref());
+                let cached_version = cached_target.and_then(|t| t.resource_version.as_deref());
                 let echo = match cached_target {
                     Some(_) => self.ctx.written.is_lagging_echo(&key, cached_version, &desired),
                     None => self.ctx.written.is_unseen_create(&key, &desired),
@@ -391,7 +394,7 @@ impl Run {
                     return Ok(true);
                 }
                 // A Secret's type is immutable: when spec.target.type changed, replace ours.
-                let old_type = cached_target.map(|t| t.type_.clone().unwrap_or_else(|| "Opaque".into()));
+                let old_type = cached_target.map(|t| t.type_.clone());
                 if old_type.is_some_and(|t| Some(&t) != desired.type_.as_ref()) {
                     self.secrets.delete(&self.target_name, &Default::default()).await?;
                 }
@@ -427,29 +430,26 @@ impl Run {
             return Ok(());
         }
         let (namespace, name, uid) = (self.namespace(), self.cc.name_any(), self.cc.metadata.uid.clone());
-        let earlier = self.ctx.managed.state().into_iter().filter(|s| {
-            s.namespace().as_deref() == Some(namespace.as_str())
-                && s.name_any() != self.target_name
-                && target::ownership(s, &name) == Ownership::Ours
-                && s.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref() && o.controller == Some(true))
+        let earlier = self.ctx.managed.find(|s| {
+            s.namespace == namespace
+                && s.name != self.target_name
+                && target::cached_ownership(s, &name) == Ownership::Ours
+                && s.owners.iter().any(|(owner, controller)| Some(owner) == uid.as_ref() && *controller)
         });
         for old in earlier {
             // Only the object we looked at: a Secret recreated under that name meanwhile is not ours.
             let params = DeleteParams {
-                preconditions: Some(Preconditions { uid: old.metadata.uid.clone(), resource_version: None }),
+                preconditions: Some(Preconditions { uid: old.uid.clone(), resource_version: None }),
                 ..Default::default()
             };
-            match self.secrets.delete(&old.name_any(), &params).await {
+            match self.secrets.delete(&old.name, &params).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => continue,
                 Err(e) => return Err(e.into()),
             }
-            let note = format!(
-                "removed Secret {}, the target before spec.target.name became {}",
-                old.name_any(),
-                self.target_name
-            );
-            tracing::info!(credential = %format!("{namespace}/{name}"), secret = %old.name_any(), "removed the previous target Secret");
+            let note =
+                format!("removed Secret {}, the target before spec.target.name became {}", old.name, self.target_name);
+            tracing::info!(credential = %format!("{namespace}/{name}"), secret = %old.name, "removed the previous target Secret");
             event(&self.ctx, self.cc.as_ref(), EventType::Normal, "PreviousTargetRemoved", note).await;
         }
         Ok(())
@@ -535,13 +535,13 @@ pub(super) fn requeue(ctx: &Context, now: Timestamp, next: Option<&Decision>, st
     Action::requeue(Duration::from_secs((at.as_second() - now.as_second()).max(1) as u64))
 }
 
-fn cached(ctx: &Context, namespace: &str, name: &str) -> Option<Arc<Secret>> {
-    ctx.managed.get(&ObjectRef::new(name).within(namespace))
+fn cached(ctx: &Context, namespace: &str, name: &str) -> Option<Arc<CachedSecret>> {
+    ctx.managed.get(namespace, name)
 }
 
-fn conflict_with(secret: &Secret, credential: &str) -> Option<Failure> {
-    let name = secret.name_any();
-    match target::ownership(secret, credential) {
+/// The failure an existing Secret named `name` at the target's name means, if any.
+fn conflict_with(name: &str, ownership: Ownership) -> Option<Failure> {
+    match ownership {
         Ownership::Ours => None,
         Ownership::Foreign => Some(Failure {
             reason: Reason::TargetSecretConflict,

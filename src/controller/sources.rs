@@ -7,7 +7,7 @@
 //! the API only when the watch saw it move since: most reconciles are caused by tokensync's own
 //! writes, which never change a source Secret.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 use k8s_openapi::api::core::v1::Secret;
@@ -96,10 +96,14 @@ impl SourceCache {
 type CredentialRef = ObjectRef<ClientCredential>;
 
 /// Which ClientCredentials read which Secret, kept up to date from the ClientCredential watch.
+/// A ClientCredential reads Secrets of its own namespace only, so readers are kept by name;
+/// plain vectors, as a Secret almost always has one reader and a credential one or two Secrets.
 #[derive(Clone)]
 pub struct SourceIndex {
-    by_secret: Arc<RwLock<HashMap<SecretRef, HashSet<CredentialRef>>>>,
-    by_credential: Arc<RwLock<HashMap<CredentialRef, BTreeSet<String>>>>,
+    /// Secret → the names of the credentials (in its namespace) that read it.
+    by_secret: Arc<RwLock<HashMap<SecretRef, Vec<String>>>>,
+    /// (namespace, credential name) → the names of the Secrets it reads.
+    by_credential: Arc<RwLock<HashMap<(String, String), Box<[String]>>>>,
     /// Secrets nobody reads any more are dropped from it.
     cache: Arc<SourceCache>,
 }
@@ -111,30 +115,35 @@ impl SourceIndex {
 
     pub fn update(&self, cc: &ClientCredential) {
         let Some(ns) = cc.namespace() else { return };
-        let key = ObjectRef::from_obj(cc);
+        let name = cc.name_any();
         let wanted: BTreeSet<String> = if cc.metadata.deletion_timestamp.is_some() {
             BTreeSet::new()
         } else {
             engine::referenced_secrets(&cc.spec).into_iter().collect()
         };
+        let key = (ns.clone(), name.clone());
         let mut by_credential = self.by_credential.write().unwrap_or_else(|e| e.into_inner());
         let mut by_secret = self.by_secret.write().unwrap_or_else(|e| e.into_inner());
         let old = by_credential.remove(&key).unwrap_or_default();
-        for name in old.difference(&wanted) {
-            let secret = SecretRef::new(&ns, name);
-            if let Some(set) = by_secret.get_mut(&secret) {
-                set.remove(&key);
-                if set.is_empty() {
+        for gone in old.iter().filter(|s| !wanted.contains(*s)) {
+            let secret = SecretRef::new(&ns, gone);
+            if let Some(readers) = by_secret.get_mut(&secret) {
+                readers.retain(|r| *r != name);
+                if readers.is_empty() {
                     by_secret.remove(&secret);
                     self.cache.forget(&secret);
                 }
             }
         }
-        for name in &wanted {
-            by_secret.entry(SecretRef::new(&ns, name)).or_default().insert(key.clone());
+        for secret in &wanted {
+            let readers = by_secret.entry(SecretRef::new(&ns, secret)).or_default();
+            if !readers.contains(&name) {
+                readers.push(name.clone());
+                readers.shrink_to_fit();
+            }
         }
         if !wanted.is_empty() {
-            by_credential.insert(key, wanted);
+            by_credential.insert(key, wanted.into_iter().collect());
         }
     }
 
@@ -143,7 +152,8 @@ impl SourceIndex {
     pub fn readers_of(&self, secret: SecretRef, resource_version: Option<String>) -> Vec<CredentialRef> {
         let readers: Vec<CredentialRef> = {
             let by_secret = self.by_secret.read().unwrap_or_else(|e| e.into_inner());
-            by_secret.get(&secret).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+            let names = by_secret.get(&secret).map(Vec::as_slice).unwrap_or_default();
+            names.iter().map(|name| ObjectRef::new(name).within(&secret.namespace)).collect()
         };
         if !readers.is_empty() {
             self.cache.saw(secret, resource_version);
@@ -176,5 +186,37 @@ mod tests {
         assert!(cache.lock().get(&s).and_then(Entry::current).is_none(), "created again");
         cache.forget(&s);
         assert!(cache.lock().get(&s).is_none());
+    }
+
+    fn reading(name: &str, secret: &str) -> ClientCredential {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "tokensync.io/v1alpha1", "kind": "ClientCredential",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"tokenEndpoint": "https://auth.example/token", "credentialsRef": {"name": secret}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_index_follows_what_each_credential_reads() {
+        let index = SourceIndex::new(Default::default());
+        let readers = |secret: &str| -> Vec<String> {
+            let mut names: Vec<String> =
+                index.readers_of(SecretRef::new("ns", secret), None).into_iter().map(|r| r.name).collect();
+            names.sort();
+            names
+        };
+        index.update(&reading("one", "shared"));
+        index.update(&reading("two", "shared"));
+        index.update(&reading("two", "shared"));
+        assert_eq!(readers("shared"), ["one", "two"], "each reader once");
+        index.update(&reading("two", "own"));
+        assert_eq!((readers("shared"), readers("own")), (vec!["one".to_owned()], vec!["two".to_owned()]));
+        let mut gone = reading("one", "shared");
+        gone.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
+        index.update(&gone);
+        assert!(readers("shared").is_empty());
+        assert!(index.readers_of(SecretRef::new("other", "own"), None).is_empty(), "namespaces apart");
     }
 }

@@ -19,6 +19,7 @@ use kube::Resource;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::labels;
+use super::managed::CachedSecret;
 use crate::api::ClientCredential;
 
 pub use crate::token_state::{StoredToken, bootstrap_fingerprint, inputs_fingerprint, seconds};
@@ -41,6 +42,11 @@ pub fn read(secret: &Secret) -> Option<StoredToken> {
         bootstrap: annotations.get(labels::BOOTSTRAP).cloned(),
         renewal_request: annotations.get(labels::RENEWAL_REQUEST).cloned(),
     })
+}
+
+/// [`read`] of a cached state Secret.
+pub fn read_cached(secret: &CachedSecret) -> Option<StoredToken> {
+    read(&secret.to_secret())
 }
 
 /// The state Secret to apply for `stored`. Always owned by the ClientCredential (it is

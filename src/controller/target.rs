@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::Resource;
+use kube::{Resource, ResourceExt};
 
 use super::labels;
+use super::managed::CachedSecret;
 use super::state::{StoredToken, seconds};
 use crate::api::{ClientCredential, DeletionPolicy, TargetSecret};
 use crate::render::RenderError;
@@ -30,15 +31,22 @@ pub enum Ownership {
 }
 
 pub fn ownership(secret: &Secret, credential: &str) -> Ownership {
-    let labels = secret.metadata.labels.clone().unwrap_or_default();
-    if labels.get(labels::MANAGED_BY).map(String::as_str) != Some(labels::MANAGED_BY_VALUE)
-        || labels.get(labels::ROLE).map(String::as_str) != Some(labels::ROLE_TARGET)
-    {
+    let labels = secret.metadata.labels.as_ref();
+    ownership_by_labels(|key| labels.and_then(|l| l.get(key)).map(String::as_str), credential)
+}
+
+/// [`ownership`] of a cached Secret.
+pub fn cached_ownership(secret: &CachedSecret, credential: &str) -> Ownership {
+    ownership_by_labels(|key| secret.label(key), credential)
+}
+
+fn ownership_by_labels<'a>(label: impl Fn(&str) -> Option<&'a str>, credential: &str) -> Ownership {
+    if label(labels::MANAGED_BY) != Some(labels::MANAGED_BY_VALUE) || label(labels::ROLE) != Some(labels::ROLE_TARGET) {
         return Ownership::Foreign;
     }
-    match labels.get(labels::CREDENTIAL) {
+    match label(labels::CREDENTIAL) {
         Some(owner) if owner == credential => Ownership::Ours,
-        Some(owner) => Ownership::OtherCredential(owner.clone()),
+        Some(owner) => Ownership::OtherCredential(owner.to_owned()),
         None => Ownership::Foreign,
     }
 }
@@ -86,17 +94,12 @@ pub fn secret_for(
 /// key someone added is removed by the next write, see `reconcile::apply_target`), type,
 /// owner references, and every desired label and annotation present. Skipping identical
 /// writes keeps routine reconciles free of API writes.
-pub fn up_to_date(actual: &Secret, desired: &Secret) -> bool {
-    let subset = |want: &Option<BTreeMap<String, String>>, have: &Option<BTreeMap<String, String>>| {
-        let have = have.clone().unwrap_or_default();
-        want.iter().flatten().all(|(k, v)| have.get(k) == Some(v))
-    };
-    let owners = |s: &Secret| {
-        s.metadata.owner_references.iter().flatten().map(|o| (o.uid.clone(), o.controller)).collect::<Vec<_>>()
-    };
-    actual.data.clone().unwrap_or_default() == desired.data.clone().unwrap_or_default()
-        && actual.type_.as_deref().unwrap_or("Opaque") == desired.type_.as_deref().unwrap_or("Opaque")
-        && subset(&desired.metadata.labels, &actual.metadata.labels)
-        && subset(&desired.metadata.annotations, &actual.metadata.annotations)
-        && owners(actual) == owners(desired)
+pub fn up_to_date(actual: &CachedSecret, desired: &Secret) -> bool {
+    let desired_owners: Vec<(String, bool)> =
+        desired.owner_references().iter().map(|o| (o.uid.clone(), o.controller == Some(true))).collect();
+    actual.data_is(desired.data.as_ref())
+        && actual.type_ == desired.type_.as_deref().unwrap_or("Opaque")
+        && desired.labels().iter().all(|(k, v)| actual.label(k) == Some(v.as_str()))
+        && desired.annotations().iter().all(|(k, v)| actual.annotation(k) == Some(v.as_str()))
+        && *actual.owners == desired_owners
 }
