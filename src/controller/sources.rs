@@ -95,6 +95,9 @@ impl SourceCache {
 
 type CredentialRef = ObjectRef<ClientCredential>;
 
+/// A ClientCredential by (namespace, name).
+type CredentialKey = (String, String);
+
 /// Which ClientCredentials read which Secret, kept up to date from the ClientCredential watch.
 /// A ClientCredential reads Secrets of its own namespace only, so readers are kept by name;
 /// plain vectors, as a Secret almost always has one reader and a credential one or two Secrets.
@@ -103,7 +106,7 @@ pub struct SourceIndex {
     /// Secret → the names of the credentials (in its namespace) that read it.
     by_secret: Arc<RwLock<HashMap<SecretRef, Vec<String>>>>,
     /// (namespace, credential name) → the names of the Secrets it reads.
-    by_credential: Arc<RwLock<HashMap<(String, String), Box<[String]>>>>,
+    by_credential: Arc<RwLock<HashMap<CredentialKey, Box<[String]>>>>,
     /// Secrets nobody reads any more are dropped from it.
     cache: Arc<SourceCache>,
 }
@@ -121,7 +124,7 @@ impl SourceIndex {
         } else {
             engine::referenced_secrets(&cc.spec).into_iter().collect()
         };
-        let key = (ns.clone(), name.clone());
+        let key: CredentialKey = (ns.clone(), name.clone());
         let mut by_credential = self.by_credential.write().unwrap_or_else(|e| e.into_inner());
         let mut by_secret = self.by_secret.write().unwrap_or_else(|e| e.into_inner());
         let old = by_credential.remove(&key).unwrap_or_default();
