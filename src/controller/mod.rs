@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod context;
+pub mod initial_list;
 pub mod labels;
 pub mod leader;
 pub mod reconcile;
@@ -35,6 +36,7 @@ use crate::engine_args::EngineArgs;
 use crate::metrics::Metrics;
 use crate::oauth::TokenClient;
 use context::{Context, Policy};
+pub use initial_list::InitialList;
 use sources::{SecretRef, SourceCache, SourceIndex};
 
 /// Flags of `tokensync controller`.
@@ -47,6 +49,12 @@ pub struct ControllerArgs {
     /// How many ClientCredentials are reconciled at the same time.
     #[arg(long, default_value_t = 16)]
     pub concurrency: u16,
+
+    /// How every watch gets the objects that exist when it starts: paged LIST requests then a
+    /// WATCH, or one WATCH that streams them (watch-list; needs an API server whose WatchList
+    /// feature gate is on: Kubernetes 1.32, 1.34 and later by default).
+    #[arg(long, value_enum, env = "TOKENSYNC_INITIAL_LIST", default_value_t = InitialList::Paged)]
+    pub initial_list: InitialList,
 
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -239,7 +247,15 @@ pub async fn run_controllers(
         if args.namespaces.is_empty() { vec![None] } else { args.namespaces.iter().cloned().map(Some).collect() };
     let mut policy = args.policy();
     policy.kubernetes_audiences = service_account::api_server_audiences(&client, &args.kubernetes_audiences).await;
-    let shared = Shared { client, engine: args.engine(), policy, metrics, reporter, concurrency: args.concurrency };
+    let shared = Shared {
+        client,
+        engine: args.engine(),
+        policy,
+        metrics,
+        reporter,
+        concurrency: args.concurrency,
+        initial_list: args.initial_list,
+    };
     let mut synced = Vec::new();
     let mut runs = Vec::new();
     for scope in scopes {
@@ -275,6 +291,8 @@ pub struct Shared {
     pub reporter: Reporter,
     /// How many objects each controller reconciles at the same time.
     pub concurrency: u16,
+    /// How the watchers list ([`InitialList`]).
+    pub initial_list: InitialList,
 }
 
 impl Shared {
@@ -306,7 +324,9 @@ pub fn controller_for_scope(
     namespace: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> (futures::future::BoxFuture<'static, ()>, futures::future::BoxFuture<'static, ()>) {
-    let client = shared.client.clone();
+    // The watchers' own client: see initial_list.rs.
+    let list = shared.initial_list;
+    let client = list.client(&shared.client);
     let (ccs, secrets, secret_metadata): (Api<ClientCredential>, Api<Secret>, Api<PartialObjectMeta<Secret>>) =
         match &namespace {
             Some(ns) => (
@@ -321,33 +341,37 @@ pub fn controller_for_scope(
     let index = SourceIndex::new(source_cache.clone());
     let (cc_reader, cc_writer) = reflector::store();
     let indexer = index.clone();
-    // Every watcher (re)lists with the default, consistent semantics (no resourceVersion),
-    // never "any" (resourceVersion=0): after an API server restart, a watch cache can answer
-    // rv=0 with a version older than the one the restarted server refuses watches at, so a
-    // watcher that relists that way after a 410 is refused again and again and sees no
-    // change (docs/faults.md). A consistent list returns a version the server can watch
-    // from; since Kubernetes 1.31 it is served from the watch cache too, so it costs little
-    // more than an rv=0 list. (kube 5 happened to drop rv=0 from paginated lists anyway.)
+    // Every watcher (re)lists consistently, never with "any" semantics (resourceVersion=0):
+    // after an API server restart, a watch cache can answer rv=0 with a version older than
+    // the one the restarted server refuses watches at, so a watcher that relists that way
+    // after a 410 is refused again and again and sees no change (docs/faults.md). A
+    // consistent read returns a version the server can watch from; since Kubernetes 1.31 it
+    // is served from the watch cache too, so it costs little more than an rv=0 read.
+    // - paged (the default): LIST with no resourceVersion (kube's default list semantic; kube
+    //   5 also happens to drop rv=0 from paginated lists), then WATCH from its version;
+    // - streaming: kube 5 sends its watch-list at resourceVersion=0 ("any": the watch cache's
+    //   state as it stands); the watchers' client drops that resourceVersion, which makes the
+    //   request a consistent read (initial_list.rs). Its resumed watches start from the
+    //   version of the bookmark that ended the initial events, and after a 410 it starts
+    //   over with a new, again consistent, watch-list.
     //
     // managedFields are dropped before objects enter a cache: tokensync never reads them, and
     // they are a large share of every object's size.
     let (cc_synced, cc_listed) = Synced::new();
-    let cc_stream = reflector::reflector(
-        cc_writer,
-        watcher(ccs, watcher::Config::default()).modify(|cc| cc.managed_fields_mut().clear()),
-    )
-    .inspect_ok(cc_synced.on_list())
-    .default_backoff()
-    .touched_objects()
-    .map(move |ev| {
-        if let Ok(cc) = &ev {
-            indexer.update(cc);
-        }
-        ev
-    });
+    let cc_stream =
+        reflector::reflector(cc_writer, watcher(ccs, list.config()).modify(|cc| cc.managed_fields_mut().clear()))
+            .inspect_ok(cc_synced.on_list())
+            .default_backoff()
+            .touched_objects()
+            .map(move |ev| {
+                if let Ok(cc) = &ev {
+                    indexer.update(cc);
+                }
+                ev
+            });
 
     // The Secrets tokensync manages, cached whole (they are small and few).
-    let managed_config = watcher::Config::default().labels(&labels::namespaced_managed_selector());
+    let managed_config = list.config().labels(&labels::namespaced_managed_selector());
     let (managed_reader, managed_writer) = reflector::store();
     let (managed_synced, managed_listed) = Synced::new();
     let managed_stream = reflector::reflector(
@@ -360,7 +384,7 @@ pub fn controller_for_scope(
 
     // Every other Secret, metadata only: enough to notice a change of a source Secret
     // without holding any Secret's data in memory. Nothing is cached.
-    let source_stream = watcher(secret_metadata, watcher::Config::default()).default_backoff().touched_objects();
+    let source_stream = watcher(secret_metadata, list.config()).default_backoff().touched_objects();
 
     let ctx = Arc::new(shared.context(managed_reader.clone(), source_cache, managed_listed.clone()));
 
@@ -368,6 +392,7 @@ pub fn controller_for_scope(
     let (memo_ctx, cached) = (ctx.clone(), managed_reader.clone());
     let controller = Controller::for_stream(cc_stream, cc_reader.clone())
         .with_config(ControllerConfig::default().concurrency(shared.concurrency))
+        .trigger_backoff(WatchersBackOff)
         .watches_stream(managed_stream, move |secret: Secret| {
             note_cached(&memo_ctx, &cached, &secret);
             let owner = secret.labels().get(labels::CREDENTIAL).cloned();
@@ -391,36 +416,35 @@ pub fn cluster_controller(
     shared: Shared,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> (futures::future::BoxFuture<'static, ()>, futures::future::BoxFuture<'static, ()>) {
-    let client = shared.client.clone();
+    // The watchers' own client (initial_list.rs); every relist is consistent, as for
+    // ClientCredentials (controller_for_scope).
+    let list = shared.initial_list;
+    let client = list.client(&shared.client);
     use crate::api::ClusterClientCredential;
     use k8s_openapi::api::core::v1::Namespace;
 
     let cccs: Api<ClusterClientCredential> = Api::all(client.clone());
     let (ccc_reader, ccc_writer) = reflector::store();
     let (ccc_synced, ccc_listed) = Synced::new();
-    let ccc_stream = reflector::reflector(
-        ccc_writer,
-        watcher(cccs, watcher::Config::default()).modify(|c| c.managed_fields_mut().clear()),
-    )
-    .inspect_ok(ccc_synced.on_list())
-    .default_backoff()
-    .touched_objects();
+    let ccc_stream =
+        reflector::reflector(ccc_writer, watcher(cccs, list.config()).modify(|c| c.managed_fields_mut().clear()))
+            .inspect_ok(ccc_synced.on_list())
+            .default_backoff()
+            .touched_objects();
 
     let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
     let (ns_reader, ns_writer) = reflector::store();
     let (ns_synced, ns_listed) = Synced::new();
-    let ns_stream = reflector::reflector(
-        ns_writer,
-        watcher(namespaces, watcher::Config::default()).modify(|n| n.managed_fields_mut().clear()),
-    )
-    .inspect_ok(ns_synced.on_list())
-    .default_backoff()
-    .touched_objects();
+    let ns_stream =
+        reflector::reflector(ns_writer, watcher(namespaces, list.config()).modify(|n| n.managed_fields_mut().clear()))
+            .inspect_ok(ns_synced.on_list())
+            .default_backoff()
+            .touched_objects();
 
     // Its state Secrets and copies, cached whole; every other Secret metadata only.
     let (secrets, secret_metadata): (Api<Secret>, Api<PartialObjectMeta<Secret>>) =
         (Api::all(client.clone()), Api::all(client.clone()));
-    let copies_config = watcher::Config::default().labels(labels::CLUSTER_CREDENTIAL);
+    let copies_config = list.config().labels(labels::CLUSTER_CREDENTIAL);
     let (managed_reader, managed_writer) = reflector::store();
     let (managed_synced, managed_listed) = Synced::new();
     let managed_stream = reflector::reflector(
@@ -431,7 +455,7 @@ pub fn cluster_controller(
     .default_backoff()
     .touched_objects();
 
-    let source_stream = watcher(secret_metadata, watcher::Config::default()).default_backoff().touched_objects();
+    let source_stream = watcher(secret_metadata, list.config()).default_backoff().touched_objects();
 
     let source_cache = Arc::new(SourceCache::default());
     // Reconciles need the copies and the namespaces listed; readiness needs all three.
@@ -445,6 +469,7 @@ pub fn cluster_controller(
     let (memo_ctx, cached) = (ctx.clone(), managed_reader.clone());
     let controller = Controller::for_stream(ccc_stream, ccc_reader.clone())
         .with_config(ControllerConfig::default().concurrency(shared.concurrency))
+        .trigger_backoff(WatchersBackOff)
         // A namespace created, relabelled or terminating can change any selection.
         .watches_stream(ns_stream, move |_ns: PartialObjectMeta<Namespace>| {
             all_for_ns.state().iter().map(|c| ObjectRef::from_obj(c.as_ref())).collect::<Vec<_>>()
@@ -472,6 +497,26 @@ pub fn cluster_controller(
     }
     .boxed();
     (run, ready)
+}
+
+/// The Controller's own backoff on its merged watch streams: none. Each watcher already
+/// backs off on its own (`default_backoff`), while kube's default trigger backoff is one
+/// for all of them, grows with every watch error and is reset only by an object: while it
+/// sleeps no watch is polled. Watch errors without objects in between (a watch resumed after
+/// an API server restart gets 410, then a watch-list gets 410 too) stalled every watch for
+/// up to 30 s; with paged lists the objects of each relist happened to reset it.
+struct WatchersBackOff;
+
+impl Iterator for WatchersBackOff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(Duration::ZERO)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchersBackOff {
+    fn reset(&mut self) {}
 }
 
 /// Turns true once a reflector's store holds a complete list. Set by the stream itself as the
