@@ -240,7 +240,7 @@ pub struct Needed {
 /// Every Kubernetes API call the controller makes, and the permission it needs.
 pub const NEEDED: &[Needed] = &[
     // src/controller/mod.rs controller_for_scope: the ClientCredential reflector's watcher
-    // lists, then watches. src/controller/reconcile.rs read_fresh GETs the ClientCredential
+    // lists, then watches (with --initial-list=streaming it only watches; the default lists). src/controller/reconcile.rs read_fresh GETs the ClientCredential
     // before a token request when the cache lags behind our own status write, and after a
     // status patch computed from a stale read was refused (409).
     Needed {
