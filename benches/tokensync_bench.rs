@@ -511,7 +511,7 @@ async fn steady(
     let cpu = controller.cpu_seconds() - cpu_from;
     let steady_log = api.requests()[log_from..].to_vec();
     let w = writes(&steady_log);
-    results.insert("requests_per_renewal", json!(requests_by_verb(&steady_log, renewals_so_far(&issuer, steady_from))));
+    results.insert("requests_per_renewal", json!(requests_by_verb(&steady_log, renewals_so_far(issuer, steady_from))));
     let wave_to = jiff::Timestamp::now().as_second();
     results.insert("steady_window_s", json!(t.elapsed().as_secs_f64()));
     results.insert("renewals_in_window", json!(renewals));
@@ -530,7 +530,7 @@ async fn steady(
     // 2. Requests per published token: requests / tokens published (sum of token indices).
     let mut ratio = 0.0;
     for _ in 0..50 {
-        let (requests, published) = (issuer.total(), published_tokens(&api));
+        let (requests, published) = (issuer.total(), published_tokens(api));
         ratio = requests as f64 / published as f64;
         if requests == published {
             break;
