@@ -7,8 +7,12 @@
 //!
 //! ```text
 //! cargo bench --bench tokensync-bench -- [--credentials N] [--lifetime SECS] [--unrelated M]
-//!     [--latency-ms MS] [--steady-seconds S] [--concurrency C] [--json]
+//!     [--latency-ms MS] [--steady-seconds S] [--concurrency C] [--controller-arg ARG]...
+//!     [--no-steady] [--json]
 //! ```
+//! `--controller-arg` passes one more argument to every `tokensync controller` it starts
+//! (e.g. `--controller-arg=--initial-list=streaming`); `--no-steady` stops after the restart
+//! measurements.
 //! Defaults are a quick run (300 credentials, 90 s tokens). See docs/performance.md.
 
 #[path = "../tests/support/mod.rs"]
@@ -36,6 +40,8 @@ struct Options {
     latency_ms: u64,
     steady_seconds: u64,
     concurrency: u16,
+    controller_args: Vec<String>,
+    steady: bool,
     json: bool,
 }
 
@@ -47,6 +53,8 @@ fn options() -> Options {
         latency_ms: 10,
         steady_seconds: 0,
         concurrency: 16,
+        controller_args: Vec::new(),
+        steady: true,
         json: false,
     };
     let mut args = std::env::args().skip(1);
@@ -59,6 +67,11 @@ fn options() -> Options {
             "--latency-ms" => o.latency_ms = value().parse().expect("ms"),
             "--steady-seconds" => o.steady_seconds = value().parse().expect("seconds"),
             "--concurrency" => o.concurrency = value().parse().expect("number"),
+            "--controller-arg" => o.controller_args.push(value()),
+            a if a.starts_with("--controller-arg=") => {
+                o.controller_args.push(a["--controller-arg=".len()..].to_owned());
+            }
+            "--no-steady" => o.steady = false,
             "--json" => o.json = true,
             "--bench" => {} // passed by `cargo bench`
             "--help" | "-h" => {
@@ -157,6 +170,7 @@ impl Controller {
         let child = Command::new(env!("CARGO_BIN_EXE_tokensync"))
             .args(["controller", "--allow-http", "--namespace", NS, "--min-renewal-interval", "1s"])
             .args(["--admin-addr", &format!("127.0.0.1:{port}"), "--concurrency", &o.concurrency.to_string()])
+            .args(&o.controller_args)
             .env("KUBECONFIG", &kubeconfig)
             .env_remove("RUST_LOG")
             // TOKENSYNC_BENCH_LOG=debug (a RUST_LOG filter) for the controller's log file.
@@ -450,6 +464,9 @@ async fn main() {
     results.insert("restart_requests", json!(restart_writes.1));
     let rss_fresh = c2.rss_kib();
     results.insert("rss_fresh_process_mib", json!(mib(rss_fresh)));
+    // The high-water mark of a process that started with every object already there: its
+    // initial lists and first reconcile of every credential.
+    results.insert("peak_rss_restart_mib", json!(mib(c2.peak_rss_kib())));
 
     // 5. Unrelated Secrets: a fresh process with and without them, same credentials.
     let mut controller = c2;
@@ -460,12 +477,28 @@ async fn main() {
         let rss_with = c3.rss_kib();
         results.insert("unrelated_secrets", json!(o.unrelated));
         results.insert("rss_fresh_process_with_unrelated_mib", json!(mib(rss_with)));
+        results.insert("peak_rss_restart_with_unrelated_mib", json!(mib(c3.peak_rss_kib())));
         results.insert("rss_increase_for_unrelated_mib", json!(mib(rss_with) - mib(rss_fresh)));
         results.insert("restart_token_requests_with_unrelated", json!(requests));
         controller = c3;
     }
 
     // 3/4. Steady state: every credential renewed at least once (plus --steady-seconds).
+    if o.steady {
+        steady(&api, &o, &issuer, &controller, &mut results).await;
+    }
+    controller.kill();
+    report(&o, results);
+}
+
+async fn steady(
+    api: &ApiServer,
+    o: &Options,
+    issuer: &Issuer,
+    controller: &Controller,
+    results: &mut BTreeMap<&'static str, Value>,
+) {
+    let n = o.credentials;
     let steady_from = issuer.total();
     let cpu_from = controller.cpu_seconds();
     let log_from = api.requests().len();
@@ -480,7 +513,7 @@ async fn main() {
     let cpu = controller.cpu_seconds() - cpu_from;
     let steady_log = api.requests()[log_from..].to_vec();
     let w = writes(&steady_log);
-    results.insert("requests_per_renewal", json!(requests_by_verb(&steady_log, renewals_so_far(&issuer, steady_from))));
+    results.insert("requests_per_renewal", json!(requests_by_verb(&steady_log, renewals_so_far(issuer, steady_from))));
     let wave_to = jiff::Timestamp::now().as_second();
     results.insert("steady_window_s", json!(t.elapsed().as_secs_f64()));
     results.insert("renewals_in_window", json!(renewals));
@@ -499,7 +532,7 @@ async fn main() {
     // 2. Requests per published token: requests / tokens published (sum of token indices).
     let mut ratio = 0.0;
     for _ in 0..50 {
-        let (requests, published) = (issuer.total(), published_tokens(&api));
+        let (requests, published) = (issuer.total(), published_tokens(api));
         ratio = requests as f64 / published as f64;
         if requests == published {
             break;
@@ -507,8 +540,10 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     results.insert("token_requests_per_published_token", json!(ratio));
-    controller.kill();
+}
 
+fn report(o: &Options, results: BTreeMap<&str, Value>) {
+    let n = o.credentials;
     let machine = json!({
         "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "cpu": std::fs::read_to_string("/proc/cpuinfo").ok()
@@ -517,7 +552,8 @@ async fn main() {
             .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())),
     });
     let options = json!({"credentials": n, "lifetime_s": o.lifetime, "unrelated": o.unrelated,
-                         "latency_ms": o.latency_ms, "concurrency": o.concurrency, "steady_seconds": o.steady_seconds});
+                         "latency_ms": o.latency_ms, "concurrency": o.concurrency, "steady_seconds": o.steady_seconds,
+                         "controller_args": o.controller_args, "steady": o.steady});
     if o.json {
         println!(
             "{}",

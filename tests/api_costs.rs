@@ -124,14 +124,18 @@ async fn a_restart_with_valid_tokens_writes_nothing_even_while_its_caches_sync()
     }
     first.crash();
 
-    // The Secret lists fail at first, so the ClientCredentials arrive (and reconciles start)
-    // well before the managed Secrets are cached: every target and state Secret looks missing.
+    // The Secret lists (or watch-lists, with --initial-list=streaming) fail at first, so the
+    // ClientCredentials arrive (and reconciles start) well before the managed Secrets are
+    // cached: every target and state Secret looks missing.
     api.clear_requests();
-    api.inject(Fault::verbs(&[Verb::List]).resource("secrets").code(500).times(2));
+    api.inject(Fault::verbs(&[Verb::List, Verb::Watch]).resource("secrets").code(500).times(2));
     let second = start(&api, args(&[]));
     assert!(second.metrics.wait_for_reconciles(3, WAIT).await, "the new controller reconciled each credential");
     let log = api.requests();
-    assert!(log.iter().any(|r| r.verb == Verb::List && r.resource == "secrets" && r.code == 500), "the fault applied");
+    assert!(
+        log.iter().any(|r| matches!(r.verb, Verb::List | Verb::Watch) && r.resource == "secrets" && r.code == 500),
+        "the fault applied"
+    );
     assert_eq!(writes(&log), Vec::<String>::new(), "a restart writes nothing");
     assert_eq!(server.requests().len(), 3, "and requests no token");
     let gets = gets(&log);

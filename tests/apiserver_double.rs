@@ -429,6 +429,294 @@ async fn streaming_list_watcher_gets_initial_events_and_end_bookmark() {
     assert!(matches!(next_event(&mut stream).await, Event::Apply(s) if s.name_any() == "b"));
 }
 
+// ---- watch-list ("streaming lists", KEP-3157) --------------------------------------------------
+
+const WATCH_LIST: &str = "watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true";
+
+/// A raw watch of Secrets in NS: the events as JSON, one per line.
+async fn raw_watch(client: &Client, query: &str, accept: Option<&str>) -> impl Stream<Item = Value> + Unpin + use<> {
+    use futures::{AsyncBufReadExt, TryStreamExt};
+    let mut request = axum::http::Request::get(format!("/api/v1/namespaces/{NS}/secrets?{query}"));
+    if let Some(accept) = accept {
+        request = request.header("Accept", accept);
+    }
+    let body = client.request_stream(request.body(Vec::new()).unwrap()).await.expect("the watch starts");
+    body.lines().map_ok(|l| serde_json::from_str::<Value>(&l).expect("a JSON event")).map(Result::unwrap).boxed()
+}
+
+/// (type, name or, for a BOOKMARK, "#" + resourceVersion and "+end" when it marks the end of
+/// the initial events).
+fn summary(event: &Value) -> String {
+    let meta = &event["object"]["metadata"];
+    match event["type"].as_str().unwrap() {
+        "BOOKMARK" => {
+            let end = meta["annotations"]["k8s.io/initial-events-end"] == "true";
+            format!("BOOKMARK #{}{}", meta["resourceVersion"].as_str().unwrap(), if end { "+end" } else { "" })
+        }
+        t => format!("{t} {}", meta["name"].as_str().unwrap_or_default()),
+    }
+}
+
+async fn next_summaries<S: Stream<Item = Value> + Unpin>(stream: &mut S, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(summary(&next(stream).await));
+    }
+    out
+}
+
+/// The 422 a request gets, as (code, reason, message, causes as "field: message").
+async fn invalid(client: &Client, query: &str) -> (u16, String, String, Vec<String>) {
+    let request =
+        axum::http::Request::get(format!("/api/v1/namespaces/{NS}/secrets?{query}")).body(Vec::new()).unwrap();
+    match client.request_text(request).await {
+        Err(kube::Error::Api(status)) => {
+            let value = serde_json::to_value(&status).unwrap();
+            let causes = value["details"]["causes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    format!(
+                        "{} {}: {}",
+                        c["reason"].as_str().unwrap(),
+                        c["field"].as_str().unwrap(),
+                        c["message"].as_str().unwrap()
+                    )
+                })
+                .collect();
+            assert_eq!(
+                (value["details"]["group"].as_str(), value["details"]["kind"].as_str()),
+                (Some("meta.k8s.io"), Some("ListOptions"))
+            );
+            (status.code, status.reason.clone(), status.message.clone(), causes)
+        }
+        other => panic!("expected an API error for {query}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn watch_list_streams_the_state_then_a_bookmark_ending_it_then_changes() {
+    let server = ApiServer::start().await;
+    let client = server.client();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    secrets.create(&PostParams::default(), &secret("a", &[("app", "x")], &[])).await.unwrap();
+    secrets.create(&PostParams::default(), &secret("b", &[], &[])).await.unwrap();
+    let rv = server.resource_version();
+    // Consistent (no resourceVersion), "any" (0) and not older than a version the server has
+    // reached: the state now, then a bookmark at the version of that state.
+    for from in ["", "&resourceVersion=0", "&resourceVersion=1", &format!("&resourceVersion={rv}")] {
+        let mut events = raw_watch(&client, &format!("{WATCH_LIST}{from}"), None).await;
+        assert_eq!(
+            next_summaries(&mut events, 3).await,
+            ["ADDED a", "ADDED b", &format!("BOOKMARK #{rv}+end")],
+            "{from}"
+        );
+    }
+    let mut events = raw_watch(&client, WATCH_LIST, None).await;
+    assert_eq!(next_summaries(&mut events, 3).await, ["ADDED a", "ADDED b", &format!("BOOKMARK #{rv}+end")]);
+    secrets.create(&PostParams::default(), &secret("c", &[("app", "x")], &[])).await.unwrap();
+    secrets.delete("b", &DeleteParams::default()).await.unwrap();
+    assert_eq!(next_summaries(&mut events, 2).await, ["ADDED c", "DELETED b"]);
+    // Selectors apply to the initial events.
+    let mut selected = raw_watch(&client, &format!("{WATCH_LIST}&labelSelector=app%3Dx"), None).await;
+    let now = server.resource_version();
+    assert_eq!(next_summaries(&mut selected, 3).await, ["ADDED a", "ADDED c", &format!("BOOKMARK #{now}+end")]);
+    // A version the server has not reached: 504, "Too large resource version", as an ERROR
+    // event of a started watch.
+    let mut early = raw_watch(&client, &format!("{WATCH_LIST}&resourceVersion={}", now + 100), None).await;
+    let error = next(&mut early).await;
+    assert_eq!(error["type"], "ERROR");
+    assert_eq!(error["object"]["code"], 504);
+    assert_eq!(error["object"]["message"], format!("Too large resource version: {}, current: {now}", now + 100));
+    assert_eq!(error["object"]["details"]["causes"][0]["reason"], "ResourceVersionTooLarge");
+    assert!(tokio::time::timeout(WAIT, early.next()).await.unwrap().is_none(), "the watch ends");
+    // The request log keeps what was asked.
+    let last = server.requests().into_iter().rev().find(|r| r.verb == Verb::Watch).unwrap();
+    assert_eq!(last.send_initial_events.as_deref(), Some("true"));
+    assert_eq!(last.resource_version, Some((now + 100).to_string()));
+}
+
+#[tokio::test]
+async fn watch_list_without_bookmarks_or_initial_events_and_legacy_watches_are_served_as_the_real_server_does() {
+    let server = ApiServer::start().await;
+    let client = server.client();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    secrets.create(&PostParams::default(), &secret("a", &[], &[])).await.unwrap();
+    let rv = server.resource_version();
+    // The server does not require allowWatchBookmarks (clients do): without it, the initial
+    // events come with no bookmark marking their end.
+    let mut quiet =
+        raw_watch(&client, "watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan", None).await;
+    // sendInitialEvents=false: no initial state, changes after the most recent version.
+    let mut changes = raw_watch(
+        &client,
+        "watch=true&sendInitialEvents=false&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true",
+        None,
+    )
+    .await;
+    // A legacy watch from "" or "0" is turned into a watch-list (SetListOptionsDefaults): with
+    // bookmarks allowed, it also gets the bookmark ending the initial events.
+    let mut legacy = raw_watch(&client, "watch=true&resourceVersion=0&allowWatchBookmarks=true", None).await;
+    secrets.create(&PostParams::default(), &secret("b", &[], &[])).await.unwrap();
+    assert_eq!(next_summaries(&mut quiet, 2).await, ["ADDED a", "ADDED b"]);
+    assert_eq!(next_summaries(&mut changes, 1).await, ["ADDED b"]);
+    assert_eq!(next_summaries(&mut legacy, 3).await, ["ADDED a", &format!("BOOKMARK #{rv}+end"), "ADDED b"]);
+
+    // With the WatchList feature gate off (Kubernetes 1.33's default), a legacy watch streams
+    // the state without that bookmark, and sendInitialEvents is refused.
+    let old = ApiServer::builder().watch_list(false).start().await;
+    let old_client = old.client();
+    Api::<Secret>::namespaced(old_client.clone(), NS)
+        .create(&PostParams::default(), &secret("a", &[], &[]))
+        .await
+        .unwrap();
+    let mut legacy = raw_watch(&old_client, "watch=true&resourceVersion=0&allowWatchBookmarks=true", None).await;
+    Api::<Secret>::namespaced(old_client.clone(), NS)
+        .create(&PostParams::default(), &secret("b", &[], &[]))
+        .await
+        .unwrap();
+    assert_eq!(next_summaries(&mut legacy, 2).await, ["ADDED a", "ADDED b"]);
+    assert_eq!(
+        invalid(&old_client, WATCH_LIST).await,
+        (
+            422,
+            "Invalid".into(),
+            "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled".into(),
+            vec!["FieldValueForbidden sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled".into()]
+        )
+    );
+    // kube's streaming watcher cannot start there: it reports the 422 and retries.
+    let metadata: Api<Secret> = Api::namespaced(old_client, NS);
+    let mut stream = watcher::watcher(metadata, watcher::Config::default().streaming_lists()).boxed();
+    match next(&mut stream).await {
+        Err(watcher::Error::WatchStartFailed(kube::Error::Api(status))) => assert_eq!(status.code, 422),
+        other => panic!("expected the watch to be refused, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test]
+async fn list_options_are_validated_as_the_real_server_does() {
+    let server = ApiServer::start().await;
+    let client = server.client();
+    let forbidden = |field: &str, detail: &str| format!("FieldValueForbidden {field}: Forbidden: {detail}");
+    let prefix = "ListOptions.meta.k8s.io \"\" is invalid: ";
+    let cases: &[(&str, &str, Vec<String>)] = &[
+        // sendInitialEvents needs resourceVersionMatch=NotOlderThan, whatever the resourceVersion.
+        (
+            "watch=true&sendInitialEvents=true&allowWatchBookmarks=true",
+            "resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            vec![forbidden("resourceVersionMatch", "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan")],
+        ),
+        (
+            "watch=true&sendInitialEvents=true&resourceVersion=0&allowWatchBookmarks=true",
+            "resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            vec![forbidden("resourceVersionMatch", "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan")],
+        ),
+        (
+            "watch=true&sendInitialEvents=true&resourceVersionMatch=Exact&resourceVersion=5",
+            "[resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan, resourceVersionMatch: Unsupported value: \"Exact\": supported values: \"NotOlderThan\"]",
+            vec![
+                forbidden("resourceVersionMatch", "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"),
+                "FieldValueNotSupported resourceVersionMatch: Unsupported value: \"Exact\": supported values: \"NotOlderThan\"".into(),
+            ],
+        ),
+        // resourceVersionMatch on a watch needs sendInitialEvents.
+        (
+            "watch=true&resourceVersionMatch=NotOlderThan&resourceVersion=5",
+            "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+            vec![forbidden("resourceVersionMatch", "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided")],
+        ),
+        // sendInitialEvents without watch is a list: forbidden.
+        (
+            "sendInitialEvents=true",
+            "sendInitialEvents: Forbidden: sendInitialEvents is forbidden for list",
+            vec![forbidden("sendInitialEvents", "sendInitialEvents is forbidden for list")],
+        ),
+        (
+            "sendInitialEvents=false&resourceVersionMatch=NotOlderThan",
+            "[resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided, sendInitialEvents: Forbidden: sendInitialEvents is forbidden for list]",
+            vec![
+                forbidden("resourceVersionMatch", "resourceVersionMatch is forbidden unless resourceVersion is provided"),
+                forbidden("sendInitialEvents", "sendInitialEvents is forbidden for list"),
+            ],
+        ),
+        (
+            "resourceVersionMatch=Exact&resourceVersion=0",
+            "resourceVersionMatch: Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+            vec![forbidden("resourceVersionMatch", "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"")],
+        ),
+    ];
+    for (query, message, causes) in cases {
+        assert_eq!(
+            invalid(&client, query).await,
+            (422, "Invalid".into(), format!("{prefix}{message}"), causes.clone()),
+            "{query}"
+        );
+    }
+    let refused = server.requests().iter().filter(|r| r.code == 422).count();
+    assert_eq!(refused, cases.len(), "refused requests are in the log");
+    // What kube sends is accepted: paged and "any" lists, watch-lists, watches from a version.
+    let secrets: Api<Secret> = Api::namespaced(client, NS);
+    secrets.list(&ListParams::default().limit(1)).await.unwrap();
+    secrets.list(&ListParams::default().match_any()).await.unwrap();
+    secrets.list(&ListParams::default().at("1").matching(kube::api::VersionMatch::Exact)).await.unwrap();
+    drop(secrets.watch(&WatchParams::streaming_lists(), "0").await.unwrap());
+    drop(secrets.watch(&WatchParams::default(), "1").await.unwrap());
+}
+
+#[tokio::test]
+async fn metadata_only_watch_lists_stream_partial_object_metadata_and_the_end_bookmark() {
+    let server = ApiServer::start().await;
+    let client = server.client();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    secrets.create(&PostParams::default(), &secret("a", &[], &[("token", "sensitive")])).await.unwrap();
+    let rv = server.resource_version();
+    let accept = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+    let mut events = raw_watch(&client, WATCH_LIST, Some(accept)).await;
+    let (added, bookmark) = (next(&mut events).await, next(&mut events).await);
+    assert_eq!((summary(&added), summary(&bookmark)), ("ADDED a".into(), format!("BOOKMARK #{rv}+end")));
+    for event in [&added, &bookmark] {
+        assert_eq!(
+            (event["object"]["kind"].as_str(), event["object"]["apiVersion"].as_str()),
+            (Some("PartialObjectMetadata"), Some("meta.k8s.io/v1"))
+        );
+    }
+    assert!(added["object"].get("data").is_none());
+    // kube's metadata watcher with streaming lists: no list request at all.
+    let metadata: Api<PartialObjectMeta<Secret>> = Api::namespaced(client, NS);
+    let mut stream = watcher::watcher(metadata, watcher::Config::default().streaming_lists()).boxed();
+    assert_eq!(init_names(&mut stream).await, ["a"]);
+    secrets.create(&PostParams::default(), &secret("b", &[], &[])).await.unwrap();
+    assert!(matches!(next_event(&mut stream).await, Event::Apply(m) if m.name_any() == "b"));
+    assert_eq!(server.count(Verb::List, "secrets", None), 0);
+    assert!(server.requests().iter().filter(|r| r.verb == Verb::Watch).all(|r| r.metadata_only));
+}
+
+#[tokio::test]
+async fn after_a_restart_a_lagging_watch_cache_serves_rv_0_watch_lists_its_older_state() {
+    let server = ApiServer::start().await;
+    let client = server.client();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    secrets.create(&PostParams::default(), &secret("a", &[], &[])).await.unwrap();
+    let lag_at = server.resource_version();
+    secrets.create(&PostParams::default(), &secret("b", &[], &[])).await.unwrap();
+    server.restart_with_lagging_cache(lag_at);
+    let now = server.resource_version();
+    // "Any" (rv=0): the cache's older state and version...
+    let mut any = raw_watch(&client, &format!("{WATCH_LIST}&resourceVersion=0"), None).await;
+    assert_eq!(next_summaries(&mut any, 2).await, ["ADDED a", &format!("BOOKMARK #{lag_at}+end")]);
+    // ...consistent (no resourceVersion): the state now.
+    let mut consistent = raw_watch(&client, WATCH_LIST, None).await;
+    assert_eq!(next_summaries(&mut consistent, 3).await, ["ADDED a", "ADDED b", &format!("BOOKMARK #{now}+end")]);
+    secrets.create(&PostParams::default(), &secret("c", &[], &[])).await.unwrap();
+    assert_eq!(next_summaries(&mut consistent, 1).await, ["ADDED c"]);
+    // The lagging cache delivers nothing more until it has caught up, then what it missed.
+    assert!(tokio::time::timeout(Duration::from_millis(300), any.next()).await.is_err());
+    server.cache_caught_up();
+    assert_eq!(next_summaries(&mut any, 2).await, ["ADDED b", "ADDED c"]);
+}
+
 #[tokio::test]
 async fn metadata_watcher_and_metadata_lists_carry_no_secret_data() {
     let server = ApiServer::start().await;
@@ -899,7 +1187,7 @@ async fn discovery_lists_the_served_resources() {
     let aggregated = kube::Discovery::new(client.clone()).run_aggregated().await.unwrap();
     assert!(aggregated.get("coordination.k8s.io").is_some());
     assert!(aggregated.get("").and_then(|g| g.recommended_kind("Secret")).is_some());
-    assert_eq!(client.apiserver_version().await.unwrap().minor, "33");
+    assert_eq!(client.apiserver_version().await.unwrap().minor, "36");
 }
 
 // ---- data-driven resources, no-op writes, foreground deletion ---------------------------------

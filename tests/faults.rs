@@ -587,14 +587,13 @@ async fn dropped_watches_and_410_gone_relist_without_token_requests_and_keep_wat
         create_cc(&api, name, &issuer.url()).await;
         wait_condition(&api, name, "Ready", ("True", "TokenIssued")).await;
     }
-    let lists = |api: &ApiServer| api.count(Verb::List, "clientcredentials", None);
-    let lists_before = lists(&api);
+    let lists_before = api.inspect(|v| initial_lists(v, "clientcredentials"));
     let reconciles = c.metrics.reconciles();
     // Streams end (clients resume), then every resumption is answered 410 Gone (relist).
     api.compact();
     api.expire_next_watches(6);
     api.drop_watches();
-    api.wait_for(|v| v.count(Verb::List, "clientcredentials", None) > lists_before, WAIT).await.expect("a relist");
+    api.wait_for(|v| initial_lists(v, "clientcredentials") > lists_before, WAIT).await.expect("a relist");
     assert!(c.metrics.wait_for_reconciles(reconciles + 2, WAIT).await, "the relist reconciles every credential");
     // Still watching: a new credential and a rotated client secret are noticed.
     create_cc(&api, "c", &issuer.url()).await;
@@ -613,8 +612,8 @@ const PROMPTLY: Duration = Duration::from_secs(8);
 
 async fn acted_on_promptly(api: &ApiServer, what: &str, condition: impl FnMut(&support::apiserver::View<'_>) -> bool) {
     if api.wait_for(condition, PROMPTLY).await.is_err() {
-        let relists = api.count(Verb::List, "clientcredentials", None);
-        panic!("{what}: not acted on within {PROMPTLY:?} ({relists} lists of ClientCredentials so far)");
+        let relists = api.inspect(|v| initial_lists(v, "clientcredentials"));
+        panic!("{what}: not acted on within {PROMPTLY:?} ({relists} (watch-)lists of ClientCredentials so far)");
     }
 }
 
@@ -648,6 +647,57 @@ async fn after_an_api_server_restart_with_a_lagging_watch_cache_changes_are_acte
     })
     .await;
     assert_eq!(issuer.issued(), 3, "token-1 restored without a request, one for the renewal, one for b");
+}
+
+/// `--initial-list=streaming`: each watcher gets the state from one watch-list, no LIST.
+/// A restart with valid tokens lists nothing and writes nothing; after an API server restart
+/// (watches end, every older resourceVersion is refused with 410) the watchers start over
+/// with consistent watch-lists (never resourceVersion=0) and changes are acted on.
+#[tokio::test]
+async fn with_streaming_lists_a_restart_lists_and_writes_nothing_and_survives_an_api_server_restart() {
+    let api = api_server().await;
+    let issuer = Issuer::start(false).await;
+    let streaming = || args(&["--initial-list", "streaming"]);
+    let first = start(&api, streaming());
+    create_cc(&api, "a", &issuer.url()).await;
+    wait_condition(&api, "a", "Ready", ("True", "TokenIssued")).await;
+    wait_secret_value(&api, "a", "access_token", "token-1").await;
+    first.crash();
+
+    api.clear_requests();
+    let second = start(&api, streaming());
+    assert!(second.metrics.wait_for_reconciles(1, WAIT).await, "the new controller reconciled");
+    let log = api.requests();
+    assert!(!log.iter().any(|r| r.verb == Verb::List), "no list request: {log:#?}");
+    let writes: Vec<_> = log.iter().filter(|r| r.verb.is_write()).collect();
+    assert!(writes.is_empty(), "a restart with a valid token writes nothing: {writes:#?}");
+    // ClientCredentials, managed Secrets, Secret metadata: one consistent watch-list each.
+    let watch_lists: Vec<_> = log.iter().filter(|r| r.verb == Verb::Watch).collect();
+    assert_eq!(watch_lists.len(), 3, "{watch_lists:#?}");
+    for w in &watch_lists {
+        assert_eq!((w.send_initial_events.as_deref(), w.resource_version.as_deref()), (Some("true"), None), "{w:#?}");
+    }
+    assert_eq!(issuer.issued(), 1);
+
+    // The API server restarts: open watches end and resuming from their version gets 410.
+    let watches = api.count(Verb::Watch, "clientcredentials", None);
+    api.restart();
+    api.delete::<Secret>(Some(NS), "a").unwrap();
+    acted_on_promptly(&api, "a deleted target Secret", |v| view_token(v, "a").as_deref() == Some("token-1")).await;
+    renew_now(&api, "a", "after-restart").await;
+    acted_on_promptly(&api, "a renewal request", |v| view_token(v, "a").as_deref() == Some("token-2")).await;
+    create_cc(&api, "b", &issuer.url()).await;
+    acted_on_promptly(&api, "a new ClientCredential", |v| {
+        view_token(v, "b").is_some()
+            && view_status(v, "b").is_some_and(|s| cond(&s, "Ready") == ("True".into(), "TokenIssued".into()))
+    })
+    .await;
+    assert_eq!(issuer.issued(), 3, "token-1 restored without a request, one for the renewal, one for b");
+    let log = api.requests();
+    assert!(api.count(Verb::Watch, "clientcredentials", None) > watches, "the watchers watched again");
+    assert!(!log.iter().any(|r| r.verb == Verb::List), "still no list request");
+    let refused: Vec<_> = log.iter().filter(|r| r.resource_version.as_deref() == Some("0")).collect();
+    assert!(refused.is_empty(), "never resourceVersion=0 (\"any\"): {refused:#?}");
 }
 
 #[tokio::test]

@@ -143,6 +143,7 @@ fn values_reach_the_deployment() {
         "image": { "repository": "registry.example/tokensync", "tag": "dev", "pullPolicy": "Always" },
         "replicaCount": 3,
         "logFormat": "text",
+        "initialList": "streaming",
         "logLevel": "warn,tokensync=debug",
         "extraArgs": ["--allow-http", "--backoff-max=10m"],
         "adminPort": 9090,
@@ -171,6 +172,7 @@ fn values_reach_the_deployment() {
             "controller",
             "--leader-elect",
             "--log-format=text",
+            "--initial-list=streaming",
             "--admin-addr=0.0.0.0:9090",
             "--allow-http",
             "--backoff-max=10m"

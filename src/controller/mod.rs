@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod context;
+pub mod initial_list;
 pub mod labels;
 pub mod leader;
 pub mod managed;
@@ -36,6 +37,7 @@ use crate::engine_args::EngineArgs;
 use crate::metrics::Metrics;
 use crate::oauth::TokenClient;
 use context::{Context, Policy};
+pub use initial_list::InitialList;
 use managed::ManagedCache;
 use sources::{SecretRef, SourceCache, SourceIndex};
 
@@ -49,6 +51,12 @@ pub struct ControllerArgs {
     /// How many ClientCredentials are reconciled at the same time.
     #[arg(long, default_value_t = 16)]
     pub concurrency: u16,
+
+    /// How every watch gets the objects that exist when it starts: paged LIST requests then a
+    /// WATCH, or one WATCH that streams them (watch-list; needs an API server whose WatchList
+    /// feature gate is on: Kubernetes 1.32, 1.34 and later by default).
+    #[arg(long, value_enum, env = "TOKENSYNC_INITIAL_LIST", default_value_t = InitialList::Paged)]
+    pub initial_list: InitialList,
 
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -253,7 +261,15 @@ pub async fn run_controllers(
         if args.namespaces.is_empty() { vec![None] } else { args.namespaces.iter().cloned().map(Some).collect() };
     let mut policy = args.policy();
     policy.kubernetes_audiences = service_account::api_server_audiences(&client, &args.kubernetes_audiences).await;
-    let shared = Shared { client, engine: args.engine(), policy, metrics, reporter, concurrency: args.concurrency };
+    let shared = Shared {
+        client,
+        engine: args.engine(),
+        policy,
+        metrics,
+        reporter,
+        concurrency: args.concurrency,
+        initial_list: args.initial_list,
+    };
     let mut synced = Vec::new();
     let mut runs = Vec::new();
     for scope in scopes {
@@ -289,6 +305,8 @@ pub struct Shared {
     pub reporter: Reporter,
     /// How many objects each controller reconciles at the same time.
     pub concurrency: u16,
+    /// How the watchers list ([`InitialList`]).
+    pub initial_list: InitialList,
 }
 
 impl Shared {
@@ -320,7 +338,9 @@ pub fn controller_for_scope(
     namespace: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> (futures::future::BoxFuture<'static, ()>, futures::future::BoxFuture<'static, ()>) {
-    let client = shared.client.clone();
+    // The watchers' own client: see initial_list.rs.
+    let list = shared.initial_list;
+    let client = list.client(&shared.client);
     let (ccs, secrets, secret_metadata): (Api<ClientCredential>, Api<Secret>, Api<PartialObjectMeta<Secret>>) =
         match &namespace {
             Some(ns) => (
@@ -338,13 +358,19 @@ pub fn controller_for_scope(
     let (managed_synced, managed_listed) = Synced::new();
     let ctx = Arc::new(shared.context(managed.clone(), source_cache, managed_listed.clone()));
     let indexer = index.clone();
-    // Every watcher (re)lists with the default, consistent semantics (no resourceVersion),
-    // never "any" (resourceVersion=0): after an API server restart, a watch cache can answer
-    // rv=0 with a version older than the one the restarted server refuses watches at, so a
-    // watcher that relists that way after a 410 is refused again and again and sees no
-    // change (docs/faults.md). A consistent list returns a version the server can watch
-    // from; since Kubernetes 1.31 it is served from the watch cache too, so it costs little
-    // more than an rv=0 list. (kube 5 happened to drop rv=0 from paginated lists anyway.)
+    // Every watcher (re)lists consistently, never with "any" semantics (resourceVersion=0):
+    // after an API server restart, a watch cache can answer rv=0 with a version older than
+    // the one the restarted server refuses watches at, so a watcher that relists that way
+    // after a 410 is refused again and again and sees no change (docs/faults.md). A
+    // consistent read returns a version the server can watch from; since Kubernetes 1.31 it
+    // is served from the watch cache too, so it costs little more than an rv=0 read.
+    // - paged (the default): LIST with no resourceVersion (kube's default list semantic; kube
+    //   5 also happens to drop rv=0 from paginated lists), then WATCH from its version;
+    // - streaming: kube 5 sends its watch-list at resourceVersion=0 ("any": the watch cache's
+    //   state as it stands); the watchers' client drops that resourceVersion, which makes the
+    //   request a consistent read (initial_list.rs). Its resumed watches start from the
+    //   version of the bookmark that ended the initial events, and after a 410 it starts
+    //   over with a new, again consistent, watch-list.
     //
     // managedFields and kubectl's last-applied-configuration are dropped before objects
     // enter a cache ([`slim`]): tokensync never reads them, and they are a large share of
@@ -356,7 +382,7 @@ pub fn controller_for_scope(
     // this spares three of every four reconciles.
     let (cc_synced, cc_listed) = Synced::new();
     let echoes = ctx.clone();
-    let cc_stream = reflector::reflector(cc_writer, watcher(ccs, watcher::Config::default()).modify(slim))
+    let cc_stream = reflector::reflector(cc_writer, watcher(ccs, list.config()).modify(slim))
         .inspect_ok(cc_synced.on_list())
         .default_backoff();
     let cc_stream = changes_but_our_own(cc_stream, move |cc: &ClientCredential| {
@@ -366,7 +392,7 @@ pub fn controller_for_scope(
     });
 
     // The Secrets tokensync manages, cached as much as reconciles read ([`managed`]).
-    let managed_config = watcher::Config::default().labels(&labels::namespaced_managed_selector());
+    let managed_config = list.config().labels(&labels::namespaced_managed_selector());
     let cache = managed.clone();
     let managed_stream = watcher(secrets.clone(), managed_config)
         .inspect_ok(move |event| cache.apply(event))
@@ -382,11 +408,12 @@ pub fn controller_for_scope(
 
     // Every other Secret, metadata only: enough to notice a change of a source Secret
     // without holding any Secret's data in memory. Nothing is cached.
-    let source_stream = watcher(secret_metadata, watcher::Config::default()).default_backoff().touched_objects();
+    let source_stream = watcher(secret_metadata, list.config()).default_backoff().touched_objects();
 
     let sources = index.clone();
     let controller = Controller::for_stream(cc_stream, cc_reader.clone())
         .with_config(ControllerConfig::default().concurrency(shared.concurrency))
+        .trigger_backoff(WatchersBackOff)
         .watches_stream(managed_stream, move |secret: Secret| {
             let owner = secret.labels().get(labels::CREDENTIAL).cloned();
             owner.zip(secret.namespace()).map(|(name, ns)| ObjectRef::new(&name).within(&ns))
@@ -409,14 +436,17 @@ pub fn cluster_controller(
     shared: Shared,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> (futures::future::BoxFuture<'static, ()>, futures::future::BoxFuture<'static, ()>) {
-    let client = shared.client.clone();
+    // The watchers' own client (initial_list.rs); every relist is consistent, as for
+    // ClientCredentials (controller_for_scope).
+    let list = shared.initial_list;
+    let client = list.client(&shared.client);
     use crate::api::ClusterClientCredential;
     use k8s_openapi::api::core::v1::Namespace;
 
     let cccs: Api<ClusterClientCredential> = Api::all(client.clone());
     let (ccc_reader, ccc_writer) = reflector::store();
     let (ccc_synced, ccc_listed) = Synced::new();
-    let ccc_stream = reflector::reflector(ccc_writer, watcher(cccs, watcher::Config::default()).modify(slim))
+    let ccc_stream = reflector::reflector(ccc_writer, watcher(cccs, list.config()).modify(slim))
         .inspect_ok(ccc_synced.on_list())
         .default_backoff()
         .touched_objects();
@@ -424,7 +454,7 @@ pub fn cluster_controller(
     let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
     let (ns_reader, ns_writer) = reflector::store();
     let (ns_synced, ns_listed) = Synced::new();
-    let ns_stream = reflector::reflector(ns_writer, watcher(namespaces, watcher::Config::default()).modify(slim))
+    let ns_stream = reflector::reflector(ns_writer, watcher(namespaces, list.config()).modify(slim))
         .inspect_ok(ns_synced.on_list())
         .default_backoff()
         .touched_objects();
@@ -432,7 +462,7 @@ pub fn cluster_controller(
     // Its state Secrets and copies, cached whole; every other Secret metadata only.
     let (secrets, secret_metadata): (Api<Secret>, Api<PartialObjectMeta<Secret>>) =
         (Api::all(client.clone()), Api::all(client.clone()));
-    let copies_config = watcher::Config::default().labels(labels::CLUSTER_CREDENTIAL);
+    let copies_config = list.config().labels(labels::CLUSTER_CREDENTIAL);
     let managed = ManagedCache::default();
     let (managed_synced, managed_listed) = Synced::new();
     let cache = managed.clone();
@@ -442,7 +472,7 @@ pub fn cluster_controller(
         .default_backoff()
         .touched_objects();
 
-    let source_stream = watcher(secret_metadata, watcher::Config::default()).default_backoff().touched_objects();
+    let source_stream = watcher(secret_metadata, list.config()).default_backoff().touched_objects();
 
     let source_cache = Arc::new(SourceCache::default());
     // Reconciles need the copies and the namespaces listed; readiness needs all three.
@@ -456,6 +486,7 @@ pub fn cluster_controller(
     let (memo_ctx, cached) = (ctx.clone(), managed.clone());
     let controller = Controller::for_stream(ccc_stream, ccc_reader.clone())
         .with_config(ControllerConfig::default().concurrency(shared.concurrency))
+        .trigger_backoff(WatchersBackOff)
         // A namespace created, relabelled or terminating can change any selection.
         .watches_stream(ns_stream, move |_ns: PartialObjectMeta<Namespace>| {
             all_for_ns.state().iter().map(|c| ObjectRef::from_obj(c.as_ref())).collect::<Vec<_>>()
@@ -485,6 +516,26 @@ pub fn cluster_controller(
     }
     .boxed();
     (run, ready)
+}
+
+/// The Controller's own backoff on its merged watch streams: none. Each watcher already
+/// backs off on its own (`default_backoff`), while kube's default trigger backoff is one
+/// for all of them, grows with every watch error and is reset only by an object: while it
+/// sleeps no watch is polled. Watch errors without objects in between (a watch resumed after
+/// an API server restart gets 410, then a watch-list gets 410 too) stalled every watch for
+/// up to 30 s; with paged lists the objects of each relist happened to reset it.
+struct WatchersBackOff;
+
+impl Iterator for WatchersBackOff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(Duration::ZERO)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchersBackOff {
+    fn reset(&mut self) {}
 }
 
 /// Turns true once a reflector's store holds a complete list. Set by the stream itself as the

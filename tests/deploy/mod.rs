@@ -240,7 +240,7 @@ pub struct Needed {
 /// Every Kubernetes API call the controller makes, and the permission it needs.
 pub const NEEDED: &[Needed] = &[
     // src/controller/mod.rs controller_for_scope: the ClientCredential reflector's watcher
-    // lists, then watches. src/controller/reconcile.rs read_fresh GETs the ClientCredential
+    // lists, then watches (with --initial-list=streaming it only watches; the default lists). src/controller/reconcile.rs read_fresh GETs the ClientCredential
     // before a token request when the cache lags behind our own status write, and after a
     // status patch computed from a stale read was refused (409).
     Needed {
@@ -251,12 +251,12 @@ pub const NEEDED: &[Needed] = &[
     Needed {
         scope: Scope::Watched,
         grant: ("tokensync.io", "clientcredentials", "list", None),
-        sites: &[("src/controller/mod.rs", "watcher(ccs, watcher::Config::default()")],
+        sites: &[("src/controller/mod.rs", "watcher(ccs, list.config())")],
     },
     Needed {
         scope: Scope::Watched,
         grant: ("tokensync.io", "clientcredentials", "watch", None),
-        sites: &[("src/controller/mod.rs", "watcher(ccs, watcher::Config::default()")],
+        sites: &[("src/controller/mod.rs", "watcher(ccs, list.config())")],
     },
     // src/controller/reconcile.rs patch_status: a JSON merge patch of .status.
     Needed {
@@ -369,7 +369,7 @@ pub const NEEDED: &[Needed] = &[
     Needed {
         scope: Scope::ClusterCredentials,
         grant: ("tokensync.io", "clusterclientcredentials", "list", None),
-        sites: &[("src/controller/mod.rs", "watcher(cccs, watcher::Config::default()")],
+        sites: &[("src/controller/mod.rs", "watcher(cccs, list.config())")],
     },
     // src/controller/cluster.rs: the GET before a token request.
     Needed {
@@ -380,7 +380,7 @@ pub const NEEDED: &[Needed] = &[
     Needed {
         scope: Scope::ClusterCredentials,
         grant: ("tokensync.io", "clusterclientcredentials", "watch", None),
-        sites: &[("src/controller/mod.rs", "watcher(cccs, watcher::Config::default()")],
+        sites: &[("src/controller/mod.rs", "watcher(cccs, list.config())")],
     },
     // src/controller/cluster.rs patch_finalizers: a merge patch of metadata.finalizers.
     Needed {
@@ -399,12 +399,12 @@ pub const NEEDED: &[Needed] = &[
     Needed {
         scope: Scope::ClusterCredentials,
         grant: ("", "namespaces", "list", None),
-        sites: &[("src/controller/mod.rs", "watcher(namespaces, watcher::Config::default()")],
+        sites: &[("src/controller/mod.rs", "watcher(namespaces, list.config())")],
     },
     Needed {
         scope: Scope::ClusterCredentials,
         grant: ("", "namespaces", "watch", None),
-        sites: &[("src/controller/mod.rs", "watcher(namespaces, watcher::Config::default()")],
+        sites: &[("src/controller/mod.rs", "watcher(namespaces, list.config())")],
     },
     // src/controller/leader.rs try_acquire_or_renew: reads the Lease, creates it when
     // absent (a create cannot be limited to a name), replaces (PUT = update) it to take or

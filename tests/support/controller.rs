@@ -16,7 +16,7 @@ use tokensync::api::{ClientCredential, ClientCredentialStatus};
 use tokensync::controller::ControllerArgs;
 use tokensync::metrics::Metrics;
 
-use super::apiserver::ApiServer;
+use super::apiserver::{ApiServer, Verb, View};
 
 pub const NS: &str = "team-a";
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -77,6 +77,17 @@ pub fn start(api: &ApiServer, args: ControllerArgs) -> Running {
         tokensync::controller::run_controllers(client, &args, m, r, reporter, shutdown).await;
     });
     Running { task, stop: Some(tx), ready, metrics }
+}
+
+/// Requests that (re)listed `resource` (plural): LIST requests, or watch-lists
+/// (`sendInitialEvents=true`, `--initial-list=streaming`). The suite runs in either mode
+/// (`TOKENSYNC_INITIAL_LIST=streaming cargo test`).
+pub fn initial_lists(v: &View<'_>, resource: &str) -> usize {
+    v.requests()
+        .iter()
+        .filter(|r| r.resource == resource)
+        .filter(|r| r.verb == Verb::List || (r.verb == Verb::Watch && r.send_initial_events.as_deref() == Some("true")))
+        .count()
 }
 
 pub async fn api_server() -> ApiServer {

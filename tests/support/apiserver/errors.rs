@@ -41,7 +41,7 @@ impl ApiError {
         Self::new(code, Self::reason_for(code), message)
     }
 
-    fn with_details(mut self, details: Value) -> Self {
+    pub fn with_details(mut self, details: Value) -> Self {
         self.details = Some(details);
         self
     }
@@ -88,6 +88,23 @@ impl ApiError {
             .collect();
         Self::new(422, "Invalid", format!("{} \"{name}\" is invalid: {text}", rt.kind))
             .with_details(json!({"name": name, "group": rt.group, "kind": rt.kind, "causes": causes}))
+    }
+
+    /// 422 for query parameters that fail `ValidateListOptions`, as the real handler builds it:
+    /// `errors.NewInvalid(GroupKind{"meta.k8s.io", "ListOptions"}, "", errs)`. Each error is
+    /// `(field, type, body)`: the cause's reason (`FieldValueForbidden`, ...) and the
+    /// `field.Error` body ("Forbidden: ...").
+    pub fn invalid_list_options(errors: &[(&str, &str, String)]) -> Self {
+        let texts: Vec<String> = errors.iter().map(|(f, _, body)| format!("{f}: {body}")).collect();
+        // utilerrors.Aggregate: one error alone, several as "[a, b]".
+        let aggregated = match texts.as_slice() {
+            [one] => one.clone(),
+            many => format!("[{}]", many.join(", ")),
+        };
+        let causes: Vec<Value> =
+            errors.iter().map(|(f, reason, body)| json!({"reason": reason, "message": body, "field": f})).collect();
+        Self::new(422, "Invalid", format!("ListOptions.meta.k8s.io \"\" is invalid: {aggregated}"))
+            .with_details(json!({"group": "meta.k8s.io", "kind": "ListOptions", "causes": causes}))
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {

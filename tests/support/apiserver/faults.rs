@@ -45,6 +45,11 @@ pub struct RequestRecord {
     pub label_selector: Option<String>,
     /// The client's name, from [`super::CLIENT_HEADER`] ([`super::ApiServer::client_named`]).
     pub client: Option<String>,
+    /// The resourceVersion query parameter as sent (`None`: absent).
+    pub resource_version: Option<String>,
+    /// The sendInitialEvents query parameter as sent (`None`: absent), for watch-list
+    /// ("streaming list") requests.
+    pub send_initial_events: Option<String>,
 }
 
 /// A rule that makes matching requests fail. Build with [`Fault::writes`] or [`Fault::verbs`].

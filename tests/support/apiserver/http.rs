@@ -228,7 +228,7 @@ async fn resource(
         .unwrap_or_default()
         .trim()
         .to_string();
-    let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let watching = query_bool(&query, "watch").unwrap_or(false);
     let verb = match (&method, t.name.is_some()) {
         (&Method::GET, false) if watching => Verb::Watch,
         (&Method::GET, false) => Verb::List,
@@ -268,6 +268,8 @@ async fn resource(
         metadata_only: output == Output::Metadata,
         label_selector: query.get("labelSelector").cloned(),
         client: headers.get(CLIENT_HEADER).and_then(|v| v.to_str().ok()).map(String::from),
+        resource_version: query.get("resourceVersion").cloned(),
+        send_initial_events: query.get("sendInitialEvents").cloned(),
     };
     shared.wait_while(|store| store.faults.iter().any(|f| f.hang && f.matches(&record))).await;
     if verb == Verb::Watch {
@@ -310,6 +312,100 @@ fn take_fault(store: &mut Store, record: &RequestRecord) -> Option<(bool, ApiErr
     Some(out)
 }
 
+/// A boolean query parameter as the real server converts it (`Convert_Slice_string_To_bool`):
+/// absent is `None`; "0" and "false" (any case) are false; any other value, "" included, true.
+fn query_bool(query: &HashMap<String, String>, key: &str) -> Option<bool> {
+    query.get(key).map(|v| !(v == "0" || v.eq_ignore_ascii_case("false")))
+}
+
+/// The options of a list, watch or deletecollection as the real handler sees them after
+/// `SetListOptionsDefaults` (with the WatchList feature gate on, a watch without
+/// `sendInitialEvents` and `resourceVersionMatch` from "" or "0" becomes a watch-list:
+/// `sendInitialEvents=true&resourceVersionMatch=NotOlderThan`) and `ValidateListOptions`
+/// (apimachinery meta/internalversion/validation), whose errors are a 422.
+#[derive(Debug)]
+struct ListOptions {
+    resource_version: String,
+    send_initial_events: Option<bool>,
+    allow_bookmarks: bool,
+}
+
+fn list_options(query: &HashMap<String, String>, watch: bool, watch_list: bool) -> Result<ListOptions, ApiError> {
+    let rv = query.get("resourceVersion").cloned().unwrap_or_default();
+    let mut version_match = query.get("resourceVersionMatch").cloned().unwrap_or_default();
+    let mut send_initial_events = query_bool(query, "sendInitialEvents");
+    let continued = query.get("continue").is_some_and(|c| !c.is_empty());
+    if watch_list && watch && send_initial_events.is_none() && version_match.is_empty() && (rv.is_empty() || rv == "0")
+    {
+        send_initial_events = Some(true);
+        version_match = "NotOlderThan".into();
+    }
+    const RVM: &str = "resourceVersionMatch";
+    type FieldError = (&'static str, &'static str, String);
+    let forbidden =
+        |field, detail: &str| -> FieldError { (field, "FieldValueForbidden", format!("Forbidden: {detail}")) };
+    let not_supported = |value: &str, supported: &[&str]| -> FieldError {
+        let listed = supported.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+        (RVM, "FieldValueNotSupported", format!("Unsupported value: {value:?}: supported values: {listed}"))
+    };
+    // In the order validation.go appends them.
+    let m = version_match.as_str();
+    let mut errors: Vec<FieldError> = Vec::new();
+    if watch {
+        if send_initial_events.is_some() {
+            if m != "NotOlderThan" {
+                errors.push(forbidden(RVM, "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"));
+            }
+            if !watch_list {
+                errors.push(forbidden(
+                    "sendInitialEvents",
+                    "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled",
+                ));
+            }
+        }
+        if !m.is_empty() {
+            if send_initial_events.is_none() {
+                errors.push(forbidden(
+                    RVM,
+                    "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+                ));
+            }
+            if m != "NotOlderThan" {
+                errors.push(not_supported(m, &["NotOlderThan"]));
+            }
+            if continued {
+                errors.push(forbidden(RVM, "resourceVersionMatch is forbidden when continue is provided"));
+            }
+        }
+    } else {
+        if !m.is_empty() {
+            if rv.is_empty() {
+                errors.push(forbidden(RVM, "resourceVersionMatch is forbidden unless resourceVersion is provided"));
+            }
+            if continued {
+                errors.push(forbidden(RVM, "resourceVersionMatch is forbidden when continue is provided"));
+            }
+            if m != "Exact" && m != "NotOlderThan" {
+                errors.push(not_supported(m, &["Exact", "NotOlderThan", ""]));
+            }
+            if m == "Exact" && rv == "0" {
+                errors.push(forbidden(RVM, "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\""));
+            }
+        }
+        if send_initial_events.is_some() {
+            errors.push(forbidden("sendInitialEvents", "sendInitialEvents is forbidden for list"));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid_list_options(&errors));
+    }
+    Ok(ListOptions {
+        resource_version: rv,
+        send_initial_events,
+        allow_bookmarks: query_bool(query, "allowWatchBookmarks").unwrap_or(false),
+    })
+}
+
 fn list_query(rt: &ResourceType, query: &HashMap<String, String>) -> Result<ListQuery, ApiError> {
     Ok(ListQuery {
         labels: LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or_default())
@@ -345,6 +441,7 @@ fn dispatch(
     match verb {
         Verb::Get => store.get(rt, ns, name).map(|o| (200, one(o))),
         Verb::List => {
+            list_options(query, false, store.watch_list)?;
             let q = list_query(rt, query)?;
             let page = store.list(rt, ns, &q)?;
             let mut metadata = json!({"resourceVersion": page.resource_version.to_string()});
@@ -399,6 +496,7 @@ fn dispatch(
             Ok((200, if result["kind"] == "Status" { result } else { one(result) }))
         }
         Verb::DeleteCollection => {
+            list_options(query, false, store.watch_list)?;
             let opts = delete_opts(body, query)?;
             let q = ListQuery { limit: None, continue_token: None, ..list_query(rt, query)? };
             let page = store.list(rt, ns, &q)?;
@@ -508,6 +606,9 @@ struct WatchStream {
     bookmarks: bool,
     /// The client's name ([`CLIENT_HEADER`]): its stream stalls while the client is paused.
     client: Option<String>,
+    /// Served by a lagging watch cache: its backlog (the changes up to the restart) and the
+    /// version the backlog ends at, delivered once the cache has caught up.
+    lagging: Option<(Vec<HistEvent>, u64)>,
     next_bookmark: Instant,
     pending: VecDeque<Bytes>,
     done: bool,
@@ -529,7 +630,19 @@ impl WatchStream {
                 if store.watch_epoch != self.epoch {
                     return None;
                 }
-                if !store.is_paused(self.client.as_deref()) && !store.held_watches.contains(&self.filter.rt.plural) {
+                let lagging = self.lagging.is_some() && store.lagging_cache.is_some();
+                if let Some((backlog, until)) = self.lagging.take_if(|_| !lagging) {
+                    for ev in backlog.iter().filter(|e| e.rv > self.cursor) {
+                        if let Some(event) = self.filter.translate(ev) {
+                            self.pending.push_back(line(&event));
+                        }
+                    }
+                    self.cursor = self.cursor.max(until);
+                }
+                if !lagging
+                    && !store.is_paused(self.client.as_deref())
+                    && !store.held_watches.contains(&self.filter.rt.plural)
+                {
                     if self.cursor < store.evicted_rv {
                         let msg = format!("too old resource version: {} ({})", self.cursor, store.evicted_rv);
                         self.pending.push_back(line(&gone_event(msg)));
@@ -565,6 +678,20 @@ impl WatchStream {
     }
 }
 
+/// Where a watch starts.
+enum Start {
+    /// Events after this resourceVersion (410 if the history no longer reaches back to it).
+    From(u64),
+    /// The current state: ADDED for every matching object, then events after it.
+    State,
+    /// The state a lagging watch cache still serves ("any", `resourceVersion=0`, after
+    /// [`super::ApiServer::restart_with_lagging_cache`]): its objects, then its backlog once it
+    /// has caught up.
+    Lagging { with_state: bool },
+    /// A 504 "Too large resource version" ERROR event.
+    TooLarge(u64),
+}
+
 fn start_watch(
     shared: Arc<Shared>,
     t: Target,
@@ -573,25 +700,31 @@ fn start_watch(
     mut record: RequestRecord,
 ) -> Response {
     let parsed = (|| -> Result<_, ApiError> {
+        let opts = list_options(&query, true, shared.lock().watch_list)?;
         let q = list_query(&t.rt, &query)?;
         let timeout = match query.get("timeoutSeconds") {
             Some(s) => s.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds: {s}")))?,
             None => 1800,
         };
-        Ok((q, timeout))
+        Ok((opts, q, timeout))
     })();
-    let (q, timeout) = match parsed {
+    let (opts, q, timeout) = match parsed {
         Ok(p) => p,
-        Err(e) => return error_response(&e),
+        Err(e) => {
+            record.code = e.code;
+            shared.lock().requests.push(record);
+            shared.notify();
+            return error_response(&e);
+        }
     };
-    let bookmarks = query.get("allowWatchBookmarks").is_some_and(|b| b == "true");
-    let rv = query.get("resourceVersion").cloned().unwrap_or_default();
-    let send_initial = query.get("sendInitialEvents").map(|s| s == "true");
+    let bookmarks = opts.allow_bookmarks;
+    let rv = opts.resource_version.clone();
     let client = record.client.clone();
     let filter =
         WatchFilter { rt: t.rt.clone(), namespace: t.namespace.clone(), labels: q.labels, fields: q.fields, output };
     let mut pending = VecDeque::new();
     let mut done = false;
+    let mut lagging = None;
     let (cursor, epoch, bookmark_epoch) = {
         let mut store = shared.lock();
         if let Some((_, e)) = take_fault(&mut store, &record) {
@@ -601,34 +734,99 @@ fn start_watch(
             shared.notify();
             return error_response(&e);
         }
+        let parse_rv =
+            |rv: &str| rv.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")));
+        // The resourceVersion semantics of the real watch cache (cacher.go: Watch,
+        // getStartResourceVersionForWatchLockedFunc, getBookmarkAfterResourceVersionLockedFunc,
+        // waitUntilWatchCacheFreshAndForceAllEvents).
+        let start = match (opts.send_initial_events, rv.as_str()) {
+            // Watch-list, consistent: the state now.
+            (Some(true), "") => Ok(Start::State),
+            // Watch-list, "any": whatever state the watch cache holds.
+            (Some(true), "0") if store.lagging_cache.is_some() => Ok(Start::Lagging { with_state: true }),
+            (Some(true), "0") => Ok(Start::State),
+            // Watch-list, not older than N: once the cache has reached N, its state then.
+            (Some(true), n) => parse_rv(n).map(|n| if n > store.rv { Start::TooLarge(n) } else { Start::State }),
+            // sendInitialEvents=false: no initial state; from the most recent version, any
+            // version, or exactly N.
+            (Some(false), "") => Ok(Start::From(store.rv)),
+            (Some(false), "0") if store.lagging_cache.is_some() => Ok(Start::Lagging { with_state: false }),
+            (Some(false), "0") => Ok(Start::From(store.rv)),
+            // Legacy watches (the WatchList gate off, or a resourceVersion other than "" and
+            // "0"): "Get State and Start at Most Recent/Any", or exactly from N.
+            (None, "" | "0") => Ok(Start::State),
+            (_, n) => parse_rv(n).map(Start::From),
+        };
+        let start = match start {
+            Ok(s) => s,
+            Err(e) => {
+                record.code = e.code;
+                store.requests.push(record);
+                drop(store);
+                shared.notify();
+                return error_response(&e);
+            }
+        };
         store.requests.push(record);
+        let initial_end = opts.send_initial_events == Some(true) && bookmarks;
         let mut cursor = store.rv;
         if store.gone_watches > 0 {
             store.gone_watches -= 1;
             pending.push_back(line(&gone_event(format!("too old resource version: {rv} ({})", store.rv))));
             done = true;
-        } else if send_initial.unwrap_or(rv.is_empty() || rv == "0") {
-            let snapshot = match store.snapshot(&t.rt, None) {
-                Ok(s) => s,
-                Err(e) => return error_response(&e),
-            };
-            for (k, obj) in snapshot {
-                if filter.namespace.as_ref().is_none_or(|ns| *ns == k.namespace) && filter.matches(&obj) {
-                    pending.push_back(line(&filter.event("ADDED", &obj)));
-                }
-            }
-            if send_initial == Some(true) && bookmarks {
-                pending.push_back(line(&filter.bookmark(store.rv, true)));
-            }
         } else {
-            match rv.parse::<u64>() {
-                Ok(n) if n < store.evicted_rv => {
+            match start {
+                Start::State => {
+                    let snapshot = match store.snapshot(&t.rt, None) {
+                        Ok(s) => s,
+                        Err(e) => return error_response(&e),
+                    };
+                    for (k, obj) in snapshot {
+                        if filter.namespace.as_ref().is_none_or(|ns| *ns == k.namespace) && filter.matches(&obj) {
+                            pending.push_back(line(&filter.event("ADDED", &obj)));
+                        }
+                    }
+                    if initial_end {
+                        pending.push_back(line(&filter.bookmark(store.rv, true)));
+                    }
+                }
+                Start::Lagging { with_state } => {
+                    let cache = store.lagging_cache.as_ref().expect("a lagging cache");
+                    cursor = cache.rv;
+                    if with_state {
+                        for (k, obj) in &cache.objects {
+                            if k.group == t.rt.group
+                                && k.plural == t.rt.plural
+                                && filter.namespace.as_ref().is_none_or(|ns| *ns == k.namespace)
+                                && filter.matches(obj)
+                            {
+                                pending.push_back(line(&filter.event("ADDED", obj)));
+                            }
+                        }
+                        if initial_end {
+                            pending.push_back(line(&filter.bookmark(cache.rv, true)));
+                        }
+                    }
+                    lagging = Some((cache.backlog.clone(), cache.until));
+                }
+                Start::TooLarge(n) => {
+                    let e = ApiError::new(
+                        504,
+                        "Timeout",
+                        format!("Too large resource version: {n}, current: {}", store.rv),
+                    )
+                    .with_details(json!({"causes": [{"reason": "ResourceVersionTooLarge",
+                                                         "message": "Too large resource version"}],
+                                             "retryAfterSeconds": 1}));
+                    pending.push_back(line(&json!({"type": "ERROR", "object": e.to_status()})));
+                    done = true;
+                }
+                Start::From(n) if n < store.evicted_rv => {
                     let msg = format!("too old resource version: {n} ({})", store.evicted_rv);
                     pending.push_back(line(&gone_event(msg)));
                     done = true;
                 }
-                Ok(n) => cursor = n,
-                Err(_) => return error_response(&ApiError::bad_request(format!("invalid resource version: {rv}"))),
+                Start::From(n) => cursor = n,
             }
         }
         (cursor, store.watch_epoch, store.bookmark_epoch)
@@ -646,6 +844,7 @@ fn start_watch(
         bookmark_epoch,
         bookmarks,
         client,
+        lagging,
         pending,
         done,
     };
@@ -659,8 +858,8 @@ const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", 
 
 fn version_info() -> Value {
     json!({
-        "major": "1", "minor": "33", "gitVersion": "v1.33.0", "gitCommit": "apiserver-double",
-        "gitTreeState": "clean", "buildDate": "2025-04-23T00:00:00Z", "goVersion": "go1.24.0",
+        "major": "1", "minor": "36", "gitVersion": "v1.36.0", "gitCommit": "apiserver-double",
+        "gitTreeState": "clean", "buildDate": "2026-04-22T00:00:00Z", "goVersion": "go1.26.0",
         "compiler": "gc", "platform": "linux/amd64"
     })
 }

@@ -102,6 +102,11 @@ pub struct ListQuery {
 pub struct LaggingCache {
     pub rv: u64,
     pub objects: BTreeMap<Key, Value>,
+    /// The changes after `rv` up to the restart, which the cache delivers to watches it
+    /// serves once it catches up.
+    pub backlog: Vec<HistEvent>,
+    /// The resourceVersion at the restart (the last of `backlog`, or `rv`).
+    pub until: u64,
 }
 
 pub struct Store {
@@ -128,6 +133,9 @@ pub struct Store {
     pub lagging_cache: Option<LaggingCache>,
     pub gc_enabled: bool,
     pub require_namespaces: bool,
+    /// The WatchList feature gate (watch-list, "streaming lists"): on by default since
+    /// Kubernetes 1.34 (and in 1.32), off in 1.27-1.31 and 1.33.
+    pub watch_list: bool,
     /// The ServiceAccount token issuer (set when the server starts).
     pub issuer: Option<super::tokens::Issuer>,
 }
@@ -249,6 +257,7 @@ impl Store {
             held_watches: Default::default(),
             paused_clients: BTreeSet::new(),
             lagging_cache: None,
+            watch_list: true,
             gc_enabled: true,
             require_namespaces: true,
             issuer: None,
@@ -361,7 +370,8 @@ impl Store {
                     None => objects.remove(&ev.key),
                 };
             }
-            LaggingCache { rv: at, objects }
+            let backlog: Vec<HistEvent> = self.history.iter().filter(|e| e.rv > at).cloned().collect();
+            LaggingCache { rv: at, objects, backlog, until: self.rv }
         });
         self.watch_epoch += 1;
         self.compact();
