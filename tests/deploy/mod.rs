@@ -331,7 +331,7 @@ pub const NEEDED: &[Needed] = &[
         sites: &[
             ("src/controller/reconcile.rs", "self.secrets.delete(&self.target_name, "),
             // Our own previous target after spec.target.name changed.
-            ("src/controller/reconcile.rs", "self.secrets.delete(&old.name_any(), &params)"),
+            ("src/controller/reconcile.rs", "self.secrets.delete(&old.name, &params)"),
             // A copy whose type changed; copies and state removed on cleanup.
             ("src/controller/cluster.rs", ".delete(target_name, &DeleteParams::default())"),
             ("src/controller/cluster.rs", "api.delete(name, &DeleteParams::default())"),
