@@ -120,6 +120,7 @@ struct Issued {
     per_client: HashMap<String, u32>,
     per_second: BTreeMap<i64, u32>,
     total: u64,
+    first: Option<Instant>,
 }
 
 #[derive(Clone)]
@@ -137,6 +138,7 @@ async fn token(State(s): State<Issuer>, _headers: HeaderMap, body: String) -> ax
     let n = {
         let mut i = s.issued.lock().unwrap();
         i.total += 1;
+        i.first.get_or_insert_with(Instant::now);
         *i.per_second.entry(jiff::Timestamp::now().as_second()).or_default() += 1;
         let n = i.per_client.entry(client.clone()).or_default();
         *n += 1;
@@ -161,6 +163,11 @@ impl Issuer {
 
     fn total(&self) -> u64 {
         self.issued.lock().unwrap().total
+    }
+
+    /// When the first token was requested.
+    fn first(&self) -> Option<Instant> {
+        self.issued.lock().unwrap().first
     }
 
     fn max_per_second(&self, from: i64, to: i64) -> u32 {
@@ -920,13 +927,38 @@ async fn run(cluster: Arc<Cluster>, o: Options, dir: PathBuf) -> BTreeMap<&'stat
     if initial_requests != n as u64 {
         let log = std::env::temp_dir().join("tokensync-bench-issuance.log");
         let _ = std::fs::copy(dir.join("controller-1.log"), &log);
-        let more: Vec<String> = target_tokens(client, &o.namespace)
-            .await
-            .into_iter()
-            .filter(|(_, token)| !token.ends_with(".1"))
-            .map(|(name, token)| format!("{name} holds {token}"))
-            .collect();
+        let twice: Vec<(String, String)> =
+            target_tokens(client, &o.namespace).await.into_iter().filter(|(_, token)| !token.ends_with(".1")).collect();
+        let more: Vec<String> = twice.iter().map(|(name, token)| format!("{name} holds {token}")).collect();
         eprintln!("more than one token while issuing: {more:?}; controller log kept at {}", log.display());
+        // On the double, also every request about those credentials, in order.
+        if let Some(api) = &cluster.double {
+            let names: Vec<String> = twice
+                .iter()
+                .flat_map(|(name, _)| [name.clone(), format!("{name}.tokensync-state"), format!("{name}-client")])
+                .collect();
+            let lines: Vec<String> = api
+                .requests()
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.name.as_ref().is_some_and(|n| names.contains(n)))
+                .map(|(i, r)| {
+                    format!(
+                        "#{i} {:?} {}{} {} -> {} changed={} client={:?}",
+                        r.verb,
+                        r.resource,
+                        r.subresource.as_deref().map(|s| format!("/{s}")).unwrap_or_default(),
+                        r.name.as_deref().unwrap_or_default(),
+                        r.code,
+                        r.changed,
+                        r.client
+                    )
+                })
+                .collect();
+            let path = std::env::temp_dir().join("tokensync-bench-issuance-requests.log");
+            let _ = std::fs::write(&path, lines.join("\n"));
+            eprintln!("their requests in the double's log: {}", path.display());
+        }
     }
     results.insert("requests_per_first_token", json!(issuance.per(&cluster, n as f64)));
     if on_double {
@@ -935,6 +967,10 @@ async fn run(cluster: Arc<Cluster>, o: Options, dir: PathBuf) -> BTreeMap<&'stat
     disagree.insert("issuance", json!(issuance.disagreements));
     results.insert("issuance_seconds", json!(issuance_s));
     results.insert("ratio_to_floor", json!(issuance_s / floor_s));
+    // How much of the issuance the controller spent starting (process, client, initial lists
+    // and watches) before its first token request.
+    let first_request = issuer.first().map(|t| t.duration_since(started).as_secs_f64());
+    results.insert("issuance_first_token_request_after_s", json!(first_request));
     results.insert("initial_token_requests_per_credential", json!(initial_requests as f64 / n as f64));
     results.insert("issuance_max_requests_per_second", json!(issuer.max_per_second(created, first_wave_end)));
     results.insert("rss_after_issuance_mib", json!(mib(c1.rss_kib())));
