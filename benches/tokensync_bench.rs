@@ -941,6 +941,7 @@ async fn run(cluster: Arc<Cluster>, o: Options, dir: PathBuf) -> BTreeMap<&'stat
                 .requests()
                 .iter()
                 .enumerate()
+                .filter(|(_, r)| r.namespace.as_deref() == Some(o.namespace.as_str()))
                 .filter(|(_, r)| r.name.as_ref().is_some_and(|n| names.contains(n)))
                 .map(|(i, r)| {
                     format!(

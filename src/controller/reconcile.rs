@@ -262,9 +262,15 @@ impl Run {
             }
             _ => {}
         }
-        if let Some(state) = state {
-            self.stored = state.as_ref().and_then(state::read);
-        }
+        // What the decision rests on: the state Secret as read, or else as the cache showed it
+        // when it was found current. Not `self.stored` as loaded at the start of the reconcile:
+        // the cache is updated by another task and may have caught up with our last write
+        // since (a second token for a credential that already had one, one in a few thousand
+        // first tokens at scale).
+        self.stored = match state {
+            Some(read) => read.as_ref().and_then(state::read),
+            None => cached_state.as_deref().and_then(state::read),
+        };
         self.settle_failures(Some(prep));
         let Some(reason) = self.due(prep) else { return Ok(None) };
         let manual = reason == RequestReason::ManualRenewal;
