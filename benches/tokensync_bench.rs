@@ -61,7 +61,9 @@ struct Options {
     namespace: String,
     floor_namespace: String,
     /// Test of the bench itself: the --kubeconfig path (counts from /metrics only, namespaces
-    /// deleted and waited for) against the double, reached through a kubeconfig.
+    /// deleted and waited for) against the double, reached through a kubeconfig. Its double
+    /// runs its garbage collector (for the namespace deletion), O(objects) per write: for a
+    /// few hundred credentials at most.
     kubeconfig_on_double: bool,
 }
 
@@ -1091,13 +1093,25 @@ async fn main() {
             created.push(ns.clone());
         }
     }
-    // The run in a task of its own: when it fails (a timeout), the namespaces it created are
-    // still deleted (and the controller, dropped, killed).
-    let outcome = tokio::spawn(run(cluster.clone(), o.clone(), dir.path().to_owned())).await;
+    // The run in a task of its own: when it fails (a timeout) or is interrupted (Ctrl-C), the
+    // namespaces it created are still deleted (and the controller, dropped, killed).
+    let mut task = tokio::spawn(run(cluster.clone(), o.clone(), dir.path().to_owned()));
+    let outcome = tokio::select! {
+        outcome = &mut task => Some(outcome),
+        _ = tokio::signal::ctrl_c() => {
+            task.abort();
+            let _ = (&mut task).await;
+            None
+        }
+    };
     delete_namespaces(&cluster, &created).await;
     let results = match outcome {
-        Ok(results) => results,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
+        Some(Ok(results)) => results,
+        Some(Err(e)) => std::panic::resume_unwind(e.into_panic()),
+        None => {
+            eprintln!("interrupted");
+            std::process::exit(130);
+        }
     };
 
     let machine = json!({
