@@ -1,19 +1,29 @@
-//! tokensync-bench: the real `tokensync controller` binary against the in-process Kubernetes
-//! API server double and a local token server, measuring scale, cost per renewal and memory.
+//! tokensync-bench: the real `tokensync controller` binary against a Kubernetes API server
+//! and a local token server, measuring scale, API requests per token, memory, and the time
+//! of the issuance against the time of its writes alone (the "floor").
+//!
+//! The API server is the in-process double (`tests/support/apiserver`), or with
+//! `--kubeconfig PATH` any real cluster (kind, k3d, a test cluster). The bench's own client
+//! is built from a kubeconfig in both cases (on the double, one written for it), so every
+//! object is created, watched and read through the same code.
 //!
 //! The controller runs as a CHILD PROCESS (the shipped binary, production logging to a file)
 //! so that its CPU time and RSS are measured alone, without the API server double, the token
-//! server or the benchmark's own bookkeeping, which live in this process.
+//! server or the benchmark's own bookkeeping, which live in this process. It reaches the
+//! token server on 127.0.0.1, so it runs on this machine also against a real cluster.
 //!
 //! ```text
 //! cargo bench --bench tokensync-bench -- [--credentials N] [--lifetime SECS] [--unrelated M]
-//!     [--latency-ms MS] [--steady-seconds S] [--concurrency C] [--controller-arg ARG]...
-//!     [--no-steady] [--json]
+//!     [--latency-ms MS] [--steady-seconds S] [--concurrency C] [--json]
+//!     [--kubeconfig PATH [--context NAME]] [--namespace NS] [--floor-namespace NS]
+//!     [--controller-arg ARG]... [--no-steady]
 //! ```
 //! `--controller-arg` passes one more argument to every `tokensync controller` it starts
 //! (e.g. `--controller-arg=--initial-list=streaming`); `--no-steady` stops after the restart
-//! measurements.
-//! Defaults are a quick run (300 credentials, 90 s tokens). See docs/performance.md.
+//! measurements. `TOKENSYNC_BENCH_LOG` (a RUST_LOG filter, e.g. `warn,tokensync=debug`) sets the
+//! controller's log level; its log is kept when a credential got two tokens while issuing.
+//! Defaults are a quick run (300 credentials, 90 s tokens) on the double. See
+//! docs/performance.md.
 
 #[path = "../tests/support/mod.rs"]
 #[allow(unused_imports)]
@@ -21,16 +31,26 @@ mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::HeaderMap;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use support::apiserver::{ApiServer, RequestRecord, Verb};
+use tokensync::api::ClientCredential;
 
-const NS: &str = "bench";
+/// The double's name for the bench's own requests ([`support::apiserver::CLIENT_HEADER`]):
+/// they are left out of the controller's counts. The controller's requests carry no name.
+const BENCH_CLIENT: &str = "bench";
 
 #[derive(Debug, Clone)]
 struct Options {
@@ -40,9 +60,18 @@ struct Options {
     latency_ms: u64,
     steady_seconds: u64,
     concurrency: u16,
+    json: bool,
     controller_args: Vec<String>,
     steady: bool,
-    json: bool,
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+    namespace: String,
+    floor_namespace: String,
+    /// Test of the bench itself: the --kubeconfig path (counts from /metrics only, namespaces
+    /// deleted and waited for) against the double, reached through a kubeconfig. Its double
+    /// runs its garbage collector (for the namespace deletion), O(objects) per write: for a
+    /// few hundred credentials at most.
+    kubeconfig_on_double: bool,
 }
 
 fn options() -> Options {
@@ -53,9 +82,14 @@ fn options() -> Options {
         latency_ms: 10,
         steady_seconds: 0,
         concurrency: 16,
+        json: false,
         controller_args: Vec::new(),
         steady: true,
-        json: false,
+        kubeconfig: None,
+        context: None,
+        namespace: "tokensync-bench".into(),
+        floor_namespace: "tokensync-bench-floor".into(),
+        kubeconfig_on_double: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -67,6 +101,11 @@ fn options() -> Options {
             "--latency-ms" => o.latency_ms = value().parse().expect("ms"),
             "--steady-seconds" => o.steady_seconds = value().parse().expect("seconds"),
             "--concurrency" => o.concurrency = value().parse().expect("number"),
+            "--kubeconfig" => o.kubeconfig = Some(value().into()),
+            "--context" => o.context = Some(value()),
+            "--namespace" => o.namespace = value(),
+            "--floor-namespace" => o.floor_namespace = value(),
+            "--kubeconfig-on-double" => o.kubeconfig_on_double = true,
             "--controller-arg" => o.controller_args.push(value()),
             a if a.starts_with("--controller-arg=") => {
                 o.controller_args.push(a["--controller-arg=".len()..].to_owned());
@@ -81,6 +120,9 @@ fn options() -> Options {
             other => panic!("unknown argument {other}"),
         }
     }
+    assert!(o.context.is_none() || o.kubeconfig.is_some() || o.kubeconfig_on_double, "--context needs --kubeconfig");
+    assert!(!(o.kubeconfig_on_double && o.kubeconfig.is_some()), "--kubeconfig-on-double writes its own kubeconfig");
+    assert_ne!(o.namespace, o.floor_namespace, "the floor needs its own namespace");
     o
 }
 
@@ -94,6 +136,7 @@ struct Issued {
     per_client: HashMap<String, u32>,
     per_second: BTreeMap<i64, u32>,
     total: u64,
+    first: Option<Instant>,
 }
 
 #[derive(Clone)]
@@ -111,6 +154,7 @@ async fn token(State(s): State<Issuer>, _headers: HeaderMap, body: String) -> ax
     let n = {
         let mut i = s.issued.lock().unwrap();
         i.total += 1;
+        i.first.get_or_insert_with(Instant::now);
         *i.per_second.entry(jiff::Timestamp::now().as_second()).or_default() += 1;
         let n = i.per_client.entry(client.clone()).or_default();
         *n += 1;
@@ -137,10 +181,423 @@ impl Issuer {
         self.issued.lock().unwrap().total
     }
 
+    /// When the first token was requested.
+    fn first(&self) -> Option<Instant> {
+        self.issued.lock().unwrap().first
+    }
+
     fn max_per_second(&self, from: i64, to: i64) -> u32 {
         let i = self.issued.lock().unwrap();
         i.per_second.range(from..=to).map(|(_, n)| *n).max().unwrap_or(0)
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The cluster: the double or a kubeconfig's, reached the same way
+// ---------------------------------------------------------------------------------------
+
+struct Cluster {
+    /// The bench's own client, built from `kubeconfig`.
+    client: Client,
+    /// The kubeconfig the controller runs with (its current context is the one used).
+    kubeconfig: PathBuf,
+    /// The API server double, when no --kubeconfig was given. Its request log is the primary
+    /// count of the controller's requests there (checked against the controller's /metrics).
+    double: Option<ApiServer>,
+}
+
+impl Cluster {
+    async fn connect(o: &Options, dir: &Path) -> Cluster {
+        let (double, path) = match &o.kubeconfig {
+            Some(path) => (None, path.clone()),
+            None => {
+                let api = start_double(false).await;
+                let path = dir.join("kubeconfig");
+                write_kubeconfig(&api, &path);
+                (Some(api), path)
+            }
+        };
+        let mut kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("a readable kubeconfig");
+        let path = match &o.context {
+            None => path,
+            Some(context) => {
+                // The controller has no --context: it gets a copy whose current context is
+                // this one (paths in it are absolute after read_from; kept in the temporary
+                // directory, readable by this user only, removed at the end).
+                assert!(
+                    kubeconfig.contexts.iter().any(|c| &c.name == context),
+                    "no context {context} in the kubeconfig"
+                );
+                kubeconfig.current_context = Some(context.clone());
+                let copy = dir.join("kubeconfig-context.json");
+                std::fs::write(&copy, serde_json::to_vec(&kubeconfig).unwrap()).unwrap();
+                copy
+            }
+        };
+        let options = kube::config::KubeConfigOptions::default();
+        let mut config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options).await.expect("a usable kubeconfig context");
+        if double.is_some() {
+            config.headers.push((
+                axum::http::HeaderName::from_static(support::apiserver::CLIENT_HEADER),
+                axum::http::HeaderValue::from_static(BENCH_CLIENT),
+            ));
+        }
+        let client = Client::try_from(config).expect("a client");
+        Cluster { client, kubeconfig: path, double }
+    }
+
+    /// The controller's requests in the double's log from `from` on.
+    fn controller_log(&self, from: usize) -> Vec<RequestRecord> {
+        let api = self.double.as_ref().expect("the double");
+        api.requests()[from..].iter().filter(|r| r.client.as_deref() != Some(BENCH_CLIENT)).cloned().collect()
+    }
+
+    fn log_len(&self) -> usize {
+        self.double.as_ref().map_or(0, |api| api.requests().len())
+    }
+}
+
+/// The API server double, serving the ClientCredential CRD. `gc`: its garbage collector
+/// scans every object after every write (O(n) per write); nothing is deleted while
+/// measuring, so it is off for measurements (and namespaces deleted at the end are then never
+/// emptied there: the bench does not wait for them on the double).
+async fn start_double(gc: bool) -> ApiServer {
+    ApiServer::builder()
+        .crd(&tokensync::api::crd())
+        .namespaces(&["default"])
+        .history_limit(1_000_000)
+        .garbage_collection(gc)
+        .start()
+        .await
+}
+
+fn write_kubeconfig(api: &ApiServer, path: &Path) {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: double, cluster: {{server: \"{}\"}}}}]\n\
+             users: [{{name: u, user: {{}}}}]\ncontexts: [{{name: double, context: {{cluster: double, user: u}}}}]\n\
+             current-context: double\n",
+            api.url()
+        ),
+    )
+    .unwrap();
+}
+
+/// The ClientCredential CRD served, or its CRDs applied from crds/ (server-side apply, field
+/// manager `tokensync-bench`) and established. They are left installed: deleting a CRD
+/// deletes every object of it in the cluster.
+async fn ensure_crds(client: &Client) {
+    let ccs: Api<ClientCredential> = Api::all(client.clone());
+    match ccs.list(&ListParams::default().limit(1)).await {
+        Ok(_) => return,
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => panic!("cannot list ClientCredentials: {e}"),
+    }
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let crd: CustomResourceDefinition =
+            serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).expect("a CRD in crds/");
+        let name = crd.name_any();
+        eprintln!("applying {} (CRD {name} not installed)", path.display());
+        crds.patch(&name, &PatchParams::apply("tokensync-bench"), &Patch::Apply(&crd)).await.expect("apply a CRD");
+        let established = kube::runtime::wait::await_condition(
+            crds.clone(),
+            &name,
+            kube::runtime::wait::conditions::is_crd_established(),
+        );
+        tokio::time::timeout(Duration::from_secs(60), established).await.expect("CRD established").unwrap();
+    }
+    // Established, and served (discovery can lag a moment behind).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ccs.list(&ListParams::default().limit(1)).await.is_err() {
+        assert!(Instant::now() < deadline, "ClientCredentials not served a minute after the CRD was established");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Creates namespace `name`, or uses it when it exists and holds no Secret and no
+/// ClientCredential; refuses one with content (not the bench's to overwrite). A namespace
+/// still terminating (an earlier run's) is waited for. Returns whether it was created here
+/// (and is to be deleted at the end).
+async fn prepare_namespace(client: &Client, name: &str) -> bool {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    if let Some(ns) = namespaces.get_opt(name).await.expect("read the namespace") {
+        if ns.metadata.deletion_timestamp.is_some() {
+            eprintln!("namespace {name} is terminating; waiting for it to go");
+            let uid = ns.uid().unwrap_or_default();
+            let gone = kube::runtime::wait::await_condition(
+                namespaces.clone(),
+                name,
+                kube::runtime::wait::conditions::is_deleted(&uid),
+            );
+            tokio::time::timeout(Duration::from_secs(600), gone).await.expect("the namespace went").unwrap();
+        } else {
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), name);
+            let ccs: Api<ClientCredential> = Api::namespaced(client.clone(), name);
+            let limit = ListParams::default().limit(1);
+            let secret = secrets.list_metadata(&limit).await.expect("list Secrets").items.len();
+            let cc = ccs.list_metadata(&limit).await.expect("list ClientCredentials").items.len();
+            assert!(
+                secret + cc == 0,
+                "namespace {name} exists and holds Secrets or ClientCredentials: refusing to run in it \
+                 (delete it, or pass --namespace/--floor-namespace)"
+            );
+            return false;
+        }
+    }
+    let ns: Namespace = serde_json::from_value(
+        json!({"metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "tokensync-bench"}}}),
+    )
+    .unwrap();
+    namespaces.create(&PostParams::default(), &ns).await.expect("create the namespace");
+    true
+}
+
+/// Deletes the namespaces this run created; on a real cluster waits (up to 10 minutes) until
+/// they are gone, so that the next run can start.
+async fn delete_namespaces(cluster: &Cluster, names: &[String]) {
+    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
+    for name in names {
+        let Ok(Some(ns)) = namespaces.get_opt(name).await else { continue };
+        if let Err(e) = namespaces.delete(name, &DeleteParams::background()).await {
+            eprintln!("cannot delete namespace {name}: {e}");
+            continue;
+        }
+        if cluster.double.is_none() {
+            let uid = ns.uid().unwrap_or_default();
+            let gone = kube::runtime::wait::await_condition(
+                namespaces.clone(),
+                name,
+                kube::runtime::wait::conditions::is_deleted(&uid),
+            );
+            if tokio::time::timeout(Duration::from_secs(600), gone).await.is_err() {
+                eprintln!("namespace {name} still terminating after 10 minutes");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The objects: source Secrets and ClientCredentials, created through the client
+// ---------------------------------------------------------------------------------------
+
+fn credential_name(i: usize) -> String {
+    format!("cc-{i:05}")
+}
+
+/// Creates the source Secrets and ClientCredentials of `n` credentials in `ns`, `concurrency`
+/// at a time; returns the ClientCredentials as created (uid, resourceVersion).
+async fn populate(client: &Client, ns: &str, n: usize, issuer_url: &str, concurrency: usize) -> Vec<ClientCredential> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let ccs: Api<ClientCredential> = Api::namespaced(client.clone(), ns);
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let (secrets, ccs) = (secrets.clone(), ccs.clone());
+            async move {
+                let name = credential_name(i);
+                let source: Secret = serde_json::from_value(json!({
+                    "metadata": {"name": format!("{name}-client")},
+                    "stringData": {"client_id": name, "client_secret": "bench-secret"}}))
+                .unwrap();
+                secrets.create(&PostParams::default(), &source).await?;
+                let cc: ClientCredential = serde_json::from_value(json!({
+                    "apiVersion": "tokensync.io/v1alpha1", "kind": "ClientCredential",
+                    "metadata": {"name": name},
+                    "spec": {"tokenEndpoint": issuer_url, "credentialsRef": {"name": format!("{name}-client")},
+                             "clientAuthentication": "client_secret_post"}}))
+                .unwrap();
+                ccs.create(&PostParams::default(), &cc).await
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect()
+        .await
+        .expect("create the credentials")
+}
+
+async fn populate_unrelated(client: &Client, ns: &str, n: usize, concurrency: usize) {
+    use base64::Engine;
+    let blob = base64::engine::general_purpose::STANDARD.encode(vec![b'x'; 1024]);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let secret: Secret = serde_json::from_value(json!({
+                "metadata": {"name": format!("unrelated-{i:06}"), "labels": {"app": "other"}},
+                "data": {"payload": blob}}))
+            .unwrap();
+            let secrets = secrets.clone();
+            async move { secrets.create(&PostParams::default(), &secret).await }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("create the unrelated Secrets");
+}
+
+// ---------------------------------------------------------------------------------------
+// The floor: the three writes of a first token and nothing else (no token request, no read,
+// no watch), for every credential, as many at a time as the controller reconciles.
+// ---------------------------------------------------------------------------------------
+
+/// The state Secret apply, the target Secret apply and the status merge patch the controller
+/// makes for a first token, with the same bodies (built by the controller's own functions and
+/// sent by its `apply`), for each of `ccs`. Returns the seconds from the first write to the
+/// last and the number of writes.
+async fn floor(client: &Client, ccs: Vec<ClientCredential>, lifetime: u64, concurrency: usize) -> (f64, usize) {
+    use tokensync::controller::{reconcile, state, status, target};
+    let started = Instant::now();
+    let writes: Vec<usize> = futures::stream::iter(ccs)
+        .map(|cc| {
+            let ns = cc.namespace().unwrap_or_default();
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+            let statuses: Api<ClientCredential> = Api::namespaced(client.clone(), &ns);
+            async move {
+                let name = cc.name_any();
+                let now = jiff::Timestamp::now();
+                let expires = now + jiff::SignedDuration::from_secs(lifetime as i64);
+                let stored = tokensync::token_state::StoredToken {
+                    access_token: format!("{name}.1").into(),
+                    token_type: "Bearer".into(),
+                    scope: None,
+                    issued_at: now,
+                    expires_at: expires,
+                    refresh_token: None,
+                    inputs: {
+                        use sha2::Digest;
+                        hex::encode(&sha2::Sha256::digest(name.as_bytes())[..16])
+                    },
+                    bootstrap: None,
+                    renewal_request: None,
+                };
+                reconcile::apply(&secrets, &state::desired(&cc, &stored)).await.expect("state apply");
+                let desired = target::desired(&cc, &stored).expect("render the target");
+                reconcile::apply(&secrets, &desired).await.expect("target apply");
+                let facts = status::Facts {
+                    now,
+                    generation: cc.metadata.generation,
+                    suspended: false,
+                    token: Some(status::TokenFacts {
+                        token_type: "Bearer".into(),
+                        scope: None,
+                        issued_at: now,
+                        expires_at: expires,
+                    }),
+                    failure: None,
+                    renew_at: Some(now + jiff::SignedDuration::from_secs(lifetime as i64 * 2 / 3)),
+                    failed_attempts: 0,
+                    last_failure: None,
+                    retry_after_seconds: None,
+                    failed_inputs: None,
+                    handled_renewal_request: None,
+                    target_secret_name: name.clone(),
+                    service_account: None,
+                };
+                let patch = json!({"metadata": {"resourceVersion": cc.resource_version()},
+                                   "status": status::next(None, &facts)});
+                statuses
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .expect("status patch");
+                3
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    (started.elapsed().as_secs_f64(), writes.iter().sum())
+}
+
+// ---------------------------------------------------------------------------------------
+// Readiness, watched: every change of a ClientCredential in the bench namespace
+// ---------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Watched {
+    listed: bool,
+    ready: std::collections::HashSet<String>,
+    renew_at: HashMap<String, String>,
+}
+
+/// Watches the ClientCredentials of `ns`; the receiver carries how many are Ready with
+/// TokenIssued (event-driven: no polling, exact times).
+fn watch_ready(client: &Client, ns: &str) -> (Arc<Mutex<Watched>>, tokio::sync::watch::Receiver<usize>) {
+    let ccs: Api<ClientCredential> = Api::namespaced(client.clone(), ns);
+    let state = Arc::new(Mutex::new(Watched::default()));
+    let (tx, rx) = tokio::sync::watch::channel(0);
+    let shared = state.clone();
+    tokio::spawn(async move {
+        let mut events = watcher(ccs, watcher::Config::default()).default_backoff().boxed();
+        while let Some(event) = events.next().await {
+            let Ok(event) = event else { continue };
+            let mut w = shared.lock().unwrap();
+            match event {
+                watcher::Event::Apply(cc) | watcher::Event::InitApply(cc) => {
+                    let name = cc.name_any();
+                    let status = cc.status.as_ref();
+                    let ready = status.is_some_and(|s| {
+                        s.conditions
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && c.status == "True" && c.reason == "TokenIssued")
+                    });
+                    if ready {
+                        w.ready.insert(name.clone());
+                    } else {
+                        w.ready.remove(&name);
+                    }
+                    match status.and_then(|s| s.renew_at.as_ref()) {
+                        Some(at) => w.renew_at.insert(name, at.0.to_string()),
+                        None => w.renew_at.remove(&name),
+                    };
+                }
+                watcher::Event::Delete(cc) => {
+                    w.ready.remove(&cc.name_any());
+                    w.renew_at.remove(&cc.name_any());
+                }
+                watcher::Event::Init => {}
+                watcher::Event::InitDone => w.listed = true,
+            }
+            let _ = tx.send(if w.listed { w.ready.len() } else { 0 });
+        }
+    });
+    (state, rx)
+}
+
+/// Token index published in each target Secret, summed: the number of tokens published.
+async fn published_tokens(client: &Client, ns: &str) -> u64 {
+    target_tokens(client, ns).await.iter().filter_map(|(_, t)| t.rsplit_once('.')?.1.parse::<u64>().ok()).sum()
+}
+
+/// (Secret, token) of every target Secret in `ns`.
+async fn target_tokens(client: &Client, ns: &str) -> Vec<(String, String)> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let params = ListParams::default().labels(&format!(
+        "{}={}",
+        tokensync::controller::labels::ROLE,
+        tokensync::controller::labels::ROLE_TARGET
+    ));
+    let list = secrets.list(&params).await.expect("list the target Secrets");
+    list.items
+        .into_iter()
+        .filter_map(|s| {
+            let token = s.data.as_ref()?.get("access_token")?.0.clone();
+            Some((s.name_any(), String::from_utf8(token).ok()?))
+        })
+        .collect()
+}
+
+fn renew_at_spread(watched: &Mutex<Watched>) -> (u32, usize) {
+    let mut per_second: BTreeMap<String, u32> = BTreeMap::new();
+    for at in watched.lock().unwrap().renew_at.values() {
+        *per_second.entry(at.clone()).or_default() += 1;
+    }
+    (per_second.values().copied().max().unwrap_or(0), per_second.len())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -153,27 +610,15 @@ struct Controller {
 }
 
 impl Controller {
-    fn start(api: &ApiServer, dir: &std::path::Path, o: &Options, generation: u32) -> Controller {
-        let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters: [{{name: double, cluster: {{server: \"{}\"}}}}]\n\
-                 users: [{{name: u, user: {{}}}}]\ncontexts: [{{name: c, context: {{cluster: double, user: u, namespace: {NS}}}}}]\n\
-                 current-context: c\n",
-                api.url()
-            ),
-        )
-        .unwrap();
+    fn start(cluster: &Cluster, dir: &Path, o: &Options, generation: u32) -> Controller {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let log = std::fs::File::create(dir.join(format!("controller-{generation}.log"))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tokensync"))
-            .args(["controller", "--allow-http", "--namespace", NS, "--min-renewal-interval", "1s"])
+            .args(["controller", "--allow-http", "--namespace", &o.namespace, "--min-renewal-interval", "1s"])
             .args(["--admin-addr", &format!("127.0.0.1:{port}"), "--concurrency", &o.concurrency.to_string()])
             .args(&o.controller_args)
-            .env("KUBECONFIG", &kubeconfig)
+            .env("KUBECONFIG", &cluster.kubeconfig)
             .env_remove("RUST_LOG")
-            // TOKENSYNC_BENCH_LOG=debug (a RUST_LOG filter) for the controller's log file.
             .envs(std::env::var("TOKENSYNC_BENCH_LOG").map(|f| ("RUST_LOG", f)))
             .stdout(Stdio::null())
             .stderr(log)
@@ -211,19 +656,60 @@ impl Controller {
         ticks as f64 / 100.0 // CLK_TCK is 100 on Linux
     }
 
-    async fn reconciles(&self) -> u64 {
+    /// The admin server's /metrics text ("" while it does not answer yet).
+    async fn metrics(&self) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let Ok(mut sock) = tokio::net::TcpStream::connect(&self.admin).await else { return 0 };
+        let Ok(mut sock) = tokio::net::TcpStream::connect(&self.admin).await else { return String::new() };
         let mut text = String::new();
         if sock.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.is_err()
             || sock.read_to_string(&mut text).await.is_err()
         {
-            return 0;
+            return String::new();
         }
-        text.lines()
+        text
+    }
+
+    async fn reconciles(&self) -> u64 {
+        self.metrics()
+            .await
+            .lines()
             .find_map(|l| l.strip_prefix("tokensync_reconcile_duration_seconds_count "))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
+    }
+
+    /// The controller's Kubernetes API requests so far, by "VERB resource"
+    /// (`tokensync_kube_requests_total`, every answer code).
+    async fn requests(&self) -> Counts {
+        let mut out = Counts::new();
+        for line in self.metrics().await.lines().filter_map(|l| l.strip_prefix("tokensync_kube_requests_total{")) {
+            let Some((labels, value)) = line.split_once("} ") else { continue };
+            let label = |key: &str| {
+                labels
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(&format!("{key}=\""))?.strip_suffix('"'))
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let key = format!("{} {}", label("verb").to_uppercase(), label("resource"));
+            *out.entry(key).or_default() += value.trim().parse::<f64>().unwrap_or(0.0);
+        }
+        out
+    }
+
+    /// Waits until the controller has sent no API request for a second (at most a minute):
+    /// the echoes of its last writes have settled.
+    async fn settle(&self) -> f64 {
+        let t = Instant::now();
+        let mut seen = -1.0;
+        loop {
+            let now: f64 = self.requests().await.values().sum();
+            if now == seen || t.elapsed() > Duration::from_secs(60) {
+                return t.elapsed().as_secs_f64();
+            }
+            seen = now;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     fn kill(mut self) {
@@ -232,40 +718,68 @@ impl Controller {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Measurement helpers. Waiting here polls (every 500 ms): the condition scans thousands of
-// objects, which is too costly to re-run on every change of the double.
-// ---------------------------------------------------------------------------------------
-
-async fn poll_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+impl Drop for Controller {
+    /// Never leaves a controller running behind a failed run.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-fn ready_count(api: &ApiServer) -> usize {
-    api.list_json("clientcredentials.tokensync.io", Some(NS))
+// ---------------------------------------------------------------------------------------
+// Counting requests: the double's log and the controller's /metrics
+// ---------------------------------------------------------------------------------------
+
+/// Requests by "VERB resource[/subresource]".
+type Counts = BTreeMap<String, f64>;
+
+fn minus(after: &Counts, before: &Counts) -> Counts {
+    after
         .iter()
-        .filter(|cc| {
-            cc["status"]["conditions"].as_array().is_some_and(|cs| {
-                cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True" && c["reason"] == "TokenIssued")
-            })
-        })
-        .count()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v != 0.0)
+        .collect()
 }
 
-/// Token index published in each target Secret, summed: the number of tokens published.
-fn published_tokens(api: &ApiServer) -> u64 {
-    use base64::Engine;
-    api.list_json("secrets", Some(NS))
-        .iter()
-        .filter(|s| s["metadata"]["labels"]["tokensync.io/role"].as_str() != Some("state"))
-        .filter_map(|s| s["data"]["access_token"].as_str())
-        .filter_map(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
-        .filter_map(|t| String::from_utf8(t).ok()?.rsplit_once('.')?.1.parse::<u64>().ok())
-        .sum()
+fn per(counts: &Counts, n: f64) -> Counts {
+    counts.iter().map(|(k, v)| (k.clone(), v / n)).collect()
+}
+
+/// The double's log as the metric counts it: verb and resource, every code, metadata-only
+/// requests not told apart.
+fn logged(records: &[RequestRecord]) -> Counts {
+    let mut counts = Counts::new();
+    for r in records {
+        let sub = r.subresource.as_deref().map(|s| format!("/{s}")).unwrap_or_default();
+        *counts.entry(format!("{} {}{sub}", format!("{:?}", r.verb).to_uppercase(), r.resource)).or_default() += 1.0;
+    }
+    counts
+}
+
+/// Where the controller's /metrics and the double's log disagree: "VERB resource" ->
+/// [metric, log]. Requests to paths that are not resources (discovery, /.well-known) are not
+/// in the double's log and not compared.
+fn disagreements(metric: &Counts, log: &Counts) -> BTreeMap<String, [f64; 2]> {
+    let keys: std::collections::BTreeSet<&String> = metric.keys().chain(log.keys()).collect();
+    keys.into_iter()
+        .filter(|k| !k.ends_with(" nonresource"))
+        .map(|k| (k.clone(), [metric.get(k).copied().unwrap_or(0.0), log.get(k).copied().unwrap_or(0.0)]))
+        .filter(|(_, [m, l])| m != l)
+        .collect()
+}
+
+/// API requests by verb and resource (`GET secrets`, `APPLY secrets`, `PATCH
+/// clientcredentials/status`, `LIST secrets (metadata)`, ...) divided by `per`: the cost of
+/// one token or one renewal. From the double's log, which tells metadata-only requests apart.
+fn requests_by_verb(records: &[RequestRecord], n: f64) -> Counts {
+    let mut counts = Counts::new();
+    for r in records {
+        let sub = r.subresource.as_deref().map(|s| format!("/{s}")).unwrap_or_default();
+        let meta = if r.metadata_only { " (metadata)" } else { "" };
+        let key = format!("{} {}{sub}{meta}", format!("{:?}", r.verb).to_uppercase(), r.resource);
+        *counts.entry(key).or_default() += 1.0;
+    }
+    per(&counts, n)
 }
 
 #[derive(Default, Debug, Clone, serde::Serialize)]
@@ -297,61 +811,29 @@ fn writes(records: &[RequestRecord]) -> Writes {
     w
 }
 
-/// API requests by verb and resource (`GET secrets`, `APPLY secrets`, `PATCH
-/// clientcredentials/status`, ...) divided by `per`: the cost of one token or one renewal.
-fn requests_by_verb(records: &[RequestRecord], per: f64) -> BTreeMap<String, f64> {
-    let mut counts: BTreeMap<String, f64> = BTreeMap::new();
-    for r in records {
-        let sub = r.subresource.as_deref().map(|s| format!("/{s}")).unwrap_or_default();
-        let meta = if r.metadata_only { " (metadata)" } else { "" };
-        let key = format!("{} {}{sub}{meta}", format!("{:?}", r.verb).to_uppercase(), r.resource);
-        *counts.entry(key).or_default() += 1.0 / per;
-    }
-    counts
+/// One phase's requests: on the double from its log (metadata-only requests told apart)
+/// with the metric's disagreements, elsewhere from the metric. `log_from` is where the phase
+/// starts in the double's log, `metric_before` the controller's counts then.
+struct Phase {
+    log: Vec<RequestRecord>,
+    metric: Counts,
+    disagreements: BTreeMap<String, [f64; 2]>,
 }
 
-fn renew_at_spread(api: &ApiServer) -> (u32, usize) {
-    let mut per_second: BTreeMap<String, u32> = BTreeMap::new();
-    for cc in api.list_json("clientcredentials.tokensync.io", Some(NS)) {
-        if let Some(at) = cc["status"]["renewAt"].as_str() {
-            *per_second.entry(at.to_owned()).or_default() += 1;
+impl Phase {
+    async fn measure(cluster: &Cluster, controller: &Controller, log_from: usize, metric_before: &Counts) -> Phase {
+        let metric = minus(&controller.requests().await, metric_before);
+        let log = if cluster.double.is_some() { cluster.controller_log(log_from) } else { Vec::new() };
+        let disagreements =
+            if cluster.double.is_some() { disagreements(&metric, &logged(&log)) } else { BTreeMap::new() };
+        if !disagreements.is_empty() {
+            eprintln!("the controller's /metrics and the double's log disagree ([metric, log]): {disagreements:?}");
         }
+        Phase { log, metric, disagreements }
     }
-    (per_second.values().copied().max().unwrap_or(0), per_second.len())
-}
 
-fn populate(api: &ApiServer, o: &Options, issuer_url: &str) {
-    for i in 0..o.credentials {
-        let name = format!("cc-{i:05}");
-        api.put_json(
-            "secrets",
-            json!({"apiVersion": "v1", "kind": "Secret",
-                   "metadata": {"name": format!("{name}-client"), "namespace": NS},
-                   "stringData": {"client_id": name, "client_secret": "bench-secret"}}),
-        )
-        .unwrap();
-        api.put_json(
-            "clientcredentials.tokensync.io",
-            json!({"apiVersion": "tokensync.io/v1alpha1", "kind": "ClientCredential",
-                   "metadata": {"name": name, "namespace": NS},
-                   "spec": {"tokenEndpoint": issuer_url, "credentialsRef": {"name": format!("{name}-client")},
-                            "clientAuthentication": "client_secret_post"}}),
-        )
-        .unwrap();
-    }
-}
-
-fn populate_unrelated(api: &ApiServer, n: usize) {
-    use base64::Engine;
-    let blob = base64::engine::general_purpose::STANDARD.encode(vec![b'x'; 1024]);
-    for i in 0..n {
-        api.put_json(
-            "secrets",
-            json!({"apiVersion": "v1", "kind": "Secret",
-                   "metadata": {"name": format!("unrelated-{i:06}"), "namespace": NS, "labels": {"app": "other"}},
-                   "data": {"payload": blob}}),
-        )
-        .unwrap();
+    fn per(&self, cluster: &Cluster, n: f64) -> Counts {
+        if cluster.double.is_some() { requests_by_verb(&self.log, n) } else { per(&self.metric, n) }
     }
 }
 
@@ -363,105 +845,170 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-#[tokio::main]
-async fn main() {
-    let o = options();
-    let dir = tempfile::tempdir().unwrap();
-    let api = ApiServer::builder()
-        .crd(&tokensync::api::crd())
-        .namespaces(&["default", NS])
-        .history_limit(500_000)
-        // The double's garbage collector scans every object after every write (O(n) per
-        // write); nothing is deleted here, so it is off to keep the double out of the way.
-        .garbage_collection(false)
-        .start()
-        .await;
-    let (issuer, issuer_url) = Issuer::start(o.lifetime, Duration::from_millis(o.latency_ms)).await;
-    populate(&api, &o, &issuer_url);
-    let n = o.credentials;
-    let mut results: BTreeMap<&str, Value> = BTreeMap::new();
+// ---------------------------------------------------------------------------------------
+// The run
+// ---------------------------------------------------------------------------------------
 
-    // 1. Time until all credentials are Ready.
+async fn poll_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Restarts the controller with every token valid and waits until the new process has
+/// reconciled every credential (through its /metrics). Returns it, the token requests it
+/// made, the time it took, and its API requests (after they settled).
+async fn restart(
+    cluster: &Cluster,
+    dir: &Path,
+    o: &Options,
+    generation: u32,
+    issuer: &Issuer,
+) -> (Controller, u64, f64, Phase) {
+    let before_requests = issuer.total();
+    let log_from = cluster.log_len();
+    let c = Controller::start(cluster, dir, o, generation);
+    let t = Instant::now();
+    while c.reconciles().await < o.credentials as u64 {
+        assert!(t.elapsed() < Duration::from_secs(900), "restart reconciles");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let took = t.elapsed().as_secs_f64();
+    c.settle().await;
+    let phase = Phase::measure(cluster, &c, log_from, &Counts::new()).await;
+    let requests = issuer.total() - before_requests;
+    (c, requests, took, phase)
+}
+
+async fn run(cluster: Arc<Cluster>, o: Options, dir: PathBuf) -> BTreeMap<&'static str, Value> {
+    let client = &cluster.client;
+    let on_double = cluster.double.is_some();
+    let concurrency = o.concurrency as usize;
+    let n = o.credentials;
+    let (issuer, issuer_url) = Issuer::start(o.lifetime, Duration::from_millis(o.latency_ms)).await;
+    let mut results: BTreeMap<&str, Value> = BTreeMap::new();
+    let mut disagree: BTreeMap<&str, Value> = BTreeMap::new();
+
+    // The same source Secrets and ClientCredentials in both namespaces, all created before
+    // anything is measured, so that both measurements see the same store.
+    let t = Instant::now();
+    populate(client, &o.namespace, n, &issuer_url, concurrency).await;
+    let floor_ccs = populate(client, &o.floor_namespace, n, &issuer_url, concurrency).await;
+    results.insert("setup_s", json!(t.elapsed().as_secs_f64()));
+
+    // 0. The floor: the three writes of every first token, without the controller. Measured
+    // first: no controller is running yet (the floor then shares the API server with nobody,
+    // where later it would share it with renewals), and the controller's issuance then runs
+    // on a store (and etcd) that already holds the floor's writes, not the other way round:
+    // if anything, the ratio errs on the controller's side.
+    let log_from = cluster.log_len();
+    let (floor_s, floor_writes) = floor(client, floor_ccs, o.lifetime, concurrency).await;
+    if let Some(api) = &cluster.double {
+        let logged = api.requests()[log_from..]
+            .iter()
+            .filter(|r| r.verb.is_write() && r.code < 300 && r.namespace.as_deref() == Some(o.floor_namespace.as_str()))
+            .count();
+        assert_eq!(logged, floor_writes, "the double logged the floor's writes");
+    }
+    results.insert("floor_seconds", json!(floor_s));
+    results.insert("floor_writes", json!(floor_writes));
+
+    // 1. Issuance: from the controller's start until every credential is Ready.
+    let (watched, mut ready) = watch_ready(client, &o.namespace);
+    tokio::time::timeout(Duration::from_secs(300), async {
+        while !watched.lock().unwrap().listed {
+            ready.changed().await.expect("the watch of the credentials runs");
+        }
+    })
+    .await
+    .expect("the credentials listed");
     let created = jiff::Timestamp::now().as_second();
+    let log_from = cluster.log_len();
     let started = Instant::now();
-    let c1 = Controller::start(&api, dir.path(), &o, 1);
-    poll_until("all Ready", Duration::from_secs(1800), || ready_count(&api) == n).await;
-    let time_to_ready = started.elapsed().as_secs_f64();
+    let c1 = Controller::start(&cluster, &dir, &o, 1);
+    tokio::time::timeout(Duration::from_secs(1800), ready.wait_for(|r| *r >= n))
+        .await
+        .expect("all Ready within 30 minutes")
+        .unwrap();
+    let issuance_s = started.elapsed().as_secs_f64();
     let first_wave_end = jiff::Timestamp::now().as_second();
     let initial_requests = issuer.total();
     // What issuance cost, per credential, once the echoes of the last writes have settled
-    // (until the controller has been idle for a second: no new request in the log). Renewals
-    // of the first tokens may start meanwhile (at half of a short lifetime): only requests
-    // counted up to all Ready are the issuance's.
-    let settle = Instant::now();
-    let mut seen = 0;
-    while api.requests().len() != seen {
-        seen = api.requests().len();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    results.insert("issuance_settled_after_s", json!(settle.elapsed().as_secs_f64()));
-    let issuance_log = api.requests();
+    // (the controller idle for a second). Renewals of the first tokens may start meanwhile
+    // (at half of a short lifetime).
+    results.insert("issuance_settled_after_s", json!(c1.settle().await));
+    let issuance = Phase::measure(&cluster, &c1, log_from, &Counts::new()).await;
     // A credential that got more than one token while issuing is a defect: name it, and keep
     // the controller's log for whoever looks into it.
     if initial_requests != n as u64 {
         let log = std::env::temp_dir().join("tokensync-bench-issuance.log");
-        let _ = std::fs::copy(dir.path().join("controller-1.log"), &log);
-        let more: Vec<String> = api
-            .list_json("secrets", Some(NS))
-            .iter()
-            .filter_map(|s| {
-                let token = s["data"]["access_token"].as_str()?;
-                let token =
-                    String::from_utf8(base64::Engine::decode(&base64::engine::general_purpose::STANDARD, token).ok()?)
-                        .ok()?;
-                (!token.ends_with(".1"))
-                    .then(|| format!("{} holds {token}", s["metadata"]["name"].as_str().unwrap_or_default()))
-            })
-            .collect();
+        let _ = std::fs::copy(dir.join("controller-1.log"), &log);
+        let twice: Vec<(String, String)> =
+            target_tokens(client, &o.namespace).await.into_iter().filter(|(_, token)| !token.ends_with(".1")).collect();
+        let more: Vec<String> = twice.iter().map(|(name, token)| format!("{name} holds {token}")).collect();
         eprintln!("more than one token while issuing: {more:?}; controller log kept at {}", log.display());
+        // On the double, also every request about those credentials, in order.
+        if let Some(api) = &cluster.double {
+            let names: Vec<String> = twice
+                .iter()
+                .flat_map(|(name, _)| [name.clone(), format!("{name}.tokensync-state"), format!("{name}-client")])
+                .collect();
+            let lines: Vec<String> = api
+                .requests()
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.namespace.as_deref() == Some(o.namespace.as_str()))
+                .filter(|(_, r)| r.name.as_ref().is_some_and(|n| names.contains(n)))
+                .map(|(i, r)| {
+                    format!(
+                        "#{i} {:?} {}{} {} -> {} changed={} client={:?}",
+                        r.verb,
+                        r.resource,
+                        r.subresource.as_deref().map(|s| format!("/{s}")).unwrap_or_default(),
+                        r.name.as_deref().unwrap_or_default(),
+                        r.code,
+                        r.changed,
+                        r.client
+                    )
+                })
+                .collect();
+            let path = std::env::temp_dir().join("tokensync-bench-issuance-requests.log");
+            let _ = std::fs::write(&path, lines.join("\n"));
+            eprintln!("their requests in the double's log: {}", path.display());
+        }
     }
-    results.insert("requests_per_first_token", json!(requests_by_verb(&issuance_log, n as f64)));
-    results.insert("issuance_writes", json!(writes(&issuance_log)));
-    results.insert("time_to_all_ready_s", json!(time_to_ready));
+    results.insert("requests_per_first_token", json!(issuance.per(&cluster, n as f64)));
+    if on_double {
+        results.insert("issuance_writes", json!(writes(&issuance.log)));
+    }
+    disagree.insert("issuance", json!(issuance.disagreements));
+    results.insert("issuance_seconds", json!(issuance_s));
+    results.insert("ratio_to_floor", json!(issuance_s / floor_s));
+    // How much of the issuance the controller spent starting (process, client, initial lists
+    // and watches) before its first token request.
+    let first_request = issuer.first().map(|t| t.duration_since(started).as_secs_f64());
+    results.insert("issuance_first_token_request_after_s", json!(first_request));
     results.insert("initial_token_requests_per_credential", json!(initial_requests as f64 / n as f64));
     results.insert("issuance_max_requests_per_second", json!(issuer.max_per_second(created, first_wave_end)));
     results.insert("rss_after_issuance_mib", json!(mib(c1.rss_kib())));
     results.insert("peak_rss_during_issuance_mib", json!(mib(c1.peak_rss_kib())));
     results.insert("cpu_s_for_issuance", json!(c1.cpu_seconds()));
-    let (planned_max, planned_seconds) = renew_at_spread(&api);
+    let (planned_max, planned_seconds) = renew_at_spread(&watched);
     results.insert("planned_renewals_max_per_second", json!(planned_max));
     results.insert("planned_renewals_distinct_seconds", json!(planned_seconds));
 
-    // 2. Restart with every token valid: no token request. The new process's reconciles of
-    // all credentials are awaited through its /metrics.
-    let restart = |generation: u32| {
-        let api = api.clone();
-        let o = o.clone();
-        let dir = dir.path().to_owned();
-        let issuer = issuer.clone();
-        async move {
-            let before_requests = issuer.total();
-            let before_log = api.requests().len();
-            let c = Controller::start(&api, &dir, &o, generation);
-            let t = Instant::now();
-            loop {
-                if c.reconciles().await >= n as u64 {
-                    break;
-                }
-                assert!(t.elapsed() < Duration::from_secs(900), "restart reconciles");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            let log = api.requests()[before_log..].to_vec();
-            let w = (writes(&log), requests_by_verb(&log, 1.0));
-            (c, issuer.total() - before_requests, t.elapsed().as_secs_f64(), w)
-        }
-    };
+    // 2. Restart with every token valid: no token request.
     c1.kill();
-    let (c2, restart_requests, restart_s, restart_writes) = restart(2).await;
+    let (c2, restart_requests, restart_s, phase) = restart(&cluster, &dir, &o, 2, &issuer).await;
     results.insert("restart_token_requests", json!(restart_requests));
     results.insert("restart_time_to_reconcile_all_s", json!(restart_s));
-    results.insert("restart_writes", json!(restart_writes.0));
-    results.insert("restart_requests", json!(restart_writes.1));
+    if on_double {
+        results.insert("restart_writes", json!(writes(&phase.log)));
+    }
+    results.insert("restart_requests", json!(phase.per(&cluster, 1.0)));
+    disagree.insert("restart", json!(phase.disagreements));
     let rss_fresh = c2.rss_kib();
     results.insert("rss_fresh_process_mib", json!(mib(rss_fresh)));
     // The high-water mark of a process that started with every object already there: its
@@ -471,79 +1018,124 @@ async fn main() {
     // 5. Unrelated Secrets: a fresh process with and without them, same credentials.
     let mut controller = c2;
     if o.unrelated > 0 {
-        populate_unrelated(&api, o.unrelated);
+        populate_unrelated(client, &o.namespace, o.unrelated, concurrency).await;
         controller.kill();
-        let (c3, requests, _, _) = restart(3).await;
+        let (c3, requests, _, phase) = restart(&cluster, &dir, &o, 3, &issuer).await;
         let rss_with = c3.rss_kib();
         results.insert("unrelated_secrets", json!(o.unrelated));
         results.insert("rss_fresh_process_with_unrelated_mib", json!(mib(rss_with)));
         results.insert("peak_rss_restart_with_unrelated_mib", json!(mib(c3.peak_rss_kib())));
         results.insert("rss_increase_for_unrelated_mib", json!(mib(rss_with) - mib(rss_fresh)));
         results.insert("restart_token_requests_with_unrelated", json!(requests));
+        disagree.insert("restart_with_unrelated", json!(phase.disagreements));
         controller = c3;
     }
 
-    // 3/4. Steady state: every credential renewed at least once (plus --steady-seconds).
     if o.steady {
-        steady(&api, &o, &issuer, &controller, &mut results).await;
+        // 3/4. Steady state: every credential renewed at least once (plus --steady-seconds).
+        let steady_from = issuer.total();
+        let cpu_from = controller.cpu_seconds();
+        let log_from = cluster.log_len();
+        let metric_from = controller.requests().await;
+        let t = Instant::now();
+        let wave_from = jiff::Timestamp::now().as_second();
+        let min_window = Duration::from_secs(o.steady_seconds);
+        poll_until("a renewal of every credential", Duration::from_secs(o.lifetime * 3 + 900), || {
+            issuer.total() >= steady_from + n as u64 && t.elapsed() >= min_window
+        })
+        .await;
+        // Whole renewals only: their last writes settle before the requests are counted.
+        controller.settle().await;
+        let renewals = issuer.total() - steady_from;
+        let cpu = controller.cpu_seconds() - cpu_from;
+        let phase = Phase::measure(&cluster, &controller, log_from, &metric_from).await;
+        results.insert("requests_per_renewal", json!(phase.per(&cluster, renewals_so_far(&issuer, steady_from))));
+        disagree.insert("steady", json!(phase.disagreements));
+        let wave_to = jiff::Timestamp::now().as_second();
+        results.insert("steady_window_s", json!(t.elapsed().as_secs_f64()));
+        results.insert("renewals_in_window", json!(renewals));
+        results.insert("cpu_s_per_1000_renewals", json!(cpu / renewals as f64 * 1000.0));
+        results.insert("renewal_max_requests_per_second", json!(issuer.max_per_second(wave_from, wave_to)));
+        if on_double {
+            let w = writes(&phase.log);
+            let per = |x: usize| x as f64 / renewals as f64;
+            results.insert(
+                "writes_per_renewal",
+                json!({"state_apply": per(w.state_applies), "target_apply": per(w.target_applies),
+                       "status_patch": per(w.status_patches), "events": per(w.events), "other": per(w.other),
+                       "unchanged": per(w.unchanged)}),
+            );
+        }
+        results.insert("rss_steady_mib", json!(mib(controller.rss_kib())));
+        results.insert("peak_rss_steady_process_mib", json!(mib(controller.peak_rss_kib())));
+
+        // 2. Requests per published token: requests / tokens published (sum of token indices).
+        let mut ratio = 0.0;
+        for _ in 0..25 {
+            let (requests, published) = (issuer.total(), published_tokens(client, &o.namespace).await);
+            ratio = requests as f64 / published as f64;
+            if requests == published {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        results.insert("token_requests_per_published_token", json!(ratio));
     }
     controller.kill();
-    report(&o, results);
-}
-
-async fn steady(
-    api: &ApiServer,
-    o: &Options,
-    issuer: &Issuer,
-    controller: &Controller,
-    results: &mut BTreeMap<&'static str, Value>,
-) {
-    let n = o.credentials;
-    let steady_from = issuer.total();
-    let cpu_from = controller.cpu_seconds();
-    let log_from = api.requests().len();
-    let t = Instant::now();
-    let wave_from = jiff::Timestamp::now().as_second();
-    let min_window = Duration::from_secs(o.steady_seconds);
-    poll_until("a renewal of every credential", Duration::from_secs(o.lifetime * 3 + 900), || {
-        issuer.total() >= steady_from + n as u64 && t.elapsed() >= min_window
-    })
-    .await;
-    let renewals = issuer.total() - steady_from;
-    let cpu = controller.cpu_seconds() - cpu_from;
-    let steady_log = api.requests()[log_from..].to_vec();
-    let w = writes(&steady_log);
-    results.insert("requests_per_renewal", json!(requests_by_verb(&steady_log, renewals_so_far(issuer, steady_from))));
-    let wave_to = jiff::Timestamp::now().as_second();
-    results.insert("steady_window_s", json!(t.elapsed().as_secs_f64()));
-    results.insert("renewals_in_window", json!(renewals));
-    results.insert("cpu_s_per_1000_renewals", json!(cpu / renewals as f64 * 1000.0));
-    results.insert("renewal_max_requests_per_second", json!(issuer.max_per_second(wave_from, wave_to)));
-    let per = |x: usize| x as f64 / renewals as f64;
     results.insert(
-        "writes_per_renewal",
-        json!({"state_apply": per(w.state_applies), "target_apply": per(w.target_applies),
-               "status_patch": per(w.status_patches), "events": per(w.events), "other": per(w.other),
-               "unchanged": per(w.unchanged)}),
+        "request_counts_from",
+        json!(if on_double { "the double's request log" } else { "the controller's /metrics" }),
     );
-    results.insert("rss_steady_mib", json!(mib(controller.rss_kib())));
-    results.insert("peak_rss_steady_process_mib", json!(mib(controller.peak_rss_kib())));
-
-    // 2. Requests per published token: requests / tokens published (sum of token indices).
-    let mut ratio = 0.0;
-    for _ in 0..50 {
-        let (requests, published) = (issuer.total(), published_tokens(api));
-        ratio = requests as f64 / published as f64;
-        if requests == published {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if on_double {
+        // Empty maps: the controller's tokensync_kube_requests_total equals the double's log.
+        results.insert("metrics_vs_double_log_disagreements", json!(disagree));
     }
-    results.insert("token_requests_per_published_token", json!(ratio));
+    results
 }
 
-fn report(o: &Options, results: BTreeMap<&str, Value>) {
-    let n = o.credentials;
+#[tokio::main]
+async fn main() {
+    let mut o = options();
+    let dir = tempfile::tempdir().unwrap();
+    // With its garbage collector on, so that the namespaces deleted at the end go.
+    let _double = if o.kubeconfig_on_double {
+        let api = start_double(true).await;
+        let path = dir.path().join("double-kubeconfig");
+        write_kubeconfig(&api, &path);
+        o.kubeconfig = Some(path);
+        Some(api)
+    } else {
+        None
+    };
+    let cluster = Arc::new(Cluster::connect(&o, dir.path()).await);
+    ensure_crds(&cluster.client).await;
+    let mut created = Vec::new();
+    for ns in [&o.namespace, &o.floor_namespace] {
+        if prepare_namespace(&cluster.client, ns).await {
+            created.push(ns.clone());
+        }
+    }
+    // The run in a task of its own: when it fails (a timeout) or is interrupted (Ctrl-C), the
+    // namespaces it created are still deleted (and the controller, dropped, killed).
+    let mut task = tokio::spawn(run(cluster.clone(), o.clone(), dir.path().to_owned()));
+    let outcome = tokio::select! {
+        outcome = &mut task => Some(outcome),
+        _ = tokio::signal::ctrl_c() => {
+            task.abort();
+            let _ = (&mut task).await;
+            None
+        }
+    };
+    delete_namespaces(&cluster, &created).await;
+    let results = match outcome {
+        Some(Ok(results)) => results,
+        Some(Err(e)) => std::panic::resume_unwind(e.into_panic()),
+        None => {
+            eprintln!("interrupted");
+            std::process::exit(130);
+        }
+    };
+
     let machine = json!({
         "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "cpu": std::fs::read_to_string("/proc/cpuinfo").ok()
@@ -551,8 +1143,14 @@ fn report(o: &Options, results: BTreeMap<&str, Value>) {
         "mem_total_kib": std::fs::read_to_string("/proc/meminfo").ok()
             .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())),
     });
-    let options = json!({"credentials": n, "lifetime_s": o.lifetime, "unrelated": o.unrelated,
+    let api_server = match (&o.kubeconfig, o.kubeconfig_on_double) {
+        (_, true) => "kubeconfig (of the double)",
+        (Some(_), false) => "kubeconfig",
+        (None, _) => "double",
+    };
+    let options = json!({"credentials": o.credentials, "lifetime_s": o.lifetime, "unrelated": o.unrelated,
                          "latency_ms": o.latency_ms, "concurrency": o.concurrency, "steady_seconds": o.steady_seconds,
+                         "api_server": api_server, "namespace": o.namespace, "floor_namespace": o.floor_namespace,
                          "controller_args": o.controller_args, "steady": o.steady});
     if o.json {
         println!(

@@ -39,6 +39,19 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+/// Labels of `tokensync_kube_requests_total`: never a name or a namespace.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KubeRequestLabels {
+    /// get, list, watch, create, update, patch, apply, delete, deletecollection.
+    pub verb: String,
+    /// The plural, with the subresource joined by "/" (`clientcredentials/status`), or
+    /// `nonresource` for discovery and other paths that are not resources.
+    pub resource: String,
+    /// 2xx, 4xx, ... by the answer's status; `error` without an answer, `cancelled` when
+    /// given up (the API timeout) before it came.
+    pub code: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub kind: String,
@@ -65,6 +78,9 @@ pub struct Metrics {
     pub credential_failed_attempts: Family<CredentialLabels, Gauge<i64, AtomicI64>>,
     /// Namespaces of a ClusterClientCredential by state (selected, synced, failed).
     pub cluster_namespaces: Family<ClusterNamespaceLabels, Gauge<i64, AtomicI64>>,
+    /// Kubernetes API requests the controller sent, by verb, resource and answer
+    /// ([`crate::controller::api_requests`]).
+    pub kube_requests: Family<KubeRequestLabels, Counter>,
     /// Completed reconciles, also observable as a stream: tests and the benchmark wait on it
     /// instead of sleeping.
     reconciled: tokio::sync::watch::Sender<u64>,
@@ -127,8 +143,15 @@ impl Default for Metrics {
             "Namespaces of a ClusterClientCredential by state: selected, synced (hold the current token), failed",
             cluster_namespaces.clone(),
         );
+        let kube_requests = Family::<KubeRequestLabels, Counter>::default();
+        registry.register(
+            "kube_requests",
+            "Kubernetes API requests sent, by verb, resource (plural/subresource) and answer (2xx, 4xx, ..., error, cancelled)",
+            kube_requests.clone(),
+        );
         Metrics {
             registry,
+            kube_requests,
             credential_ready,
             credential_degraded,
             credential_failed_attempts,

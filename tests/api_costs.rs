@@ -190,3 +190,100 @@ async fn issuing_many_first_tokens_at_once_costs_one_request_each_and_no_no_op_w
     assert!(secret_gets <= 2 * N, "at most two Secret GETs per first token: {secret_gets} for {N}");
     println!("{N} first tokens: {secret_gets} Secret GETs");
 }
+
+/// `tokensync_kube_requests_total` lines of a /metrics text, as "verb resource code" ->
+/// count.
+fn kube_requests_metric(text: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines().filter_map(|l| l.strip_prefix("tokensync_kube_requests_total{")) {
+        let (labels, value) = line.split_once("} ").expect("a sample line");
+        let label = |key: &str| {
+            labels.split(',').find_map(|kv| kv.strip_prefix(&format!("{key}=\""))?.strip_suffix('"')).unwrap_or("?")
+        };
+        let key = format!("{} {} {}", label("verb"), label("resource"), label("code"));
+        *out.entry(key).or_default() += value.trim().parse::<u64>().expect("a count");
+    }
+    out
+}
+
+/// The same counts from the double's log, for the controller's own requests.
+fn kube_requests_logged(log: &[RequestRecord]) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for r in log.iter().filter(|r| r.client.as_deref() == Some(CONTROLLER_CLIENT)) {
+        let sub = r.subresource.as_deref().map(|s| format!("/{s}")).unwrap_or_default();
+        let verb = format!("{:?}", r.verb).to_lowercase();
+        *out.entry(format!("{verb} {}{sub} {}xx", r.resource, r.code / 100)).or_default() += 1;
+    }
+    out
+}
+
+/// The metric the benchmark reads on a real cluster (where there is no request log) counts
+/// exactly what the API server answered, verb by verb, retried attempts and failures
+/// included; its labels name no object and no namespace.
+#[tokio::test]
+async fn the_kube_requests_metric_counts_what_the_api_server_answered() {
+    let api = api_server().await;
+    let server = issuer(3600).await;
+    // A 503 is retried by the client (each attempt is a request); a 500 on the Secret list
+    // makes the watcher back off and list again.
+    api.inject(Fault::verbs(&[Verb::Get]).resource("secrets").code(503).times(1));
+    api.inject(Fault::verbs(&[Verb::List]).resource("secrets").code(500).times(1));
+    let c = start_counted(&api, args(&[]));
+    for name in ["one", "two"] {
+        credential(&api, name, &server).await;
+    }
+    for name in ["one", "two"] {
+        wait_condition(&api, name, "Ready", ("True", "TokenIssued")).await;
+    }
+    // A new target name: the old target is deleted.
+    let ccs: kube::Api<ClientCredential> = kube::Api::namespaced(api.client(), NS);
+    let patch = json!({"spec": {"target": {"name": "one-renamed"}}});
+    ccs.patch("one", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+    let moved = api
+        .wait_for(
+            |v| v.get::<Secret>(Some(NS), "one").is_none() && v.get::<Secret>(Some(NS), "one-renamed").is_some(),
+            WAIT,
+        )
+        .await;
+    assert!(moved.is_ok(), "the target moved to its new name");
+
+    // The metric is counted when the answer reaches the client, the log when the double
+    // sends it: wait until the two agree.
+    let counted = || {
+        let mut m = kube_requests_metric(&c.metrics.encode());
+        m.remove("get nonresource 2xx"); // /.well-known/openid-configuration: not in the log
+        m
+    };
+    let agreed = tokio::time::timeout(WAIT, async {
+        while counted() != kube_requests_logged(&api.requests()) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let (metric, logged) = (counted(), kube_requests_logged(&api.requests()));
+    assert!(agreed.is_ok(), "the metric counts what the API server logged:\nmetric {metric:#?}\nlog {logged:#?}");
+    for key in [
+        "get secrets 2xx",
+        "get secrets 5xx",
+        "list secrets 2xx",
+        "list secrets 5xx",
+        "watch secrets 2xx",
+        "list clientcredentials 2xx",
+        "watch clientcredentials 2xx",
+        "apply secrets 2xx",
+        "patch clientcredentials/status 2xx",
+        "create events 2xx",
+        "delete secrets 2xx",
+    ] {
+        assert!(metric.get(key).is_some_and(|n| *n > 0), "{key} counted: {metric:#?}");
+    }
+    assert_eq!((metric["get secrets 5xx"], metric["list secrets 5xx"]), (1, 1), "{metric:#?}");
+    println!("requests of two first tokens and a target rename: {metric:#?}");
+    let text = c.metrics.encode();
+    assert!(text.contains("tokensync_kube_requests_total{verb=\"get\",resource=\"nonresource\",code=\"2xx\"} 1"));
+    for line in text.lines().filter(|l| l.starts_with("tokensync_kube_requests_total")) {
+        for word in [NS, "one", "two", "demo"] {
+            assert!(!line.contains(&format!("\"{word}")), "no name or namespace in a label: {line}");
+        }
+    }
+}

@@ -242,7 +242,7 @@ fn replica(
         "--identity",
         id,
     ]);
-    let client = tokensync::controller::api_client(api.config_named(id), args.api_timeout).unwrap();
+    let client = tokensync::controller::api_client(api.config_named(id), args.api_timeout, &metrics).unwrap();
     tokio::spawn(async move {
         let result = tokensync::controller::run_with(client, args, std::future::pending(), metrics).await;
         (Instant::now(), result.map_err(|e| e.to_string()))
@@ -337,7 +337,7 @@ async fn an_api_request_that_hangs_fails_after_the_api_timeout_while_a_quiet_wat
     use kube::api::{Api, WatchEvent, WatchParams};
     let api = api_server().await;
     let timeout = Duration::from_millis(300);
-    let client = tokensync::controller::api_client(api.config_named("replica"), timeout).unwrap();
+    let client = tokensync::controller::api_client(api.config_named("replica"), timeout, &Metrics::default()).unwrap();
     let secrets: Api<Secret> = Api::namespaced(client, NS);
     let rv = api.resource_version().to_string();
     let mut watch = secrets.watch(&WatchParams::default(), &rv).await.unwrap().boxed();

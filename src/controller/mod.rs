@@ -2,6 +2,7 @@
 //! server and leader election. The reconcile pipeline is in [`reconcile`]; the pure pieces
 //! it uses are [`state`], [`target`], [`status`] and [`crate::schedule`].
 
+pub mod api_requests;
 pub mod cluster;
 pub mod context;
 pub mod initial_list;
@@ -135,8 +136,10 @@ impl ControllerArgs {
 /// Runs the controller until SIGTERM/SIGINT (or loss of leadership).
 pub async fn run(args: ControllerArgs) -> anyhow_like::Result<()> {
     let config = kube::Config::infer().await.map_err(|e| format!("cannot configure the Kubernetes client: {e}"))?;
-    let client = api_client(config, args.api_timeout).map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
-    run_with(client, args, shutdown_signal(), Arc::new(Metrics::default())).await
+    let metrics = Arc::new(Metrics::default());
+    let client =
+        api_client(config, args.api_timeout, &metrics).map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
+    run_with(client, args, shutdown_signal(), metrics).await
 }
 
 /// A client whose every request fails unless the API server starts answering it within
@@ -145,8 +148,23 @@ pub async fn run(args: ControllerArgs) -> anyhow_like::Result<()> {
 /// it never ends, and a leader that cannot renew its Lease would never notice. Only the
 /// wait for the response headers is bounded, so watches (a long-running response) are not
 /// cut; the watcher detects a stalled watch by its own idle timeout.
-pub fn api_client(config: kube::Config, timeout: Duration) -> Result<Client, kube::Error> {
-    Ok(kube::client::ClientBuilder::try_from(config)?.with_layer(&tower::timeout::TimeoutLayer::new(timeout)).build())
+///
+/// Every request is counted in `tokensync_kube_requests_total` ([`api_requests`]), each
+/// attempt of a retried one included: kube's own retry (of 429, 503 and 504 answers) sits
+/// inside its stack, where a layer added here cannot see the attempts, so it is turned off
+/// and the same retry policy is put back outside the counting layer (through a buffer, which
+/// makes the stack cloneable as the retry needs; kube documents this stack). The timeout
+/// bounds all attempts together, as it did kube's retry before.
+///
+/// Must be called within a Tokio runtime (the buffer runs as a task).
+pub fn api_client(mut config: kube::Config, timeout: Duration, metrics: &Metrics) -> Result<Client, kube::Error> {
+    config.default_retry = false;
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&api_requests::CountLayer::new(metrics.kube_requests.clone()))
+        .with_layer(&tower::buffer::BufferLayer::new(1024))
+        .with_layer(&tower::retry::RetryLayer::new(kube::client::retry::RetryPolicy::server_retry()))
+        .with_layer(&tower::timeout::TimeoutLayer::new(timeout))
+        .build())
 }
 
 /// [`run`] with a given client, shutdown trigger and metrics: the whole operator, admin

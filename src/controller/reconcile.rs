@@ -658,7 +658,7 @@ pub(super) async fn apply_target(secrets: &Api<Secret>, desired: &Secret) -> Res
 /// Server-side apply under tokensync's field manager. `force`: tokensync is the only
 /// writer of these fields; a conflicting manager (someone editing the Secret by hand) loses,
 /// which is how an edited value is restored. Returns the object as stored.
-pub(super) async fn apply(secrets: &Api<Secret>, secret: &Secret) -> Result<Secret, Error> {
+pub async fn apply(secrets: &Api<Secret>, secret: &Secret) -> Result<Secret, Error> {
     let mut secret = secret.clone();
     secret.metadata.managed_fields = None;
     let body = serde_json::json!({

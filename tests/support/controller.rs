@@ -64,8 +64,23 @@ impl Drop for Running {
 }
 
 pub fn start(api: &ApiServer, args: ControllerArgs) -> Running {
-    let client = api.client();
+    start_with(api.client(), args, Arc::new(Metrics::default()))
+}
+
+/// Name of the controller's client in the double's request log ([`start_counted`]).
+pub const CONTROLLER_CLIENT: &str = "controller";
+
+/// Like [`start`], with the client the shipped binary uses
+/// ([`tokensync::controller::api_client`]: API timeout, retries, request counting), whose
+/// requests the double logs as [`CONTROLLER_CLIENT`]'s.
+pub fn start_counted(api: &ApiServer, args: ControllerArgs) -> Running {
     let metrics = Arc::new(Metrics::default());
+    let client =
+        tokensync::controller::api_client(api.config_named(CONTROLLER_CLIENT), args.api_timeout, &metrics).unwrap();
+    start_with(client, args, metrics)
+}
+
+fn start_with(client: kube::Client, args: ControllerArgs, metrics: Arc<Metrics>) -> Running {
     let ready = Arc::new(AtomicBool::new(false));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = futures::FutureExt::shared(async move {

@@ -390,19 +390,30 @@ impl Store {
     /// The objects of a resource as of `at` (exact, within the history window) or now.
     pub fn snapshot(&self, rt: &ResourceType, at: Option<u64>) -> Result<BTreeMap<Key, Value>, ApiError> {
         let mine = |k: &Key| k.group == rt.group && k.plural == rt.plural;
-        let mut objs: BTreeMap<Key, Value> =
-            self.objects.iter().filter(|(k, _)| mine(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let objs = self.snapshot_refs(&mine, at)?;
+        Ok(objs.into_iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    /// The objects whose keys are `in_scope`, as of `at` or now, borrowed: a list page clones
+    /// only the objects it returns, and objects of other namespaces cost it nothing but a
+    /// key comparison (as in the real server, whose reads are by key prefix).
+    fn snapshot_refs<'a>(
+        &'a self,
+        in_scope: &dyn Fn(&Key) -> bool,
+        at: Option<u64>,
+    ) -> Result<BTreeMap<&'a Key, &'a Value>, ApiError> {
+        let mut objs: BTreeMap<&Key, &Value> = self.objects.iter().filter(|(k, _)| in_scope(k)).collect();
         if let Some(target) = at {
             if target < self.evicted_rv {
                 return Err(ApiError::expired(format!("too old resource version: {target} ({})", self.evicted_rv)));
             }
-            for ev in self.history.iter().rev().take_while(|e| e.rv > target).filter(|e| mine(&e.key)) {
+            for ev in self.history.iter().rev().take_while(|e| e.rv > target).filter(|e| in_scope(&e.key)) {
                 match (&ev.etype, &ev.prev) {
                     (EventType::Added, _) => {
                         objs.remove(&ev.key);
                     }
                     (_, Some(prev)) => {
-                        objs.insert(ev.key.clone(), prev.clone());
+                        objs.insert(&ev.key, prev);
                     }
                     (_, None) => {}
                 }
@@ -442,33 +453,23 @@ impl Store {
                 }
             }
         };
+        let in_scope =
+            |k: &Key| k.group == rt.group && k.plural == rt.plural && namespace.is_none_or(|ns| k.namespace == ns);
         let (at, snapshot) = match self.cache_serves(q) {
             // The watch cache ignores `limit` for these reads: the whole list in one page.
-            Some(cache) => (
-                cache.rv,
-                cache
-                    .objects
-                    .iter()
-                    .filter(|(k, _)| k.group == rt.group && k.plural == rt.plural)
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            ),
-            None => (at, self.snapshot(rt, Some(at).filter(|&a| a != self.rv))?),
+            Some(cache) => (cache.rv, cache.objects.iter().filter(|(k, _)| in_scope(k)).collect()),
+            None => (at, self.snapshot_refs(&in_scope, Some(at).filter(|&a| a != self.rv))?),
         };
         let limit =
             if self.cache_serves(q).is_some() { usize::MAX } else { q.limit.filter(|&l| l > 0).unwrap_or(usize::MAX) };
         let selecting = !q.labels.0.is_empty() || !q.fields.0.is_empty();
-        let matching: Vec<(Key, Value)> = snapshot
-            .into_iter()
-            .filter(|(k, v)| {
-                namespace.is_none_or(|ns| k.namespace == ns)
-                    && start.as_ref().is_none_or(|s| format!("{}/{}", k.namespace, k.name) > *s)
-                    && q.labels.matches(v)
-                    && q.fields.matches(v)
-            })
-            .collect();
-        let remaining = matching.len().saturating_sub(limit);
-        let page: Vec<(Key, Value)> = matching.into_iter().take(limit).collect();
+        let mut matching = snapshot.into_iter().filter(|(k, v)| {
+            start.as_ref().is_none_or(|s| format!("{}/{}", k.namespace, k.name) > *s)
+                && q.labels.matches(v)
+                && q.fields.matches(v)
+        });
+        let page: Vec<(&Key, &Value)> = matching.by_ref().take(limit).collect();
+        let remaining = matching.count();
         let (cont, remaining_count) = match page.last() {
             Some((k, _)) if remaining > 0 => {
                 let token = json!({"v": "meta.k8s.io/v1", "rv": at, "start": format!("{}/{}", k.namespace, k.name)});
@@ -476,7 +477,7 @@ impl Store {
             }
             _ => (None, None),
         };
-        let items = page.into_iter().map(|(_, v)| v).collect();
+        let items = page.into_iter().map(|(_, v)| v.clone()).collect();
         Ok(ListPage { items, resource_version: at, continue_token: cont, remaining: remaining_count })
     }
 
