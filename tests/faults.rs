@@ -617,6 +617,23 @@ async fn acted_on_promptly(api: &ApiServer, what: &str, condition: impl FnMut(&s
     }
 }
 
+/// After an API server restart, with credential "a" holding token-1: a deleted target is
+/// restored without a request, a renewal request gives one renewal, and a new credential
+/// becomes Ready, each within [`PROMPTLY`].
+async fn changes_are_acted_on_promptly(api: &ApiServer, issuer: &Issuer) {
+    api.delete::<Secret>(Some(NS), "a").unwrap();
+    acted_on_promptly(api, "a deleted target Secret", |v| view_token(v, "a").as_deref() == Some("token-1")).await;
+    renew_now(api, "a", "after-restart").await;
+    acted_on_promptly(api, "a renewal request", |v| view_token(v, "a").as_deref() == Some("token-2")).await;
+    create_cc(api, "b", &issuer.url()).await;
+    acted_on_promptly(api, "a new ClientCredential", |v| {
+        view_token(v, "b").is_some()
+            && view_status(v, "b").is_some_and(|s| cond(&s, "Ready") == ("True".into(), "TokenIssued".into()))
+    })
+    .await;
+    assert_eq!(issuer.issued(), 3, "token-1 restored without a request, one for the renewal, one for b");
+}
+
 /// After a restart, a real API server's watch cache can answer a `resourceVersion=0` list
 /// with a version older than the one the restarted server refuses watches at: a watcher
 /// that relists that way after a 410 is refused again, and again, and sees no change.
@@ -634,19 +651,7 @@ async fn after_an_api_server_restart_with_a_lagging_watch_cache_changes_are_acte
     create_secret(&api, source_secret("unrelated", &[("k", "v")])).await;
     api.restart_with_lagging_cache(lag_at);
 
-    api.delete::<Secret>(Some(NS), "a").unwrap();
-    acted_on_promptly(&api, "a deleted target Secret", |v| view_token(v, "a").as_deref() == Some("token-1")).await;
-
-    renew_now(&api, "a", "after-restart").await;
-    acted_on_promptly(&api, "a renewal request", |v| view_token(v, "a").as_deref() == Some("token-2")).await;
-
-    create_cc(&api, "b", &issuer.url()).await;
-    acted_on_promptly(&api, "a new ClientCredential", |v| {
-        view_token(v, "b").is_some()
-            && view_status(v, "b").is_some_and(|s| cond(&s, "Ready") == ("True".into(), "TokenIssued".into()))
-    })
-    .await;
-    assert_eq!(issuer.issued(), 3, "token-1 restored without a request, one for the renewal, one for b");
+    changes_are_acted_on_promptly(&api, &issuer).await;
 }
 
 /// `--initial-list=streaming`: each watcher gets the state from one watch-list, no LIST.
@@ -682,17 +687,7 @@ async fn with_streaming_lists_a_restart_lists_and_writes_nothing_and_survives_an
     // The API server restarts: open watches end and resuming from their version gets 410.
     let watches = api.count(Verb::Watch, "clientcredentials", None);
     api.restart();
-    api.delete::<Secret>(Some(NS), "a").unwrap();
-    acted_on_promptly(&api, "a deleted target Secret", |v| view_token(v, "a").as_deref() == Some("token-1")).await;
-    renew_now(&api, "a", "after-restart").await;
-    acted_on_promptly(&api, "a renewal request", |v| view_token(v, "a").as_deref() == Some("token-2")).await;
-    create_cc(&api, "b", &issuer.url()).await;
-    acted_on_promptly(&api, "a new ClientCredential", |v| {
-        view_token(v, "b").is_some()
-            && view_status(v, "b").is_some_and(|s| cond(&s, "Ready") == ("True".into(), "TokenIssued".into()))
-    })
-    .await;
-    assert_eq!(issuer.issued(), 3, "token-1 restored without a request, one for the renewal, one for b");
+    changes_are_acted_on_promptly(&api, &issuer).await;
     let log = api.requests();
     assert!(api.count(Verb::Watch, "clientcredentials", None) > watches, "the watchers watched again");
     assert!(!log.iter().any(|r| r.verb == Verb::List), "still no list request");
