@@ -72,14 +72,14 @@ pub struct ClientCredentialSpec {
     /// Exactly one of tokenEndpoint and issuer must be set. Plain http is refused unless the
     /// operator runs with --allow-http.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 2048), regex(pattern = r"^https?://\S+$"))]
+    #[schemars(length(max = 2048), regex(pattern = r"^https?://[^\s/?#@]+([/?#]\S*)?$"))]
     pub token_endpoint: Option<String>,
 
     /// OpenID Connect issuer URL. The token endpoint is read from
     /// <issuer>/.well-known/openid-configuration, whose "issuer" must equal this value exactly.
     /// Exactly one of tokenEndpoint and issuer must be set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 2048), regex(pattern = r"^https?://\S+$"))]
+    #[schemars(length(max = 2048), regex(pattern = r"^https?://[^\s/?#@]+([/?#]\S*)?$"))]
     pub issuer: Option<String>,
 
     /// OAuth2 grant used to obtain tokens. client_credentials (RFC 6749 4.4, the default);
@@ -369,7 +369,7 @@ fn default_client_secret_key() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct RefreshEndpoint {
     /// URL of the refresh endpoint.
-    #[schemars(length(max = 2048), regex(pattern = r"^https?://\S+$"))]
+    #[schemars(length(max = 2048), regex(pattern = r"^https?://[^\s/?#@]+([/?#]\S*)?$"))]
     pub url: String,
 
     /// Body encoding for refresh requests. Default: the same as spec.requestEncoding.
@@ -526,7 +526,7 @@ fn default_tls_key_key() -> String {
 pub struct VerifySettings {
     /// URL called with GET and "Authorization: <token_type> <access_token>", e.g. Chalk's
     /// https://api.chalk.ai/v1/who-am-i. Any 2xx answer accepts the token.
-    #[schemars(length(max = 2048), regex(pattern = r"^https?://\S+$"))]
+    #[schemars(length(max = 2048), regex(pattern = r"^https?://[^\s/?#@]+([/?#]\S*)?$"))]
     pub url: String,
 }
 
@@ -566,6 +566,7 @@ pub struct TargetSecret {
     /// b64encode and tojson. Example: Authorization: "Bearer {{ access_token }}".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("maxProperties" = 32))]
+    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[-._a-zA-Z0-9]+$'))").message("template keys must be valid Secret keys: letters, digits, '-', '_' and '.'"))]
     pub template: Option<BTreeMap<String, String>>,
 
     /// What happens to the target Secret when the ClientCredential is deleted or

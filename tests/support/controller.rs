@@ -80,7 +80,8 @@ pub fn start_counted(api: &ApiServer, args: ControllerArgs) -> Running {
     start_with(client, args, metrics)
 }
 
-fn start_with(client: kube::Client, args: ControllerArgs, metrics: Arc<Metrics>) -> Running {
+/// Runs the controllers with `client` in-process.
+pub fn start_with(client: kube::Client, args: ControllerArgs, metrics: Arc<Metrics>) -> Running {
     let ready = Arc::new(AtomicBool::new(false));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = futures::FutureExt::shared(async move {
@@ -137,6 +138,12 @@ impl Cc {
 
     pub fn spec(mut self, patch: Value) -> Cc {
         merge(&mut self.0["spec"], patch);
+        self
+    }
+
+    /// In namespace `ns` instead of [`NS`].
+    pub fn namespace(mut self, ns: &str) -> Cc {
+        self.0["metadata"]["namespace"] = ns.into();
         self
     }
 

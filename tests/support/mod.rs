@@ -5,4 +5,6 @@
 
 pub mod apiserver;
 pub mod child_server;
+pub mod control_plane;
 pub mod controller;
+pub mod real;
