@@ -249,6 +249,22 @@ pub fn renewal_requested(annotation: Option<&str>, handled: Option<&str>, stored
         .is_some_and(|value| Some(value) != handled && Some(value) != stored.and_then(|s| s.renewal_request.as_deref()))
 }
 
+/// The renew-requested-at value status records as handled: `handled`, or the current
+/// `annotation` when the stored token answered it. The reconcile that requested that token
+/// may not have recorded it: its state write failed (the API server was down) and a later
+/// reconcile wrote the token it kept in memory.
+pub fn handled_request(
+    annotation: Option<&str>,
+    handled: Option<&str>,
+    stored: Option<&StoredToken>,
+) -> Option<String> {
+    let answered = stored.and_then(|s| s.renewal_request.as_deref());
+    match annotation {
+        Some(value) if Some(value) == answered => Some(value.to_owned()),
+        _ => handled.map(str::to_owned),
+    }
+}
+
 /// One token request with the refresh token held in `stored` (if any), timed and counted
 /// in `metrics`. `federated_token`: the ServiceAccount token obtained for this one request
 /// ([`Prepared::service_account`]); it is used and dropped, never stored. Returns the state

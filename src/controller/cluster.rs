@@ -265,7 +265,11 @@ async fn run_pipeline(
         failed_inputs: (record.attempts > 0)
             .then(|| record.inputs.clone().or_else(|| prepared.as_ref().ok().map(|p| p.attempt_inputs.clone())))
             .flatten(),
-        handled_renewal_request: handled_request,
+        handled_renewal_request: token_state::handled_request(
+            renew_annotation.as_deref(),
+            handled_request.as_deref(),
+            stored.as_ref(),
+        ),
         target_secret_name: target_name,
         service_account: prepared.as_ref().ok().and_then(super::service_account::status_of),
     };

@@ -124,6 +124,25 @@ impl WriteMemo {
         }
     }
 
+    /// The watch delivered `key` at `version`: once it is the version our last write
+    /// produced, the cache has shown that write, and whatever it shows later is newer.
+    pub fn observed(&self, key: &Written, version: Option<&str>) {
+        if let Some(w) = self.lock().get_mut(key)
+            && version.is_some()
+            && w.produced.as_deref() == version
+        {
+            w.seen = true;
+        }
+    }
+
+    /// True when this process wrote `key`, and the watch has not delivered that write yet
+    /// ([`Self::observed`]) while the cache shows another version: an older one (the watch
+    /// lags, or is down and not relisted yet after an API server outage), or one another
+    /// writer made after ours, which cannot be told apart without reading.
+    pub fn unseen_write(&self, key: &Written, cached_version: Option<&str>) -> bool {
+        self.lock().get(key).is_some_and(|w| !w.seen && w.produced.as_deref() != cached_version)
+    }
+
     /// True when the cache shows `key` at the version our last write of it replaced: the
     /// cache lags behind that write.
     pub fn lags(&self, key: &Written, cached_version: Option<&str>) -> bool {

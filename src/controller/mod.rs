@@ -15,6 +15,7 @@ pub mod sources;
 pub mod state;
 pub mod status;
 pub mod target;
+pub mod watch_backoff;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +42,7 @@ use context::{Context, Policy};
 pub use initial_list::InitialList;
 use managed::ManagedCache;
 use sources::{SecretRef, SourceCache, SourceIndex};
+use watch_backoff::RetryPromptly;
 
 /// Flags of `tokensync controller`.
 #[derive(Args, Debug, Clone)]
@@ -402,10 +404,11 @@ pub fn controller_for_scope(
     let echoes = ctx.clone();
     let cc_stream = reflector::reflector(cc_writer, watcher(ccs, list.config()).modify(slim))
         .inspect_ok(cc_synced.on_list())
-        .default_backoff();
+        .retry_promptly();
     let cc_stream = changes_but_our_own(cc_stream, move |cc: &ClientCredential| {
         indexer.update(cc);
         let key = context::Written::Status(cc.metadata.uid.clone().unwrap_or_default());
+        echoes.written.observed(&key, cc.metadata.resource_version.as_deref());
         echoes.written.is_own_write(&key, cc.metadata.resource_version.as_deref())
     });
 
@@ -415,7 +418,7 @@ pub fn controller_for_scope(
     let managed_stream = watcher(secrets.clone(), managed_config)
         .inspect_ok(move |event| cache.apply(event))
         .inspect_ok(managed_synced.on_list())
-        .default_backoff();
+        .retry_promptly();
     let (memo_ctx, cached) = (ctx.clone(), managed.clone());
     let managed_stream = changes_but_our_own(managed_stream, move |secret: &Secret| {
         let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
@@ -426,7 +429,7 @@ pub fn controller_for_scope(
 
     // Every other Secret, metadata only: enough to notice a change of a source Secret
     // without holding any Secret's data in memory. Nothing is cached.
-    let source_stream = watcher(secret_metadata, list.config()).default_backoff().touched_objects();
+    let source_stream = watcher(secret_metadata, list.config()).retry_promptly().touched_objects();
 
     let sources = index.clone();
     let controller = Controller::for_stream(cc_stream, cc_reader.clone())
@@ -466,7 +469,7 @@ pub fn cluster_controller(
     let (ccc_synced, ccc_listed) = Synced::new();
     let ccc_stream = reflector::reflector(ccc_writer, watcher(cccs, list.config()).modify(slim))
         .inspect_ok(ccc_synced.on_list())
-        .default_backoff()
+        .retry_promptly()
         .touched_objects();
 
     let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
@@ -474,7 +477,7 @@ pub fn cluster_controller(
     let (ns_synced, ns_listed) = Synced::new();
     let ns_stream = reflector::reflector(ns_writer, watcher(namespaces, list.config()).modify(slim))
         .inspect_ok(ns_synced.on_list())
-        .default_backoff()
+        .retry_promptly()
         .touched_objects();
 
     // Its state Secrets and copies, cached whole; every other Secret metadata only.
@@ -487,10 +490,10 @@ pub fn cluster_controller(
     let managed_stream = watcher(secrets, copies_config)
         .inspect_ok(move |event| cache.apply(event))
         .inspect_ok(managed_synced.on_list())
-        .default_backoff()
+        .retry_promptly()
         .touched_objects();
 
-    let source_stream = watcher(secret_metadata, list.config()).default_backoff().touched_objects();
+    let source_stream = watcher(secret_metadata, list.config()).retry_promptly().touched_objects();
 
     let source_cache = Arc::new(SourceCache::default());
     // Reconciles need the copies and the namespaces listed; readiness needs all three.
@@ -537,7 +540,7 @@ pub fn cluster_controller(
 }
 
 /// The Controller's own backoff on its merged watch streams: none. Each watcher already
-/// backs off on its own (`default_backoff`), while kube's default trigger backoff is one
+/// backs off on its own ([`watch_backoff`]), while kube's default trigger backoff is one
 /// for all of them, grows with every watch error and is reset only by an object: while it
 /// sleeps no watch is polled. Watch errors without objects in between (a watch resumed after
 /// an API server restart gets 410, then a watch-list gets 410 too) stalled every watch for

@@ -234,9 +234,11 @@ impl Run {
         // - the state Secret (the published token and refresh token), when this process wrote
         //   it and the cache does not show it exactly as that write left it;
         // - the ClientCredential (its status holds the failure record and the handled renewal
-        //   request), when the cache still shows the version our own last status write
-        //   replaced: a status patch computed from it would fail with 409, but only after the
-        //   request was spent.
+        //   request), when the watch has not delivered our own last status write: the cache
+        //   may show the version that write replaced (a status patch computed from it would
+        //   fail with 409, but only after the request was spent) or an older one still (after
+        //   an API server outage the watch relists seconds later, while other watches already
+        //   trigger reconciles: a renewal request handled since looked new, issue 26).
         // After a restart or a leader change nothing is remembered, and nothing needs to be:
         // reconciles start only once the caches have synced, from a consistent list made
         // after this replica started leading, and only the leader writes state Secrets. So
@@ -245,8 +247,10 @@ impl Run {
         let cached_state = cached(&self.ctx, &self.namespace(), &self.state_name);
         let state_version = cached_state.as_ref().and_then(|s| s.resource_version.clone());
         let read_state = self.ctx.written.cache_behind(&self.state_key(), state_version.as_deref());
-        let read_credential =
-            !self.confirmed && self.ctx.written.lags(&self.status_key(), self.cc.metadata.resource_version.as_deref());
+        let cc_version = self.cc.metadata.resource_version.as_deref();
+        let read_credential = !self.confirmed
+            && (self.ctx.written.lags(&self.status_key(), cc_version)
+                || self.ctx.written.unseen_write(&self.status_key(), cc_version));
         let state = async {
             match read_state {
                 true => self.secrets.get_opt(&self.state_name).await.map(Some).map_err(Error::from),
@@ -491,7 +495,11 @@ impl Run {
             failed_inputs: (record.attempts > 0)
                 .then(|| record.inputs.clone().or_else(|| prep.map(|p| p.attempt_inputs.clone())))
                 .flatten(),
-            handled_renewal_request: self.handled_request.clone(),
+            handled_renewal_request: token_state::handled_request(
+                self.renew_annotation.as_deref(),
+                self.handled_request.as_deref(),
+                self.stored.as_ref(),
+            ),
             target_secret_name: self.target_name.clone(),
             service_account: prep.and_then(super::service_account::status_of),
         };

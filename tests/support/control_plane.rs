@@ -224,7 +224,8 @@ impl ControlPlane {
         namespaces.create(&PostParams::default(), &ns).await.expect("create a test namespace").metadata.name.unwrap()
     }
 
-    /// SIGTERM to kube-apiserver; returns once it has exited. etcd keeps running.
+    /// SIGTERM to kube-apiserver (SIGKILL after 3 s: it stops listening at once, then drains
+    /// open watches for up to 60 s); returns once it has exited. etcd keeps running.
     pub async fn stop_apiserver(&self) {
         self.command("stop apiserver").await;
     }

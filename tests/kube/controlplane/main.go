@@ -7,7 +7,7 @@
 // plane is ready, then reads commands from stdin, one a line, and answers each with one JSON
 // line ({"ok":true,...} or {"ok":false,"error":"..."}):
 //
-//	stop apiserver | start apiserver      SIGTERM, wait; start on the same port and etcd
+//	stop apiserver | start apiserver      SIGTERM, SIGKILL after 3 s; start on the same port and etcd
 //	stop etcd | start etcd                the same for etcd (same data directory)
 //	user NAME [GROUP,GROUP...]            a kubeconfig for a client certificate user
 //
@@ -506,13 +506,16 @@ func (c *plane) command(line string) map[string]any {
 	}
 	switch {
 	case len(fields) == 2 && fields[0] == "stop" && fields[1] == "apiserver":
-		c.apiserver.stop(30 * time.Second)
+		// kube-apiserver stops listening at once on SIGTERM, then waits up to 60 s for open
+		// connections (watches) to close: as a kubelet with a short grace period would, kill
+		// it after 3 s so that it is down, not draining, when this returns.
+		c.apiserver.stop(3 * time.Second)
 	case len(fields) == 2 && fields[0] == "start" && fields[1] == "apiserver":
 		if err := c.startAPIServer(); err != nil {
 			return fail(err)
 		}
 	case len(fields) == 2 && fields[0] == "stop" && fields[1] == "etcd":
-		c.etcd.stop(30 * time.Second)
+		c.etcd.stop(10 * time.Second)
 	case len(fields) == 2 && fields[0] == "start" && fields[1] == "etcd":
 		if err := c.startEtcd(); err != nil {
 			return fail(err)
