@@ -466,7 +466,7 @@ fn the_dockerfile_copies_every_directory_cargo_needs_to_read_the_manifest() {
 
 #[test]
 fn the_cluster_credentials_overlay_grants_exactly_what_the_cluster_controller_adds_and_enables_it() {
-    let dir = "deploy/manifests/cluster-credentials";
+    let dir = "deploy/cluster-credentials";
     let objects = deploy::parse(&deploy::read(format!("{dir}/cluster-credentials.yaml")), dir);
     let role = objects
         .iter()
@@ -487,7 +487,7 @@ fn the_cluster_credentials_overlay_grants_exactly_what_the_cluster_controller_ad
     // turns the controller on.
     let kustomization: serde_json::Value =
         serde_saphyr::from_str(&deploy::read(format!("{dir}/kustomization.yaml"))).unwrap();
-    assert_eq!(kustomization["resources"], serde_json::json!(["../", "cluster-credentials.yaml"]));
+    assert_eq!(kustomization["resources"], serde_json::json!(["../manifests", "cluster-credentials.yaml"]));
     let patch = kustomization["patches"][0]["patch"].as_str().unwrap();
     assert!(patch.contains("value: --cluster-credentials") && patch.contains("/containers/0/args/-"), "{patch}");
     assert!(controller_help().contains("--cluster-credentials"));

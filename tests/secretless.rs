@@ -1,20 +1,36 @@
-//! Secretless credentials under the controller: a Kubernetes ServiceAccount token stands
-//! where a client secret stood. The API server double issues real RS256 ServiceAccount
-//! tokens (TokenRequest) and publishes its issuer's discovery document and keys; the token
-//! servers are emulators of Microsoft Entra ID and Google STS and an RFC 7523 endpoint that
-//! verify each token against those keys, as the real identity providers do.
+//! Secretless credentials under the controller: a Kubernetes ServiceAccount token stands where
+//! a client secret stood.
+//!
+//! On a real control plane (tests/support/control_plane.rs), each test in a namespace of its
+//! own: the real kube-apiserver issues the ServiceAccount tokens (TokenRequest) and publishes
+//! its issuer's discovery document and keys, made public as Kubernetes documents for issuers
+//! that others verify (tests/service_accounts). The token servers are emulators of Microsoft
+//! Entra ID and Google STS and an RFC 7523 endpoint (tests/federation) that verify each token
+//! against those keys, fetched anonymously through discovery trusting only the control
+//! plane's CA, as the real identity providers do.
+//!
+//! On the API server double (support::apiserver), what a real server cannot stage:
+//! - a ClientCredential naming a ServiceAccount in another namespace: the real server's
+//!   admission (the CRD's CEL rule) refuses it, so only the double, which runs no CEL, shows
+//!   the controller's own validation holding when admission did not run;
+//! - the double's own TokenRequest: the same checks run against the real server and the
+//!   double ([`assert_token_request_contract`]), so the double the other suites use stays
+//!   faithful.
 
 mod federation;
+mod service_accounts;
 mod support;
 mod token_server;
 
+use jsonwebtoken::jwk::JwkSet;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
-use support::apiserver::{ApiServer, Verb};
-use support::controller::*;
-use tokensync::api::{ClientCredential, ServiceAccountStatus};
+use support::controller::{Cc, NS, Running, args};
+use support::real::{Env, decoded, kube_requests};
+use token_server::TokenServer;
+use tokensync::api::ServiceAccountStatus;
 
 const TENANT: &str = "7f3c0e1a-0000-4000-8000-000000000001";
 const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
@@ -23,13 +39,12 @@ const GOOGLE_PROVIDER: &str =
 const GOOGLE_AUDIENCE: &str =
     "https://iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/tokensync/providers/test";
 
-async fn service_account(api: &ApiServer, name: &str, allowed: Option<&str>) {
-    let mut sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": NS}});
+fn service_account_json(name: &str, allowed: Option<&str>) -> ServiceAccount {
+    let mut sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}});
     if let Some(a) = allowed {
         sa["metadata"]["annotations"] = json!({"tokensync.io/allowed-audiences": a});
     }
-    let sas: Api<ServiceAccount> = Api::namespaced(api.client(), NS);
-    sas.create(&PostParams::default(), &serde_json::from_value(sa).unwrap()).await.unwrap();
+    serde_json::from_value(sa).unwrap()
 }
 
 /// A ClientCredential with no Secret at all: inline client id, a ServiceAccount.
@@ -46,36 +61,85 @@ fn entra_spec(sa: &str) -> Value {
     })
 }
 
-fn token_requests(api: &ApiServer) -> usize {
-    api.count(Verb::Create, "serviceaccounts", Some("token"))
+fn claims(jwt: &str) -> Value {
+    federation::peek(jwt).expect("a JWT")
 }
 
-async fn entra(api: &ApiServer, subject_sa: &str) -> token_server::TokenServer {
+// ---- On the real control plane ------------------------------------------------------------
+
+/// A namespace on the real control plane, with its issuer made public, and the issuer's keys
+/// as an identity provider fetched them.
+async fn real() -> (Env, JwkSet) {
+    let env = Env::new("secretless").await;
+    service_accounts::make_public(&env.client).await;
+    let jwks = service_accounts::jwks(&env.plane).await;
+    (env, jwks)
+}
+
+async fn service_account(env: &Env, name: &str, allowed: Option<&str>) -> ServiceAccount {
+    env.api::<ServiceAccount>().create(&PostParams::default(), &service_account_json(name, allowed)).await.unwrap()
+}
+
+fn subject(env: &Env, sa: &str) -> String {
+    format!("system:serviceaccount:{}:{sa}", env.ns)
+}
+
+/// Entra trusting the real issuer for ServiceAccount `subject_sa` of the test's namespace.
+async fn entra(env: &Env, jwks: &JwkSet, subject_sa: &str) -> TokenServer {
     let fic = federation::FederatedCredential {
         client_id: CLIENT_ID.into(),
-        issuer: api.service_account_issuer(),
-        subject: format!("system:serviceaccount:{NS}:{subject_sa}"),
+        issuer: env.plane.issuer().into(),
+        subject: subject(env, subject_sa),
         audience: federation::entra::AUDIENCE.into(),
     };
-    federation::entra::start(TENANT, &api.service_account_issuer(), vec![fic]).await
+    federation::entra::start_trusting(TENANT, jwks.clone(), vec![fic]).await
 }
 
-/// Nothing tokensync persisted or reported holds a ServiceAccount token it was issued.
-fn assert_no_service_account_token_anywhere(api: &ApiServer) {
-    let issued = api.issued_service_account_tokens();
-    assert!(!issued.is_empty(), "tokens were issued");
+fn entra_endpoint(idp: &TokenServer) -> String {
+    idp.url(&format!("/{TENANT}/oauth2/v2.0/token"))
+}
+
+/// TokenRequests the controller sent (any answer).
+fn token_requests(controller: &Running) -> u64 {
+    kube_requests(&controller.metrics, "create", "serviceaccounts/token")
+}
+
+/// The ServiceAccount tokens an identity provider was presented, under `param`.
+fn presented(idp: &TokenServer, param: &str) -> Vec<String> {
+    idp.requests().iter().map(|r| r.params().get(param).cloned().expect("the token was presented")).collect()
+}
+
+/// Each token is one the real API server issued: its signature verifies against the
+/// issuer's keys, for `audience`, with the shortest lifetime the API server allows.
+fn assert_issued_by_the_api_server(env: &Env, jwks: &JwkSet, tokens: &[String], sa: &str, audience: &str) {
+    for token in tokens {
+        let claims = federation::verify(token, jwks, env.plane.issuer(), audience).expect("a genuine token");
+        assert_eq!(claims["sub"], json!(subject(env, sa)));
+        assert_eq!(claims["aud"], json!([audience]));
+        assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 600);
+    }
+}
+
+/// Nothing tokensync persisted or reported in the namespace holds one of `tokens`: not a
+/// Secret (values decoded), a ClientCredential (status included) or an Event of either API.
+async fn assert_no_service_account_token_anywhere(env: &Env, tokens: &[String]) {
+    assert!(!tokens.is_empty(), "tokens were issued");
+    let lp = ListParams::default();
     let mut text = String::new();
-    for kind in ["secrets", "clientcredentials.tokensync.io", "events.events.k8s.io", "events"] {
-        for o in api.list_json(kind, None) {
-            text.push_str(&o.to_string());
-        }
+    for s in env.secrets().list(&lp).await.unwrap() {
+        text.push_str(&serde_json::to_string(&s).unwrap());
+        text.extend(decoded(&s).into_values());
     }
-    for s in api.list::<Secret>(None) {
-        for v in s.data.unwrap_or_default().values() {
-            text.push_str(&String::from_utf8_lossy(&v.0));
-        }
+    for cc in env.ccs().list(&lp).await.unwrap() {
+        text.push_str(&serde_json::to_string(&cc).unwrap());
     }
-    for token in issued {
+    for e in env.api::<k8s_openapi::api::events::v1::Event>().list(&lp).await.unwrap() {
+        text.push_str(&serde_json::to_string(&e).unwrap());
+    }
+    for e in env.api::<k8s_openapi::api::core::v1::Event>().list(&lp).await.unwrap() {
+        text.push_str(&serde_json::to_string(&e).unwrap());
+    }
+    for token in tokens {
         let signature = token.rsplit('.').next().unwrap();
         assert!(!text.contains(signature), "a ServiceAccount token was stored or reported");
     }
@@ -83,78 +147,73 @@ fn assert_no_service_account_token_anywhere(api: &ApiServer) {
 
 #[tokio::test]
 async fn an_entra_federated_credential_without_any_secret_becomes_ready_and_shows_its_service_account() {
-    let api = api_server().await;
-    service_account(&api, "orders", Some(federation::entra::AUDIENCE)).await;
-    let idp = entra(&api, "orders").await;
-    let endpoint = idp.url(&format!("/{TENANT}/oauth2/v2.0/token"));
-    let _controller = start(&api, args(&[]));
-    secretless("graph", &endpoint, entra_spec("orders")).create(&api).await;
+    let (env, jwks) = real().await;
+    service_account(&env, "orders", Some(federation::entra::AUDIENCE)).await;
+    let idp = entra(&env, &jwks, "orders").await;
+    let controller = env.start(args(&[])).await;
+    env.create_cc(secretless("graph", &entra_endpoint(&idp), entra_spec("orders"))).await;
 
-    wait_condition(&api, "graph", "Ready", ("True", "TokenIssued")).await;
+    env.wait_condition("graph", "Ready", ("True", "TokenIssued")).await;
     assert_eq!(
-        secret_data(&api, "graph").unwrap()["access_token"],
-        format!("entra-at-for-system:serviceaccount:{NS}:orders")
+        env.secret_data("graph").await.unwrap()["access_token"],
+        format!("entra-at-for-{}", subject(&env, "orders"))
     );
-    let status = status(&api, "graph").unwrap();
+    let status = env.status("graph").await.unwrap();
     assert_eq!(
         status.service_account,
         Some(ServiceAccountStatus {
-            namespace: NS.into(),
+            namespace: env.ns.clone(),
             name: "orders".into(),
             audience: federation::entra::AUDIENCE.into()
         })
     );
-    assert_eq!((idp.requests().len(), token_requests(&api)), (1, 1));
+    assert_eq!((idp.requests().len(), token_requests(&controller)), (1, 1));
     // The token asked for: the audience, and the shortest lifetime the API server allows.
-    let requests = api.requests();
-    let tr = requests.iter().find(|r| r.subresource.as_deref() == Some("token")).unwrap();
-    assert_eq!((tr.namespace.as_deref(), tr.name.as_deref()), (Some(NS), Some("orders")));
-    assert_no_service_account_token_anywhere(&api);
+    let tokens = presented(&idp, "client_assertion");
+    assert_issued_by_the_api_server(&env, &jwks, &tokens, "orders", federation::entra::AUDIENCE);
+    assert_no_service_account_token_anywhere(&env, &tokens).await;
 }
 
 #[tokio::test]
 async fn each_renewal_spends_one_token_request_and_one_service_account_token() {
-    let api = api_server().await;
-    service_account(&api, "orders", Some(&format!("other,{}", federation::entra::AUDIENCE))).await;
-    let idp = entra(&api, "orders").await;
-    let endpoint = idp.url(&format!("/{TENANT}/oauth2/v2.0/token"));
-    let _controller = start(&api, args(&[]));
-    secretless("graph", &endpoint, entra_spec("orders")).create(&api).await;
-    wait_condition(&api, "graph", "Ready", ("True", "TokenIssued")).await;
+    let (env, jwks) = real().await;
+    service_account(&env, "orders", Some(&format!("other,{}", federation::entra::AUDIENCE))).await;
+    let idp = entra(&env, &jwks, "orders").await;
+    let controller = env.start(args(&[])).await;
+    env.create_cc(secretless("graph", &entra_endpoint(&idp), entra_spec("orders"))).await;
+    env.wait_condition("graph", "Ready", ("True", "TokenIssued")).await;
 
-    let ccs: Api<ClientCredential> = Api::namespaced(api.client(), NS);
-    for (i, at) in ["2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z"].iter().enumerate() {
-        let patch = json!({"metadata": {"annotations": {"tokensync.io/renew-requested-at": at}}});
-        ccs.patch("graph", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
-        api.wait_for(
-            |v| {
-                let cc: Option<ClientCredential> = v.get(Some(NS), "graph");
-                cc.and_then(|c| c.status).and_then(|s| s.handled_renewal_request).as_deref() == Some(*at)
-            },
-            WAIT,
-        )
-        .await
-        .unwrap();
-        assert_eq!((idp.requests().len(), token_requests(&api)), (i + 2, i + 2), "renewal {}", i + 1);
+    for (i, at) in ["2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z"].into_iter().enumerate() {
+        env.merge_patch_cc("graph", json!({"metadata": {"annotations": {"tokensync.io/renew-requested-at": at}}}))
+            .await;
+        env.wait_status("graph", &format!("with renewal request {at} handled"), move |s| {
+            s.handled_renewal_request.as_deref() == Some(at)
+        })
+        .await;
+        assert_eq!((idp.requests().len(), token_requests(&controller)), (i + 2, i as u64 + 2), "renewal {}", i + 1);
     }
-    // Every ServiceAccount token was a new one.
-    let issued = api.issued_service_account_tokens();
-    assert_eq!(issued.len(), 3);
-    assert!(issued[0] != issued[1] && issued[1] != issued[2]);
-    assert_no_service_account_token_anywhere(&api);
+    // Every ServiceAccount token was a new one, from the API server.
+    let tokens = presented(&idp, "client_assertion");
+    assert_eq!(tokens.len(), 3);
+    assert!(tokens[0] != tokens[1] && tokens[1] != tokens[2]);
+    let jtis: std::collections::BTreeSet<String> =
+        tokens.iter().map(|t| claims(t)["jti"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(jtis.len(), 3, "three tokens the API server issued");
+    assert_issued_by_the_api_server(&env, &jwks, &tokens, "orders", federation::entra::AUDIENCE);
+    assert_no_service_account_token_anywhere(&env, &tokens).await;
 }
 
 #[tokio::test]
 async fn a_google_sts_token_exchange_without_client_authentication_becomes_ready() {
-    let api = api_server().await;
-    service_account(&api, "reports", Some(GOOGLE_AUDIENCE)).await;
-    let sts = federation::sts::start(federation::sts::Provider {
+    let (env, jwks) = real().await;
+    service_account(&env, "reports", Some(GOOGLE_AUDIENCE)).await;
+    let provider = federation::sts::Provider {
         name: GOOGLE_PROVIDER.into(),
-        issuer: api.service_account_issuer(),
+        issuer: env.plane.issuer().into(),
         allowed_audience: GOOGLE_AUDIENCE.into(),
-    })
-    .await;
-    let _controller = start(&api, args(&[]));
+    };
+    let sts = federation::sts::start_trusting(provider, jwks.clone()).await;
+    let controller = env.start(args(&[])).await;
     let spec = json!({
         "grantType": "urn:ietf:params:oauth:grant-type:token-exchange",
         "clientAuthentication": "none",
@@ -163,129 +222,157 @@ async fn a_google_sts_token_exchange_without_client_authentication_becomes_ready
         "scopes": ["https://www.googleapis.com/auth/cloud-platform"],
         "tokenExchange": {"requestedTokenType": "urn:ietf:params:oauth:token-type:access_token"},
     });
-    secretless("gcp", &sts.url("/v1/token"), spec).create(&api).await;
+    env.create_cc(secretless("gcp", &sts.url("/v1/token"), spec)).await;
 
-    wait_condition(&api, "gcp", "Ready", ("True", "TokenIssued")).await;
+    env.wait_condition("gcp", "Ready", ("True", "TokenIssued")).await;
     assert_eq!(
-        secret_data(&api, "gcp").unwrap()["access_token"],
-        format!("ya29.sts-for-system:serviceaccount:{NS}:reports")
+        env.secret_data("gcp").await.unwrap()["access_token"],
+        format!("ya29.sts-for-{}", subject(&env, "reports"))
     );
     let sent = &sts.requests()[0].params();
     assert_eq!(sent["subject_token_type"], "urn:ietf:params:oauth:token-type:jwt");
-    assert_eq!((sts.requests().len(), token_requests(&api)), (1, 1));
-    assert_no_service_account_token_anywhere(&api);
+    assert_eq!((sts.requests().len(), token_requests(&controller)), (1, 1));
+    let tokens = presented(&sts, "subject_token");
+    assert_issued_by_the_api_server(&env, &jwks, &tokens, "reports", GOOGLE_AUDIENCE);
+    assert_no_service_account_token_anywhere(&env, &tokens).await;
 }
 
 #[tokio::test]
 async fn a_jwt_bearer_grant_presents_the_service_account_token_as_the_assertion() {
-    let api = api_server().await;
+    let (env, jwks) = real().await;
     let audience = "https://auth.example/oauth2/token";
-    service_account(&api, "batch", Some(audience)).await;
-    let server = federation::jwt_bearer::start(&api.service_account_issuer(), audience).await;
-    let _controller = start(&api, args(&[]));
+    service_account(&env, "batch", Some(audience)).await;
+    let server = federation::jwt_bearer::start_trusting(env.plane.issuer(), audience, jwks.clone()).await;
+    let _controller = env.start(args(&[])).await;
     let spec = json!({
         "grantType": "urn:ietf:params:oauth:grant-type:jwt-bearer",
         "clientAuthentication": "none",
         "serviceAccountRef": {"name": "batch", "audience": audience},
     });
-    secretless("batch", &server.url("/token"), spec).create(&api).await;
-    wait_condition(&api, "batch", "Ready", ("True", "TokenIssued")).await;
+    env.create_cc(secretless("batch", &server.url("/token"), spec)).await;
+    env.wait_condition("batch", "Ready", ("True", "TokenIssued")).await;
     assert_eq!(
-        secret_data(&api, "batch").unwrap()["access_token"],
-        format!("bearer-for-system:serviceaccount:{NS}:batch")
+        env.secret_data("batch").await.unwrap()["access_token"],
+        format!("bearer-for-{}", subject(&env, "batch"))
     );
+    assert_issued_by_the_api_server(&env, &jwks, &presented(&server, "assertion"), "batch", audience);
 }
 
 #[tokio::test]
 async fn entra_refuses_a_token_of_another_service_account_with_its_error() {
     // The emulator checks the federated credential's subject: a token of "intruder" is refused.
-    let api = api_server().await;
-    service_account(&api, "intruder", Some(federation::entra::AUDIENCE)).await;
-    let idp = entra(&api, "orders").await;
-    let _controller = start(&api, args(&[]));
-    secretless("graph", &idp.url(&format!("/{TENANT}/oauth2/v2.0/token")), entra_spec("intruder")).create(&api).await;
-    wait_condition(&api, "graph", "Degraded", ("True", "TokenRequestRejected")).await;
-    let message =
-        status(&api, "graph").unwrap().conditions.iter().find(|c| c.type_ == "Degraded").unwrap().message.clone();
+    let (env, jwks) = real().await;
+    service_account(&env, "intruder", Some(federation::entra::AUDIENCE)).await;
+    let idp = entra(&env, &jwks, "orders").await;
+    let _controller = env.start(args(&[])).await;
+    env.create_cc(secretless("graph", &entra_endpoint(&idp), entra_spec("intruder"))).await;
+    env.wait_condition("graph", "Degraded", ("True", "TokenRequestRejected")).await;
+    let status = env.status("graph").await.unwrap();
+    let message = status.conditions.iter().find(|c| c.type_ == "Degraded").unwrap().message.clone();
     assert!(message.contains("invalid_client") && message.contains("AADSTS70021"), "{message}");
 }
 
 /// A refusal: the condition reason, and nothing requested from the token server or the
 /// TokenRequest API.
-async fn assert_refused(api: &ApiServer, idp: &token_server::TokenServer, name: &str, reason: &str, says: &str) {
-    wait_condition(api, name, "Ready", ("False", reason)).await;
-    let message = status(api, name).unwrap().conditions.iter().find(|c| c.type_ == "Ready").unwrap().message.clone();
+async fn assert_refused(env: &Env, controller: &Running, idp: &TokenServer, name: &str, reason: &str, says: &str) {
+    env.wait_condition(name, "Ready", ("False", reason)).await;
+    let status = env.status(name).await.unwrap();
+    let message = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap().message.clone();
     assert!(message.contains(says), "{reason}: {message}");
-    assert_eq!((idp.requests().len(), token_requests(api)), (0, 0), "{reason}: nothing was requested");
+    assert_eq!((idp.requests().len(), token_requests(controller)), (0, 0), "{reason}: nothing was requested");
 }
 
 #[tokio::test]
 async fn a_service_account_without_the_opt_in_annotation_is_refused_without_any_request() {
-    let api = api_server().await;
-    service_account(&api, "orders", None).await;
-    service_account(&api, "other-audience", Some("https://somewhere.else")).await;
-    let idp = entra(&api, "orders").await;
-    let endpoint = idp.url(&format!("/{TENANT}/oauth2/v2.0/token"));
-    let _controller = start(&api, args(&[]));
-    secretless("graph", &endpoint, entra_spec("orders")).create(&api).await;
-    assert_refused(&api, &idp, "graph", "ServiceAccountNotOptedIn", "tokensync.io/allowed-audiences").await;
-    secretless("graph2", &endpoint, entra_spec("other-audience")).create(&api).await;
-    assert_refused(&api, &idp, "graph2", "ServiceAccountNotOptedIn", "api://AzureADTokenExchange").await;
+    let (env, jwks) = real().await;
+    service_account(&env, "orders", None).await;
+    service_account(&env, "other-audience", Some("https://somewhere.else")).await;
+    let idp = entra(&env, &jwks, "orders").await;
+    let controller = env.start(args(&[])).await;
+    env.create_cc(secretless("graph", &entra_endpoint(&idp), entra_spec("orders"))).await;
+    assert_refused(&env, &controller, &idp, "graph", "ServiceAccountNotOptedIn", "tokensync.io/allowed-audiences")
+        .await;
+    env.create_cc(secretless("graph2", &entra_endpoint(&idp), entra_spec("other-audience"))).await;
+    assert_refused(&env, &controller, &idp, "graph2", "ServiceAccountNotOptedIn", "api://AzureADTokenExchange").await;
 }
 
+/// The audiences the real API server accepts: a token for its default audiences (a
+/// TokenRequest naming none) carries its issuer as audience and authenticates to it as the
+/// ServiceAccount, while a token for an identity provider's audience does not. The controller
+/// finds the issuer through the API server's discovery document and refuses to request a
+/// token for it, or for an audience given with --kubernetes-audiences, even when the
+/// ServiceAccount opted in.
 #[tokio::test]
 async fn an_audience_the_api_server_accepts_is_refused_without_any_request() {
-    let api = ApiServer::builder()
-        .crd(&tokensync::api::crd())
-        .namespaces(&["default", NS])
-        .api_audiences(&["https://kubernetes.default.svc.example", "vault"])
-        .start()
-        .await;
-    let issuer = api.service_account_issuer();
-    service_account(&api, "orders", Some(&format!("{issuer},vault,https://kubernetes.default.svc.example/"))).await;
-    let idp = entra(&api, "orders").await;
-    let endpoint = idp.url(&format!("/{TENANT}/oauth2/v2.0/token"));
+    let (env, jwks) = real().await;
+    let issuer = env.plane.issuer().to_owned();
+    service_account(&env, "orders", Some(&format!("{issuer},vault,https://kubernetes.default.svc/"))).await;
+
+    let own = service_accounts::token(&env.client, &env.ns, "orders").await;
+    assert_eq!(claims(&own)["aud"], json!([issuer]), "the API server's own audience is its issuer");
+    let as_orders = service_accounts::config_with_token(&env.plane, &env.ns, &own);
+    assert_eq!(service_accounts::who_am_i(as_orders).await, Ok(subject(&env, "orders")), "usable against Kubernetes");
+    let elsewhere = service_accounts::token_for(&env.client, &env.ns, "orders", &[federation::entra::AUDIENCE]).await;
+    let as_elsewhere = service_accounts::config_with_token(&env.plane, &env.ns, &elsewhere);
+    assert_eq!(service_accounts::who_am_i(as_elsewhere).await, Err(401), "a token for another audience is not");
+
+    let idp = entra(&env, &jwks, "orders").await;
     // The issuer is found through discovery; "vault" comes from the flag.
-    let _controller = start(&api, args(&["--kubernetes-audiences", "vault"]));
+    let controller = env.start(args(&["--kubernetes-audiences", "vault"])).await;
     for (name, audience) in [("by-issuer", issuer.as_str()), ("by-flag", "vault")] {
         let spec = json!({"clientId": CLIENT_ID, "clientAuthentication": "service_account_token",
             "serviceAccountRef": {"name": "orders", "audience": audience}, "scopes": ["x/.default"]});
-        secretless(name, &endpoint, spec).create(&api).await;
-        assert_refused(&api, &idp, name, "ForbiddenAudience", "API server").await;
+        env.create_cc(secretless(name, &entra_endpoint(&idp), spec)).await;
+        assert_refused(&env, &controller, &idp, name, "ForbiddenAudience", "API server").await;
     }
 }
 
 #[tokio::test]
 async fn a_missing_service_account_is_refused_without_any_request() {
-    let api = api_server().await;
-    let idp = entra(&api, "orders").await;
-    let _controller = start(&api, args(&[]));
-    secretless("graph", &idp.url(&format!("/{TENANT}/oauth2/v2.0/token")), entra_spec("orders")).create(&api).await;
-    assert_refused(&api, &idp, "graph", "ServiceAccountNotFound", "ServiceAccount team-a/orders not found").await;
+    let (env, jwks) = real().await;
+    let idp = entra(&env, &jwks, "orders").await;
+    let controller = env.start(args(&[])).await;
+    env.create_cc(secretless("graph", &entra_endpoint(&idp), entra_spec("orders"))).await;
+    let says = format!("ServiceAccount {}/orders not found", env.ns);
+    assert_refused(&env, &controller, &idp, "graph", "ServiceAccountNotFound", &says).await;
 }
 
+/// Why the controller-side check of a ServiceAccount in another namespace runs on the double
+/// ([`a_service_account_in_another_namespace_is_refused_without_any_request`]): the real
+/// API server refuses such a ClientCredential at admission.
 #[tokio::test]
-async fn a_service_account_in_another_namespace_is_refused_without_any_request() {
-    // The CRD rule refuses it at admission; the double does not run CEL, so this shows the
-    // controller's own validation holding when admission did not run.
-    let api = api_server().await;
-    let sas: Api<ServiceAccount> = Api::namespaced(api.client(), "default");
-    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "admin", "namespace": "default",
-        "annotations": {"tokensync.io/allowed-audiences": federation::entra::AUDIENCE}}});
-    sas.create(&PostParams::default(), &serde_json::from_value(sa).unwrap()).await.unwrap();
-    let idp = entra(&api, "orders").await;
-    let _controller = start(&api, args(&[]));
+async fn a_service_account_in_another_namespace_is_refused_at_admission() {
+    let env = Env::new("secretless").await;
     let mut spec = entra_spec("admin");
     spec["serviceAccountRef"]["namespace"] = json!("default");
-    secretless("graph", &idp.url(&format!("/{TENANT}/oauth2/v2.0/token")), spec).create(&api).await;
-    assert_refused(&api, &idp, "graph", "InvalidSpec", "spec.serviceAccountRef.namespace").await;
+    let cc = secretless("graph", "https://login.example/token", spec).namespace(&env.ns).build();
+    let refused = env.ccs().create(&PostParams::default(), &cc).await.unwrap_err();
+    let kube::Error::Api(status) = refused else { panic!("{refused}") };
+    assert_eq!(status.code, 422, "{status:?}");
+    assert!(
+        status.message.contains("spec.serviceAccountRef.namespace is only for a ClusterClientCredential"),
+        "{}",
+        status.message
+    );
 }
 
+/// The checks [`the_double_issues_verifiable_service_account_tokens_and_refuses_a_lifetime_below_its_minimum`]
+/// makes of the double, made of the real API server: what the double imitates.
 #[tokio::test]
-async fn the_double_issues_verifiable_service_account_tokens_and_refuses_a_lifetime_below_its_minimum() {
-    let api = api_server().await;
-    service_account(&api, "orders", None).await;
-    let sas: Api<ServiceAccount> = Api::namespaced(api.client(), NS);
+async fn the_real_api_server_issues_verifiable_service_account_tokens_and_refuses_a_lifetime_below_its_minimum() {
+    let (env, jwks) = real().await;
+    assert_token_request_contract(env.client.clone(), &env.ns, env.plane.issuer(), &jwks).await;
+}
+
+// ---- On the API server double --------------------------------------------------------------
+
+/// TokenRequest as the real API server answers it (and the double must): a 10-minute token
+/// that verifies against the issuer's published keys, with sub, aud, iat = nbf and the
+/// `kubernetes.io` claims; a shorter lifetime refused with 422 Invalid naming the field; a
+/// missing ServiceAccount 404.
+async fn assert_token_request_contract(client: kube::Client, ns: &str, issuer: &str, jwks: &JwkSet) {
+    let sas: Api<ServiceAccount> = Api::namespaced(client, ns);
+    sas.create(&PostParams::default(), &service_account_json("orders", None)).await.unwrap();
     let request = |seconds: i64| TokenRequest {
         spec: TokenRequestSpec {
             audiences: vec!["api://AzureADTokenExchange".into()],
@@ -296,14 +383,12 @@ async fn the_double_issues_verifiable_service_account_tokens_and_refuses_a_lifet
     };
     let issued = sas.create_token_request("orders", &PostParams::default(), &request(600)).await.unwrap();
     let token = issued.status.unwrap().token;
-    let jwks = federation::fetch_jwks(&api.service_account_issuer()).await;
-    let claims =
-        federation::verify(&token, &jwks, &api.service_account_issuer(), "api://AzureADTokenExchange").unwrap();
-    assert_eq!(claims["sub"], json!(format!("system:serviceaccount:{NS}:orders")));
+    let claims = federation::verify(&token, jwks, issuer, "api://AzureADTokenExchange").unwrap();
+    assert_eq!(claims["sub"], json!(format!("system:serviceaccount:{ns}:orders")));
     assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 600);
     assert_eq!(claims["nbf"], claims["iat"]);
     assert_eq!(claims["kubernetes.io"]["serviceaccount"]["name"], json!("orders"));
-    assert!(federation::verify(&token, &jwks, &api.service_account_issuer(), "other").is_err(), "audience is checked");
+    assert!(federation::verify(&token, jwks, issuer, "other").is_err(), "audience is checked");
 
     let too_short = sas.create_token_request("orders", &PostParams::default(), &request(599)).await.unwrap_err();
     let kube::Error::Api(status) = too_short else { panic!("{too_short}") };
@@ -311,4 +396,40 @@ async fn the_double_issues_verifiable_service_account_tokens_and_refuses_a_lifet
     assert!(status.message.contains("spec.expirationSeconds") && status.message.contains("less than 10 minutes"));
     let missing = sas.create_token_request("nobody", &PostParams::default(), &request(600)).await.unwrap_err();
     assert!(matches!(missing, kube::Error::Api(s) if s.code == 404));
+}
+
+#[tokio::test]
+async fn the_double_issues_verifiable_service_account_tokens_and_refuses_a_lifetime_below_its_minimum() {
+    let api = support::controller::api_server().await;
+    let jwks = federation::fetch_jwks(&api.service_account_issuer()).await;
+    assert_token_request_contract(api.client(), NS, &api.service_account_issuer(), &jwks).await;
+}
+
+/// Kept on the double: the real API server refuses this ClientCredential at admission (the
+/// CRD's CEL rule on spec.serviceAccountRef.namespace), and the double runs no CEL, so only
+/// here does the controller's own validation face it.
+#[tokio::test]
+async fn a_service_account_in_another_namespace_is_refused_without_any_request() {
+    let api = support::controller::api_server().await;
+    let sas: Api<ServiceAccount> = Api::namespaced(api.client(), "default");
+    let mut admin = service_account_json("admin", Some(federation::entra::AUDIENCE));
+    admin.metadata.namespace = Some("default".into());
+    sas.create(&PostParams::default(), &admin).await.unwrap();
+    let fic = federation::FederatedCredential {
+        client_id: CLIENT_ID.into(),
+        issuer: api.service_account_issuer(),
+        subject: format!("system:serviceaccount:{NS}:orders"),
+        audience: federation::entra::AUDIENCE.into(),
+    };
+    let idp = federation::entra::start(TENANT, &api.service_account_issuer(), vec![fic]).await;
+    let _controller = support::controller::start(&api, args(&[]));
+    let mut spec = entra_spec("admin");
+    spec["serviceAccountRef"]["namespace"] = json!("default");
+    secretless("graph", &entra_endpoint(&idp), spec).create(&api).await;
+    support::controller::wait_condition(&api, "graph", "Ready", ("False", "InvalidSpec")).await;
+    let status = support::controller::status(&api, "graph").unwrap();
+    let message = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap().message.clone();
+    assert!(message.contains("spec.serviceAccountRef.namespace"), "{message}");
+    let token_requests = api.count(support::apiserver::Verb::Create, "serviceaccounts", Some("token"));
+    assert_eq!((idp.requests().len(), token_requests), (0, 0), "nothing was requested");
 }

@@ -1,6 +1,6 @@
 //! The Authlib jwt-bearer server (tests/authlib/server.py) as a child process: a real,
-//! independently written RFC 7523 2.1 authorization server from PyPI, trusting the API
-//! server double's ServiceAccount issuer.
+//! independently written RFC 7523 2.1 authorization server from PyPI, trusting a real
+//! kube-apiserver's ServiceAccount issuer (served over TLS by the control plane's own CA).
 //!
 //! It runs from the virtualenv tests/authlib/install.sh makes (target/authlib-venv, or
 //! TOKENSYNC_AUTHLIB_VENV); .ci/run calls that script. When the virtualenv is missing or holds
@@ -78,12 +78,13 @@ pub struct AuthlibServer {
 
 impl AuthlibServer {
     /// Starts a server trusting ServiceAccount tokens of `issuer` whose subject is one of
-    /// `trusted_subjects`. `audiences` empty: the token endpoint URL is the only audience
+    /// `trusted_subjects`; it reaches the issuer's discovery document and keys trusting only
+    /// the CA in `ca_file`. `audiences` empty: the token endpoint URL is the only audience
     /// accepted. Returns once the server has answered its health check.
-    pub async fn start(issuer: &str, trusted_subjects: &[&str], audiences: &[&str]) -> AuthlibServer {
+    pub async fn start(issuer: &str, ca_file: &Path, trusted_subjects: &[&str], audiences: &[&str]) -> AuthlibServer {
         ensure_installed();
         let mut command = Command::new(python());
-        command.arg(server_script()).args(["--issuer", issuer, "--exit-on-stdin-eof"]);
+        command.arg(server_script()).args(["--issuer", issuer, "--exit-on-stdin-eof"]).arg("--ca-file").arg(ca_file);
         for s in trusted_subjects {
             command.args(["--trust", s]);
         }
@@ -91,7 +92,8 @@ impl AuthlibServer {
             command.args(["--audience", a]);
         }
         let process = ChildServer::spawn(&mut command, "the Authlib server", HOW_TO_INSTALL);
-        // Waited for off the runtime: the API server double runs on this test's runtime.
+        // Waited for off the runtime: the test's own servers (token servers, a controller) run
+        // on it.
         let (process, ready) = tokio::task::spawn_blocking(move || {
             let ready = process.ready_line(STARTUP_TIMEOUT);
             (process, ready)

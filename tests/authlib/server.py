@@ -6,18 +6,20 @@ the assertion, checks its signature against the issuer's keys and validates iss,
 (and nbf/iat when present), and answers RFC 6749 5.2 errors such as invalid_grant. This
 file only supplies what Authlib asks its users to supply: which client an issuer is, that
 client's keys (the JWKS found through the issuer's discovery document, fetched for every
-assertion, as the API server double publishes them), which subjects are trusted, and the
-audiences the server accepts.
+assertion), which subjects are trusted, and the audiences the server accepts. An issuer served
+over TLS by a private CA (a test control plane's kube-apiserver) is trusted through --ca-file.
 
 Routes:
   POST /token    the token endpoint (Authlib's AuthorizationServer.create_token_response)
   GET  /whoami   a resource protected by Authlib's ResourceProtector + BearerTokenValidator:
                  proves a token is one this server issued and still accepts; answers the
-                 subject, the client and the jti of the assertion the token was issued for
+                 subject, the client, and the claims of the assertion the token was issued
+                 for (iss, sub, aud, jti, iat, nbf, exp, kubernetes.io: never the assertion
+                 itself nor its signature)
   GET  /healthz  200 once serving
 
 Usage: server.py --issuer URL --trust SUBJECT [--trust ...] [--audience AUD ...]
-       [--expires-in SECONDS] [--exit-on-stdin-eof]
+       [--ca-file PEM] [--expires-in SECONDS] [--exit-on-stdin-eof]
        server.py --version
 Listens on 127.0.0.1 on a free port and prints one JSON line once it accepts connections:
 {"token_endpoint": ..., "whoami_endpoint": ..., "health_endpoint": ..., "audiences": [...]}.
@@ -28,6 +30,7 @@ No token, assertion or key is ever written to stdout or stderr.
 import argparse
 import json
 import secrets
+import ssl
 import sys
 import threading
 import time
@@ -64,14 +67,14 @@ class Client(ClientMixin):
 
 
 class Token(TokenMixin):
-    def __init__(self, token, client, user, assertion_jti):
+    def __init__(self, token, client, user, assertion_claims):
         self.access_token = token["access_token"]
         self.scope = token.get("scope", "")
         self.expires_in = token["expires_in"]
         self.issued_at = time.time()
         self.client = client
         self.user = user
-        self.assertion_jti = assertion_jti
+        self.assertion_claims = assertion_claims or {}
 
     def check_client(self, client):
         return client.get_client_id() == self.client.get_client_id()
@@ -109,13 +112,18 @@ class Request(OAuth2Request):
         return {}
 
 
-def fetch_jwks(issuer):
+# Claims of an assertion /whoami may tell: names and times, never the token or its signature.
+TOLD_CLAIMS = ("iss", "sub", "aud", "jti", "iat", "nbf", "exp", "kubernetes.io")
+
+
+def fetch_jwks(issuer, context):
     """The issuer's keys, found as an identity provider finds them: discovery, then jwks_uri."""
-    with urllib.request.urlopen(issuer.rstrip("/") + "/.well-known/openid-configuration", timeout=10) as r:
+    url = issuer.rstrip("/") + "/.well-known/openid-configuration"
+    with urllib.request.urlopen(url, timeout=10, context=context) as r:
         doc = json.load(r)
     if doc.get("issuer") != issuer:
         raise ValueError("the discovery document names another issuer")
-    with urllib.request.urlopen(doc["jwks_uri"], timeout=10) as r:
+    with urllib.request.urlopen(doc["jwks_uri"], timeout=10, context=context) as r:
         return json.load(r)
 
 
@@ -123,13 +131,15 @@ def build(config):
     tokens = {}
     lock = threading.Lock()
     client = Client("kubernetes-workloads", config.issuer)
+    # None: the system's trust store; --ca-file: only that CA (a test control plane's).
+    context = ssl.create_default_context(cafile=config.ca_file) if config.ca_file else None
 
     class ServiceAccountJWTBearerGrant(JWTBearerGrant):
         def resolve_issuer_client(self, issuer):
             return client if issuer == config.issuer else None
 
         def resolve_client_public_key(self, client):
-            return KeySet.import_key_set(fetch_jwks(client.issuer))
+            return KeySet.import_key_set(fetch_jwks(client.issuer, context))
 
         def get_audiences(self):
             return config.audiences
@@ -144,7 +154,7 @@ def build(config):
         def process_assertion_claims(self, assertion):
             claims = super().process_assertion_claims(assertion)
             # Remembered with the token so /whoami can tell which assertion it was issued for.
-            self.request.assertion_jti = claims.get("jti")
+            self.request.assertion_claims = {k: claims[k] for k in TOLD_CLAIMS if k in claims}
             return claims
 
     class Server(AuthorizationServer):
@@ -154,7 +164,7 @@ def build(config):
         def save_token(self, token, request):
             with lock:
                 tokens[token["access_token"]] = Token(
-                    token, request.client, request.user, getattr(request, "assertion_jti", None)
+                    token, request.client, request.user, getattr(request, "assertion_claims", None)
                 )
 
         def create_oauth2_request(self, request):
@@ -223,7 +233,8 @@ def handler_class(server, protector):
                         "sub": token.user,
                         "client_id": token.client.get_client_id(),
                         "scope": token.scope,
-                        "assertion_jti": token.assertion_jti,
+                        "assertion_jti": token.assertion_claims.get("jti"),
+                        "assertion": token.assertion_claims,
                     },
                 )
             self.reply(404, {"error": "not_found"})
@@ -250,6 +261,7 @@ def main():
     parser.add_argument("--issuer")
     parser.add_argument("--trust", action="append", default=[])
     parser.add_argument("--audience", dest="audiences", action="append", default=[])
+    parser.add_argument("--ca-file", help="PEM CA bundle to trust for the issuer's discovery and keys")
     parser.add_argument("--expires-in", type=int, default=3600)
     parser.add_argument("--exit-on-stdin-eof", action="store_true")
     config = parser.parse_args()

@@ -96,7 +96,11 @@ pub mod entra {
 
     /// Serves `/{tenant}/oauth2/v2.0/token`; `issuer` must publish discovery and JWKS.
     pub async fn start(tenant: &str, issuer: &str, credentials: Vec<FederatedCredential>) -> TokenServer {
-        let jwks = fetch_jwks(issuer).await;
+        start_trusting(tenant, fetch_jwks(issuer).await, credentials).await
+    }
+
+    /// [`start`] with the issuer's keys already fetched.
+    pub async fn start_trusting(tenant: &str, jwks: JwkSet, credentials: Vec<FederatedCredential>) -> TokenServer {
         let path = format!("/{tenant}/oauth2/v2.0/token");
         TokenServer::start(move |r: &Recorded| {
             if r.path != path {
@@ -181,6 +185,11 @@ pub mod sts {
     /// Serves `POST /v1/token`.
     pub async fn start(provider: Provider) -> TokenServer {
         let jwks = fetch_jwks(&provider.issuer).await;
+        start_trusting(provider, jwks).await
+    }
+
+    /// [`start`] with the issuer's keys already fetched.
+    pub async fn start_trusting(provider: Provider, jwks: JwkSet) -> TokenServer {
         TokenServer::start(move |r: &Recorded| {
             if r.path != "/v1/token" {
                 return Reply::json(404, json!({"error": {"code": 404, "status": "NOT_FOUND"}}));
@@ -236,7 +245,11 @@ pub mod jwt_bearer {
     pub const GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
     pub async fn start(issuer: &str, audience: &str) -> TokenServer {
-        let jwks = fetch_jwks(issuer).await;
+        start_trusting(issuer, audience, fetch_jwks(issuer).await).await
+    }
+
+    /// [`start`] with the issuer's keys already fetched.
+    pub async fn start_trusting(issuer: &str, audience: &str, jwks: JwkSet) -> TokenServer {
         let (issuer, audience) = (issuer.to_owned(), audience.to_owned());
         TokenServer::start(move |r: &Recorded| {
             let p = r.params();

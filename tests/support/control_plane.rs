@@ -157,7 +157,7 @@ impl ControlPlane {
             }
         };
         let path = |key: &str| PathBuf::from(ready[key].as_str().expect("ready line field"));
-        let plane = ControlPlane {
+        ControlPlane {
             inner: Arc::new(Inner {
                 launcher: Mutex::new(launcher),
                 server: ready["server"].as_str().unwrap().to_owned(),
@@ -165,8 +165,7 @@ impl ControlPlane {
                 issuer: ready["issuer"].as_str().unwrap().to_owned(),
                 ca_file: path("caFile"),
             }),
-        };
-        plane
+        }
     }
 
     pub fn server(&self) -> &str {

@@ -307,13 +307,13 @@ func (c *plane) setUp(featureGates, crds string) error {
 	saKeyFile := c.write("sa.key", pemBlock("RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(saKey)))
 	saPubFile := c.write("sa.pub", pemBlock("PUBLIC KEY", saPub))
 
-	ports := make([]int, 4)
+	ports := make([]int, 3)
 	for i := range ports {
 		if ports[i], err = freePort(); err != nil {
 			return err
 		}
 	}
-	etcdClient, etcdPeer, apiPort, kcmPort := ports[0], ports[1], ports[2], ports[3]
+	etcdClient, etcdPeer, apiPort := ports[0], ports[1], ports[2]
 	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", etcdClient)
 	peerURL := fmt.Sprintf("http://127.0.0.1:%d", etcdPeer)
 	c.server = fmt.Sprintf("https://127.0.0.1:%d", apiPort)
@@ -360,11 +360,12 @@ func (c *plane) setUp(featureGates, crds string) error {
 	}
 	c.kcm = &proc{name: "kube-controller-manager", path: c.bin("kube-controller-manager"), log: filepath.Join(c.dir, "kube-controller-manager.log"), args: []string{
 		"--kubeconfig=" + kcmConfig,
-		"--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller",
+		// The names every version since 1.27 takes (1.28 renamed them, keeping these as aliases).
+		"--controllers=garbagecollector,namespace,serviceaccount",
 		"--leader-elect=false",
-		"--bind-address=127.0.0.1",
-		fmt.Sprintf("--secure-port=%d", kcmPort),
-		"--cert-dir=" + filepath.Join(c.dir, "kcm-certs"),
+		// No HTTPS endpoint: nothing reads it, and a port chosen now but bound seconds later
+		// could be taken by another control plane starting at the same time.
+		"--secure-port=0",
 		"--root-ca-file=" + caFile,
 		"--use-service-account-credentials=false",
 		"--profiling=false",
@@ -572,9 +573,24 @@ func main() {
 	}()
 
 	started := time.Now()
-	if err := c.setUp(*featureGates, *crds); err != nil {
+	// Ports are chosen free, then bound when each program starts: another program can take
+	// one in between. A start that fails is tried again with new ports, twice.
+	var err2 error
+	for attempt := 1; attempt <= 3; attempt++ {
+		if err2 = c.setUp(*featureGates, *crds); err2 == nil {
+			break
+		}
+		fmt.Fprintf(os.Stderr, "controlplane: start %d of 3 failed: %v\n", attempt, err2)
+		for _, p := range []*proc{c.kcm, c.apiserver, c.etcd} {
+			if p != nil {
+				p.stop(5 * time.Second)
+			}
+		}
+		os.RemoveAll(filepath.Join(c.dir, "etcd-data"))
+	}
+	if err2 != nil {
 		c.shutdown()
-		fatal(err)
+		fatal(err2)
 	}
 	out := json.NewEncoder(os.Stdout)
 	out.Encode(map[string]any{
