@@ -1,24 +1,39 @@
 //! ClusterClientCredential: one token request per renewal, written to every selected
-//! namespace. The controller runs in-process with --cluster-credentials against the API
-//! server double; the token endpoint is a real HTTP server on 127.0.0.1. Waits are on
-//! conditions with a timeout, never sleeps.
+//! namespace, on a real Kubernetes control plane (etcd, kube-apiserver and
+//! kube-controller-manager, see `tests/support/control_plane.rs`). The controller runs
+//! in-process with --cluster-credentials and the shipped API client stack; the token endpoint
+//! is a real HTTP server on 127.0.0.1. Waits watch the objects until a condition holds, with a
+//! timeout, never sleeps.
+//!
+//! Each test has a control plane of its own ([`ControlPlane::dedicated`], a few seconds to
+//! start): a controller with --cluster-credentials reconciles every ClusterClientCredential
+//! in the cluster, and every ClientCredential in every namespace, whatever their names, so
+//! two tests sharing a cluster would each request tokens for the other's credentials and
+//! write the other's copies. Conditions only the API server double can stage (one Secret's
+//! writes failing on demand, an object admission never checked) are in
+//! `tests/cluster_credentials_staged_faults.rs`.
 
 mod federation;
 mod support;
 mod token_server;
 
 use std::collections::BTreeMap;
+use std::fmt::Debug;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
+use jsonwebtoken::jwk::JwkSet;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::await_condition;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use support::apiserver::{ApiServer, Fault, Verb};
-use support::controller::*;
+use support::control_plane::ControlPlane;
+use support::controller::{Cc, Running, args, merge};
+use support::real::{Env, WAIT, kube_requests};
 use token_server::{Reply, TokenServer};
-use tokensync::api::{ClusterClientCredential, ClusterClientCredentialStatus, ServiceAccountStatus};
+use tokensync::api::{ClientCredential, ClusterClientCredential, ClusterClientCredentialStatus, ServiceAccountStatus};
 
 const PLATFORM: &str = "platform";
 const LABEL: &str = "tokensync.io/auth0-token";
@@ -53,16 +68,54 @@ impl Endpoint {
     }
 }
 
-async fn cluster_api() -> ApiServer {
-    ApiServer::builder()
-        .crd(&tokensync::api::crd())
-        .crd(&tokensync::api::cluster::crd())
-        .namespaces(&["default", PLATFORM])
-        .start()
-        .await
+/// A control plane of this test's own, with the platform team's namespace; the
+/// environment's namespace is [`PLATFORM`].
+async fn cluster() -> Cluster {
+    let plane = ControlPlane::dedicated();
+    let client = plane.client().await;
+    let env = Env { plane, client, ns: PLATFORM.into() };
+    create_namespace(&env, PLATFORM, &[]).await;
+    Cluster(Some(env))
 }
 
-async fn create_namespace(api: &ApiServer, name: &str, labels: &[(&str, &str)]) {
+/// One test's control plane. Dropped, it stops the control plane on a thread of its own:
+/// stopping takes seconds (the launcher's orderly stop), which the test need not wait for,
+/// and which nothing outlives (the launcher stops everything once its stdin is closed).
+struct Cluster(Option<Env>);
+
+impl std::ops::Deref for Cluster {
+    type Target = Env;
+
+    fn deref(&self) -> &Env {
+        self.0.as_ref().expect("a running cluster")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(env) = self.0.take() {
+            std::thread::spawn(move || drop(env));
+        }
+    }
+}
+
+async fn start_controller(env: &Env) -> Running {
+    env.start_unscoped(args(&["--cluster-credentials"])).await
+}
+
+fn namespaces(env: &Env) -> Api<Namespace> {
+    Api::all(env.client.clone())
+}
+
+fn cccs(env: &Env) -> Api<ClusterClientCredential> {
+    Api::all(env.client.clone())
+}
+
+fn secrets_in(env: &Env, namespace: &str) -> Api<Secret> {
+    Api::namespaced(env.client.clone(), namespace)
+}
+
+async fn create_namespace(env: &Env, name: &str, labels: &[(&str, &str)]) {
     let ns = Namespace {
         metadata: ObjectMeta {
             name: Some(name.into()),
@@ -71,28 +124,16 @@ async fn create_namespace(api: &ApiServer, name: &str, labels: &[(&str, &str)]) 
         },
         ..Default::default()
     };
-    Api::<Namespace>::all(api.client()).create(&PostParams::default(), &ns).await.unwrap();
+    namespaces(env).create(&PostParams::default(), &ns).await.unwrap();
 }
 
-async fn label_namespace(api: &ApiServer, name: &str, value: Option<&str>) {
+async fn label_namespace(env: &Env, name: &str, value: Option<&str>) {
     let patch = json!({"metadata": {"labels": {LABEL: value}}});
-    Api::<Namespace>::all(api.client()).patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    namespaces(env).patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
 }
 
-async fn create_source(api: &ApiServer) {
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some("auth0-client".into()),
-            namespace: Some(PLATFORM.into()),
-            ..Default::default()
-        },
-        string_data: Some(BTreeMap::from([
-            ("client_id".to_owned(), "platform-client".to_owned()),
-            ("client_secret".to_owned(), "platform-secret".to_owned()),
-        ])),
-        ..Default::default()
-    };
-    Api::<Secret>::namespaced(api.client(), PLATFORM).create(&PostParams::default(), &secret).await.unwrap();
+async fn create_source(env: &Env) {
+    env.create_secret("auth0-client", &[("client_id", "platform-client"), ("client_secret", "platform-secret")]).await;
 }
 
 /// Fixture builder for ClusterClientCredentials.
@@ -122,48 +163,76 @@ impl Ccc {
         self
     }
 
-    async fn create(self, api: &ApiServer) {
+    async fn create(self, env: &Env) {
         let ccc: ClusterClientCredential = serde_json::from_value(self.0).unwrap();
-        Api::<ClusterClientCredential>::all(api.client()).create(&PostParams::default(), &ccc).await.unwrap();
+        cccs(env).create(&PostParams::default(), &ccc).await.unwrap();
     }
 }
 
-fn copy(v: &support::apiserver::View<'_>, namespace: &str) -> Option<String> {
-    let s: Secret = v.get(Some(namespace), "auth0-token")?;
-    s.data?.get("access_token").map(|b| String::from_utf8_lossy(&b.0).into_owned())
+fn token_of(secret: Option<&Secret>) -> Option<String> {
+    secret?.data.as_ref()?.get("access_token").map(|b| String::from_utf8_lossy(&b.0).into_owned())
 }
 
-fn copies(api: &ApiServer, namespaces: &[&str]) -> BTreeMap<String, Option<String>> {
-    api.inspect(|v| namespaces.iter().map(|ns| (ns.to_string(), copy(v, ns))).collect())
+async fn copy(env: &Env, namespace: &str) -> Option<String> {
+    token_of(secrets_in(env, namespace).get_opt("auth0-token").await.unwrap().as_ref())
 }
 
-fn ccc_status(api: &ApiServer, name: &str) -> Option<ClusterClientCredentialStatus> {
-    api.get::<ClusterClientCredential>(None, name).and_then(|c| c.status)
-}
-
-/// Waits until the copies in `namespaces` are exactly `want` (None: no copy).
-async fn wait_copies(api: &ApiServer, want: &[(&str, Option<&str>)]) {
-    let result = api.wait_for(|v| want.iter().all(|(ns, token)| copy(v, ns).as_deref() == *token), WAIT).await;
-    if result.is_err() {
-        let names: Vec<&str> = want.iter().map(|(ns, _)| *ns).collect();
-        panic!("copies never became {want:?}: {:?}; status {:#?}", copies(api, &names), ccc_status(api, "auth0"));
+async fn copies(env: &Env, namespaces: &[&str]) -> BTreeMap<String, Option<String>> {
+    let mut all = BTreeMap::new();
+    for ns in namespaces {
+        all.insert(ns.to_string(), copy(env, ns).await);
     }
+    all
+}
+
+async fn ccc_status(env: &Env, name: &str) -> Option<ClusterClientCredentialStatus> {
+    cccs(env).get_opt(name).await.unwrap().and_then(|c| c.status)
+}
+
+/// Watches `name` in `api` until `cond` holds; None after [`WAIT`].
+async fn watch_until<K>(
+    api: Api<K>,
+    name: &str,
+    cond: impl Fn(Option<&K>) -> bool + Send + 'static,
+) -> Option<Option<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Debug + Send + DeserializeOwned + 'static,
+{
+    let found = tokio::time::timeout(WAIT, await_condition(api, name, cond)).await.ok()?;
+    Some(found.expect("watching the object"))
+}
+
+/// Waits until the copies in these namespaces are `want` (None: no copy), then checks that
+/// they all are at once.
+async fn wait_copies(env: &Env, want: &[(&str, Option<&str>)]) {
+    let names: Vec<&str> = want.iter().map(|(ns, _)| *ns).collect();
+    let expected: BTreeMap<String, Option<String>> =
+        want.iter().map(|(ns, token)| (ns.to_string(), token.map(str::to_owned))).collect();
+    for (ns, token) in want {
+        let token = token.map(str::to_owned);
+        if watch_until(secrets_in(env, ns), "auth0-token", move |s| token_of(s) == token).await.is_none() {
+            panic!(
+                "copies never became {want:?}: {:?}; status {:#?}",
+                copies(env, &names).await,
+                ccc_status(env, "auth0").await
+            );
+        }
+    }
+    assert_eq!(copies(env, &names).await, expected, "the copies, all at once");
 }
 
 async fn wait_ccc(
-    api: &ApiServer,
+    env: &Env,
     name: &str,
     what: &str,
-    mut check: impl FnMut(&ClusterClientCredentialStatus) -> bool,
+    check: impl Fn(&ClusterClientCredentialStatus) -> bool + Send + 'static,
 ) {
-    let result = api
-        .wait_for(
-            |v| v.get::<ClusterClientCredential>(None, name).and_then(|c| c.status).is_some_and(|s| check(&s)),
-            WAIT,
-        )
-        .await;
-    if result.is_err() {
-        panic!("{name}: never {what}; status {:#?}", ccc_status(api, name));
+    let found = watch_until(cccs(env), name, move |c: Option<&ClusterClientCredential>| {
+        c.and_then(|c| c.status.as_ref()).is_some_and(&check)
+    })
+    .await;
+    if found.is_none() {
+        panic!("{name}: never {what}; status {:#?}", ccc_status(env, name).await);
     }
 }
 
@@ -178,48 +247,45 @@ fn cond(s: &ClusterClientCredentialStatus, type_: &str) -> (String, String) {
 
 /// Platform namespace with the source Secret; `listed` (by name), `labelled-a` and
 /// `labelled-b` (by label), `unlabelled` and `excluded` (labelled but excluded).
-async fn fleet(api: &ApiServer) {
-    create_source(api).await;
-    create_namespace(api, "listed", &[]).await;
-    create_namespace(api, "labelled-a", &[(LABEL, "yes")]).await;
-    create_namespace(api, "labelled-b", &[(LABEL, "yes")]).await;
-    create_namespace(api, "unlabelled", &[]).await;
-    create_namespace(api, "excluded", &[(LABEL, "yes")]).await;
+async fn fleet(env: &Env) {
+    create_source(env).await;
+    create_namespace(env, "listed", &[]).await;
+    create_namespace(env, "labelled-a", &[(LABEL, "yes")]).await;
+    create_namespace(env, "labelled-b", &[(LABEL, "yes")]).await;
+    create_namespace(env, "unlabelled", &[]).await;
+    create_namespace(env, "excluded", &[(LABEL, "yes")]).await;
 }
 
 /// The fleet, a controller with --cluster-credentials and the ClusterClientCredential
 /// `auth0` (spec patched by `spec`), once the three selected namespaces hold token-1.
-async fn running_fleet(spec: Value) -> (ApiServer, Endpoint, Running) {
-    let api = cluster_api().await;
+async fn running_fleet(spec: Value) -> (Cluster, Endpoint, Running) {
+    let env = cluster().await;
     let endpoint = Endpoint::start().await;
-    fleet(&api).await;
-    let controller = start(&api, args(&["--cluster-credentials"]));
-    Ccc::new("auth0", &endpoint).spec(spec).create(&api).await;
-    wait_copies(&api, &SELECTED.map(|ns| (ns, Some("token-1")))).await;
-    (api, endpoint, controller)
+    fleet(&env).await;
+    let controller = start_controller(&env).await;
+    Ccc::new("auth0", &endpoint).spec(spec).create(&env).await;
+    wait_copies(&env, &SELECTED.map(|ns| (ns, Some("token-1")))).await;
+    (env, endpoint, controller)
 }
 
 /// The namespaces [`fleet`] has selected.
 const SELECTED: [&str; 3] = ["listed", "labelled-a", "labelled-b"];
 
-fn renew_now(api: &ApiServer, value: &str) -> impl std::future::Future<Output = ()> {
-    let api = Api::<ClusterClientCredential>::all(api.client());
+async fn renew_now(env: &Env, value: &str) {
     let patch = json!({"metadata": {"annotations": {"tokensync.io/renew-requested-at": value}}});
-    async move {
-        api.patch("auth0", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
-    }
+    cccs(env).patch("auth0", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
 }
 
 #[tokio::test]
 async fn one_token_request_per_renewal_reaches_every_selected_namespace() {
-    let api = cluster_api().await;
+    let env = cluster().await;
     let endpoint = Endpoint::start().await;
-    fleet(&api).await;
-    let _c = start(&api, args(&["--cluster-credentials"]));
-    Ccc::new("auth0", &endpoint).create(&api).await;
+    fleet(&env).await;
+    let _c = start_controller(&env).await;
+    Ccc::new("auth0", &endpoint).create(&env).await;
 
     wait_copies(
-        &api,
+        &env,
         &[
             ("listed", Some("token-1")),
             ("labelled-a", Some("token-1")),
@@ -229,114 +295,164 @@ async fn one_token_request_per_renewal_reaches_every_selected_namespace() {
         ],
     )
     .await;
-    wait_ccc(&api, "auth0", "Ready with 3 synced", |s| {
+    wait_ccc(&env, "auth0", "Ready with 3 synced", |s| {
         cond(s, "Ready") == ("True".into(), "TokenIssued".into()) && s.synced_namespaces == Some(3)
     })
     .await;
-    let s = ccc_status(&api, "auth0").unwrap();
+    let s = ccc_status(&env, "auth0").await.unwrap();
     assert_eq!((s.selected_namespaces, s.failed_namespaces), (Some(3), Some(0)));
     assert_eq!(endpoint.issued(), 1, "one request for three namespaces");
     // The copies are labelled for the cluster credential, and carry no ownerReference.
-    let copy: Secret = api.get(Some("labelled-a"), "auth0-token").unwrap();
+    let copy = secrets_in(&env, "labelled-a").get("auth0-token").await.unwrap();
     let labels = copy.metadata.labels.clone().unwrap();
     assert_eq!(labels.get("tokensync.io/cluster-client-credential").map(String::as_str), Some("auth0"));
     assert_eq!(labels.get("app.kubernetes.io/managed-by").map(String::as_str), Some("tokensync"));
     assert!(copy.metadata.owner_references.is_none());
     // The client secret and the refresh state stay in the platform namespace.
     assert!(copy.data.unwrap().values().all(|v| !String::from_utf8_lossy(&v.0).contains("platform-secret")));
-    let state: Option<Secret> = api.get(Some(PLATFORM), "auth0.tokensync-cluster-state");
+    let state = env.secret("auth0.tokensync-cluster-state").await;
     assert!(state.is_some(), "the state Secret lives in the credentials namespace");
 
     // A renewal is one more request, and every copy gets its token.
-    renew_now(&api, "r1").await;
-    wait_copies(&api, &[("listed", Some("token-2")), ("labelled-a", Some("token-2")), ("labelled-b", Some("token-2"))])
+    renew_now(&env, "r1").await;
+    wait_copies(&env, &[("listed", Some("token-2")), ("labelled-a", Some("token-2")), ("labelled-b", Some("token-2"))])
         .await;
     assert_eq!(endpoint.issued(), 2);
 }
 
 #[tokio::test]
 async fn namespaces_that_start_matching_get_the_token_without_a_request_and_those_that_stop_lose_their_copy() {
-    let (api, endpoint, _c) = running_fleet(json!({})).await;
-    wait_copies(&api, &[("unlabelled", None)]).await;
+    let (env, endpoint, _c) = running_fleet(json!({})).await;
+    wait_copies(&env, &[("unlabelled", None)]).await;
 
     // A namespace gains the label, and a new labelled namespace is created.
-    label_namespace(&api, "unlabelled", Some("yes")).await;
-    create_namespace(&api, "created-later", &[(LABEL, "yes")]).await;
-    wait_copies(&api, &[("unlabelled", Some("token-1")), ("created-later", Some("token-1"))]).await;
+    label_namespace(&env, "unlabelled", Some("yes")).await;
+    create_namespace(&env, "created-later", &[(LABEL, "yes")]).await;
+    wait_copies(&env, &[("unlabelled", Some("token-1")), ("created-later", Some("token-1"))]).await;
     assert_eq!(endpoint.issued(), 1, "the current token, without a new request");
 
     // A namespace loses the label: its copy is removed; the others stay.
-    label_namespace(&api, "labelled-b", None).await;
-    wait_copies(&api, &[("labelled-b", None), ("labelled-a", Some("token-1"))]).await;
-    wait_ccc(&api, "auth0", "4 synced", |s| s.synced_namespaces == Some(4)).await;
+    label_namespace(&env, "labelled-b", None).await;
+    wait_copies(&env, &[("labelled-b", None), ("labelled-a", Some("token-1"))]).await;
+    wait_ccc(&env, "auth0", "4 synced", |s| s.synced_namespaces == Some(4)).await;
     assert_eq!(endpoint.issued(), 1);
+}
+
+/// The test control plane's kube-controller-manager runs every controller as
+/// `system:kube-controller-manager` (`--use-service-account-credentials=false`), whose
+/// bootstrap ClusterRole may not delete a namespace's content nor update namespaces/status:
+/// its namespace controller fails ("cannot deletecollection resource ...") and a deleted
+/// namespace stays Terminating for ever. A real cluster runs that controller as the
+/// `namespace-controller` ServiceAccount with the bootstrap ClusterRole
+/// `system:controller:namespace-controller`; this binds that role to the identity the test
+/// control plane's controller manager has.
+async fn let_the_namespace_controller_finalize_namespaces(env: &Env) {
+    use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "tokensync-test:namespace-controller"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+            "name": "system:controller:namespace-controller"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:kube-controller-manager"}],
+    }))
+    .unwrap();
+    Api::<ClusterRoleBinding>::all(env.client.clone()).create(&PostParams::default(), &binding).await.unwrap();
+}
+
+/// Deleting a namespace is asynchronous on a real cluster: it is Terminating while the
+/// namespace controller (kube-controller-manager) deletes its content, the copy included,
+/// then it is gone. A terminating namespace is no longer selected, and is no failure; a
+/// namespace created again under the same name gets the current token again.
+#[tokio::test]
+async fn a_deleted_namespace_leaves_the_selection_without_a_failure_and_gets_the_token_when_created_again() {
+    let (env, endpoint, _c) = running_fleet(json!({})).await;
+    let_the_namespace_controller_finalize_namespaces(&env).await;
+    wait_ccc(&env, "auth0", "3 synced", |s| s.synced_namespaces == Some(3)).await;
+
+    namespaces(&env).delete("labelled-b", &DeleteParams::default()).await.unwrap();
+    if watch_until(namespaces(&env), "labelled-b", |ns| ns.is_none()).await.is_none() {
+        panic!("namespace labelled-b was never finalized: {:#?}", namespaces(&env).get_opt("labelled-b").await);
+    }
+    wait_ccc(&env, "auth0", "2 selected and synced", |s| {
+        (s.selected_namespaces, s.synced_namespaces) == (Some(2), Some(2))
+    })
+    .await;
+    let s = ccc_status(&env, "auth0").await.unwrap();
+    assert_eq!((s.failed_namespaces, s.namespace_failures.len()), (Some(0), 0), "{s:#?}");
+    assert_eq!(cond(&s, "Degraded"), ("False".into(), "Healthy".into()));
+    assert_eq!(copies(&env, &["listed", "labelled-a"]).await.values().flatten().count(), 2, "the others stay");
+
+    create_namespace(&env, "labelled-b", &[(LABEL, "yes")]).await;
+    wait_copies(&env, &SELECTED.map(|ns| (ns, Some("token-1")))).await;
+    wait_ccc(&env, "auth0", "3 synced again", |s| s.synced_namespaces == Some(3)).await;
+    assert_eq!(endpoint.issued(), 1, "the current token, without a new request");
 }
 
 #[tokio::test]
 async fn deleting_the_cluster_credential_removes_every_copy_and_its_state() {
-    let (api, _endpoint, _c) = running_fleet(json!({})).await;
-    let ccc: ClusterClientCredential = api.get(None, "auth0").unwrap();
+    let (env, _endpoint, _c) = running_fleet(json!({})).await;
+    let ccc = cccs(&env).get("auth0").await.unwrap();
     assert!(ccc.metadata.finalizers.unwrap_or_default().contains(&"tokensync.io/cleanup".to_owned()));
 
-    Api::<ClusterClientCredential>::all(api.client()).delete("auth0", &DeleteParams::default()).await.unwrap();
-    let gone = api
-        .wait_for(
-            |v| {
-                ["listed", "labelled-a", "labelled-b"].iter().all(|ns| copy(v, ns).is_none())
-                    && v.get::<Secret>(Some(PLATFORM), "auth0.tokensync-cluster-state").is_none()
-                    && v.get::<ClusterClientCredential>(None, "auth0").is_none()
-            },
-            WAIT,
-        )
-        .await;
-    assert!(gone.is_ok(), "copies left: {:?}", copies(&api, &["listed", "labelled-a", "labelled-b"]));
+    cccs(&env).delete("auth0", &DeleteParams::default()).await.unwrap();
+    if watch_until(cccs(&env), "auth0", |c| c.is_none()).await.is_none() {
+        panic!("auth0 was never deleted: {:#?}", cccs(&env).get_opt("auth0").await);
+    }
+    // The finalizer removed the copies and the state before letting it go.
+    assert_eq!(
+        copies(&env, &SELECTED).await,
+        SELECTED.iter().map(|ns| (ns.to_string(), None)).collect(),
+        "copies left"
+    );
+    assert!(env.secret("auth0.tokensync-cluster-state").await.is_none(), "the state goes");
     // The source Secret is the platform team's: untouched.
-    assert!(api.get::<Secret>(Some(PLATFORM), "auth0-client").is_some());
+    assert!(env.secret("auth0-client").await.is_some());
 }
 
 #[tokio::test]
 async fn with_deletion_policy_retain_copies_outlive_the_cluster_credential() {
-    let (api, _endpoint, _c) = running_fleet(json!({"target": {"deletionPolicy": "Retain"}})).await;
-    Api::<ClusterClientCredential>::all(api.client()).delete("auth0", &DeleteParams::default()).await.unwrap();
-    api.wait_for(|v| v.get::<ClusterClientCredential>(None, "auth0").is_none(), WAIT).await.unwrap();
-    assert_eq!(copies(&api, &["listed", "labelled-a"]).values().flatten().count(), 2, "the copies stay");
-    assert!(api.get::<Secret>(Some(PLATFORM), "auth0.tokensync-cluster-state").is_none(), "the state goes");
+    let (env, _endpoint, _c) = running_fleet(json!({"target": {"deletionPolicy": "Retain"}})).await;
+    cccs(&env).delete("auth0", &DeleteParams::default()).await.unwrap();
+    if watch_until(cccs(&env), "auth0", |c| c.is_none()).await.is_none() {
+        panic!("auth0 was never deleted: {:#?}", cccs(&env).get_opt("auth0").await);
+    }
+    assert_eq!(copies(&env, &["listed", "labelled-a"]).await.values().flatten().count(), 2, "the copies stay");
+    assert!(env.secret("auth0.tokensync-cluster-state").await.is_none(), "the state goes");
 }
 
 #[tokio::test]
 async fn a_failing_endpoint_keeps_every_copy_s_valid_token() {
-    let (api, endpoint, _c) = running_fleet(json!({})).await;
+    let (env, endpoint, _c) = running_fleet(json!({})).await;
 
     endpoint.failing.store(true, Ordering::SeqCst);
-    renew_now(&api, "r1").await;
-    wait_ccc(&api, "auth0", "Degraded by the endpoint", |s| {
+    renew_now(&env, "r1").await;
+    wait_ccc(&env, "auth0", "Degraded by the endpoint", |s| {
         cond(s, "Degraded") == ("True".into(), "TokenEndpointUnavailable".into())
             && s.credential.failed_attempts >= Some(1)
     })
     .await;
-    let s = ccc_status(&api, "auth0").unwrap();
+    let s = ccc_status(&env, "auth0").await.unwrap();
     assert_eq!(cond(&s, "Ready"), ("True".into(), "TokenIssued".into()), "the published token is still valid");
     let message = &s.credential.conditions.iter().find(|c| c.type_ == "Degraded").unwrap().message;
     assert!(!message.contains("platform-secret"), "{message}");
     assert_eq!(
-        copies(&api, &["listed", "labelled-a", "labelled-b"]).values().flatten().collect::<Vec<_>>(),
+        copies(&env, &SELECTED).await.values().flatten().collect::<Vec<_>>(),
         vec!["token-1", "token-1", "token-1"],
         "every copy keeps its valid token"
     );
 
     // The endpoint heals; the next renewal reaches every namespace.
     endpoint.failing.store(false, Ordering::SeqCst);
-    renew_now(&api, "r2").await;
-    wait_copies(&api, &[("listed", Some("token-2")), ("labelled-a", Some("token-2")), ("labelled-b", Some("token-2"))])
+    renew_now(&env, "r2").await;
+    wait_copies(&env, &[("listed", Some("token-2")), ("labelled-a", Some("token-2")), ("labelled-b", Some("token-2"))])
         .await;
-    wait_ccc(&api, "auth0", "healthy again", |s| cond(s, "Degraded") == ("False".into(), "Healthy".into())).await;
+    wait_ccc(&env, "auth0", "healthy again", |s| cond(s, "Degraded") == ("False".into(), "Healthy".into())).await;
 }
 
 #[tokio::test]
 async fn a_foreign_secret_in_one_namespace_is_left_alone_and_named_in_status() {
-    let api = cluster_api().await;
+    let env = cluster().await;
     let endpoint = Endpoint::start().await;
-    fleet(&api).await;
+    fleet(&env).await;
     let foreign = Secret {
         metadata: ObjectMeta {
             name: Some("auth0-token".into()),
@@ -346,72 +462,69 @@ async fn a_foreign_secret_in_one_namespace_is_left_alone_and_named_in_status() {
         string_data: Some(BTreeMap::from([("access_token".to_owned(), "theirs".to_owned())])),
         ..Default::default()
     };
-    Api::<Secret>::namespaced(api.client(), "labelled-b").create(&PostParams::default(), &foreign).await.unwrap();
-    let _c = start(&api, args(&["--cluster-credentials"]));
-    Ccc::new("auth0", &endpoint).create(&api).await;
+    secrets_in(&env, "labelled-b").create(&PostParams::default(), &foreign).await.unwrap();
+    let _c = start_controller(&env).await;
+    Ccc::new("auth0", &endpoint).create(&env).await;
 
-    wait_copies(&api, &[("listed", Some("token-1")), ("labelled-a", Some("token-1"))]).await;
-    wait_ccc(&api, "auth0", "one failed namespace", |s| s.failed_namespaces == Some(1)).await;
-    let s = ccc_status(&api, "auth0").unwrap();
+    wait_copies(&env, &[("listed", Some("token-1")), ("labelled-a", Some("token-1"))]).await;
+    wait_ccc(&env, "auth0", "one failed namespace", |s| s.failed_namespaces == Some(1)).await;
+    let s = ccc_status(&env, "auth0").await.unwrap();
     assert_eq!(s.synced_namespaces, Some(2));
     assert_eq!(s.namespace_failures.len(), 1);
     assert_eq!(s.namespace_failures[0].namespace, "labelled-b");
     assert!(s.namespace_failures[0].message.contains("not managed by this ClusterClientCredential"));
     assert_eq!(cond(&s, "Ready"), ("True".into(), "TokenIssued".into()));
     assert_eq!(cond(&s, "Degraded"), ("True".into(), "TargetNamespacesFailed".into()));
-    assert_eq!(copies(&api, &["labelled-b"])["labelled-b"].as_deref(), Some("theirs"), "never overwritten");
+    assert_eq!(copy(&env, "labelled-b").await.as_deref(), Some("theirs"), "never overwritten");
 }
 
+/// A ClientCredential reads Secrets in its own namespace only: the CRD's validation rules
+/// make the API server refuse one that names another namespace, so no controller ever sees
+/// it. (The controller refuses it too, should admission not have run:
+/// tests/cluster_credentials_staged_faults.rs.)
 #[tokio::test]
-async fn a_client_credential_still_cannot_read_a_secret_in_another_namespace() {
-    let api = cluster_api().await;
+async fn the_api_server_refuses_a_client_credential_that_names_a_secret_in_another_namespace() {
+    let env = cluster().await;
     let endpoint = Endpoint::start().await;
-    create_source(&api).await;
-    create_namespace(&api, NS, &[]).await;
-    let _c = start(&api, args(&["--cluster-credentials"]));
-    Cc::new("sneaky", &endpoint.server.url("/oauth/token"))
+    create_source(&env).await;
+    let team = env.plane.namespace("team").await;
+    let sneaky = Cc::new("sneaky", &endpoint.server.url("/oauth/token"))
         .spec(json!({"credentialsRef": {"name": "auth0-client", "namespace": PLATFORM}}))
-        .create(&api)
-        .await;
-    wait_condition(&api, "sneaky", "Ready", ("False", "InvalidSpec")).await;
-    let message = status(&api, "sneaky").unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap().message;
-    assert!(message.contains("spec.credentialsRef.namespace"), "{message}");
-    assert_eq!(endpoint.issued(), 0);
-    assert!(secret_data(&api, "sneaky").is_none());
-}
-
-#[tokio::test]
-async fn a_state_write_that_keeps_failing_costs_no_second_token_request() {
-    let api = cluster_api().await;
-    let endpoint = Endpoint::start().await;
-    fleet(&api).await;
-    // More failures than one reconcile retries: the token must survive in memory.
-    api.inject(Fault::verbs(&[Verb::Apply]).resource("secrets").name("auth0.tokensync-cluster-state").times(7));
-    let _c = start(&api, args(&["--cluster-credentials"]));
-    Ccc::new("auth0", &endpoint).create(&api).await;
-    wait_copies(&api, &[("listed", Some("token-1")), ("labelled-a", Some("token-1")), ("labelled-b", Some("token-1"))])
-        .await;
-    assert!(api.get::<Secret>(Some(PLATFORM), "auth0.tokensync-cluster-state").is_some());
-    assert_eq!(endpoint.issued(), 1);
+        .namespace(&team)
+        .build();
+    let ccs: Api<ClientCredential> = Api::namespaced(env.client.clone(), &team);
+    let refused = ccs.create(&PostParams::default(), &sneaky).await.expect_err("the API server refuses it");
+    let kube::Error::Api(status) = refused else { panic!("not an API error: {refused:?}") };
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"), "{status:?}");
+    assert!(status.message.contains("spec.credentialsRef.namespace"), "{}", status.message);
 }
 
 #[tokio::test]
 async fn an_invalid_spec_change_keeps_every_copy_s_valid_token() {
-    let (api, endpoint, _c) = running_fleet(json!({})).await;
-    // A scope with a space: refused by the schema at admission, and by the controller when
-    // admission did not run.
+    let (env, endpoint, _c) = running_fleet(json!({})).await;
+    // A scope with a space is refused by the schema at admission.
     let patch = json!({"spec": {"scopes": ["read write"]}});
-    Api::<ClusterClientCredential>::all(api.client())
-        .patch("auth0", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
-    wait_ccc(&api, "auth0", "Degraded by the invalid spec", |s| {
+    let refused = cccs(&env).patch("auth0", &PatchParams::default(), &Patch::Merge(&patch)).await;
+    assert!(
+        matches!(&refused, Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains("spec.scopes")),
+        "{refused:?}"
+    );
+    // An operator a label selector does not have passes the schema (it types the operator
+    // as a string), and the controller refuses it. Should the schema ever refuse it too, this
+    // part can only run on the API server double, which does not validate.
+    let patch = json!({"spec": {"target": {"namespaceSelector": {"matchExpressions": [
+        {"key": LABEL, "operator": "Equals", "values": ["yes"]}
+    ]}}}});
+    cccs(&env).patch("auth0", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    wait_ccc(&env, "auth0", "Degraded by the invalid spec", |s| {
         cond(s, "Degraded") == ("True".into(), "InvalidSpec".into())
     })
     .await;
-    let s = ccc_status(&api, "auth0").unwrap();
+    let s = ccc_status(&env, "auth0").await.unwrap();
     assert_eq!(cond(&s, "Ready"), ("True".into(), "TokenIssued".into()), "the published token is still valid");
-    assert_eq!(copies(&api, &SELECTED).values().flatten().count(), 3, "every copy stays");
+    let message = &s.credential.conditions.iter().find(|c| c.type_ == "Degraded").unwrap().message;
+    assert!(message.contains("spec.target.namespaceSelector"), "{message}");
+    assert_eq!(copies(&env, &SELECTED).await.values().flatten().count(), 3, "every copy stays");
     assert_eq!(endpoint.issued(), 1);
 }
 
@@ -420,12 +533,12 @@ async fn an_invalid_spec_change_keeps_every_copy_s_valid_token() {
 /// a key another writer adds to a copy is removed, its labels stay.
 #[tokio::test]
 async fn a_source_secret_put_back_clears_its_failure_and_copies_hold_only_what_tokensync_renders() {
-    let (api, endpoint, _c) = running_fleet(json!({})).await;
-    let sources: Api<Secret> = Api::namespaced(api.client(), PLATFORM);
+    let (env, endpoint, _c) = running_fleet(json!({})).await;
+    let sources = env.secrets();
     let set_secret = |value: &str| json!({"stringData": {"client_secret": value}});
 
     sources.patch("auth0-client", &PatchParams::default(), &Patch::Merge(&set_secret("wrong"))).await.unwrap();
-    wait_ccc(&api, "auth0", "rejected", |s| {
+    wait_ccc(&env, "auth0", "rejected", |s| {
         cond(s, "Degraded") == ("True".into(), "TokenRequestRejected".into()) && s.credential.failed_attempts == Some(1)
     })
     .await;
@@ -433,7 +546,7 @@ async fn a_source_secret_put_back_clears_its_failure_and_copies_hold_only_what_t
         .patch("auth0-client", &PatchParams::default(), &Patch::Merge(&set_secret("platform-secret")))
         .await
         .unwrap();
-    wait_ccc(&api, "auth0", "healthy again", |s| {
+    wait_ccc(&env, "auth0", "healthy again", |s| {
         cond(s, "Degraded") == ("False".into(), "Healthy".into()) && s.credential.failed_attempts.is_none()
     })
     .await;
@@ -444,38 +557,45 @@ async fn a_source_secret_put_back_clears_its_failure_and_copies_hold_only_what_t
         "metadata": {"name": "auth0-token", "labels": {"backup.example/include": "true"}},
         "data": {"junk": "anVuaw=="},
     });
-    let copies_in_a: Api<Secret> = Api::namespaced(api.client(), "labelled-a");
+    let copies_in_a = secrets_in(&env, "labelled-a");
     copies_in_a
         .patch("auth0-token", &PatchParams::apply("another-controller"), &Patch::Apply(&intruder))
         .await
         .unwrap();
-    let copy = api
-        .wait_for_value(
-            |v| {
-                v.get::<Secret>(Some("labelled-a"), "auth0-token")
-                    .filter(|s| !s.data.as_ref().unwrap().contains_key("junk"))
-            },
-            WAIT,
-        )
-        .await
-        .expect("the key another manager added to the copy is removed");
+    let copy = watch_until(copies_in_a, "auth0-token", |s: Option<&Secret>| {
+        s.is_some_and(|s| !s.data.as_ref().unwrap().contains_key("junk"))
+    })
+    .await
+    .expect("the key another manager added to the copy is removed")
+    .unwrap();
     assert_eq!(copy.metadata.labels.unwrap()["backup.example/include"], "true");
     assert_eq!(endpoint.issued(), 1);
+}
+
+/// The keys the API server signs ServiceAccount tokens with, found as an identity provider
+/// finds them (discovery, then jwks_uri), through the admin's client: the discovery
+/// endpoints of this control plane are not open to anonymous requests.
+async fn service_account_keys(env: &Env) -> JwkSet {
+    let get = |path: &str| http::Request::get(path).body(Vec::new()).unwrap();
+    let doc: Value = env.client.request(get("/.well-known/openid-configuration")).await.unwrap();
+    assert_eq!(doc["issuer"], json!(env.plane.issuer()), "the discovery document names the issuer");
+    let jwks_uri = url::Url::parse(doc["jwks_uri"].as_str().unwrap()).unwrap();
+    env.client.request(get(jwks_uri.path())).await.unwrap()
 }
 
 #[tokio::test]
 async fn a_service_account_token_replaces_the_secret_one_token_request_per_renewal_in_its_namespace() {
     const AUDIENCE: &str = "https://auth.example/oauth2/token";
-    let api = cluster_api().await;
-    fleet(&api).await;
+    let env = cluster().await;
+    fleet(&env).await;
     let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "platform-sync",
         "namespace": PLATFORM, "annotations": {"tokensync.io/allowed-audiences": AUDIENCE}}});
-    let sas: Api<ServiceAccount> = Api::namespaced(api.client(), PLATFORM);
+    let sas: Api<ServiceAccount> = env.api();
     sas.create(&PostParams::default(), &serde_json::from_value(sa).unwrap()).await.unwrap();
-    // A jwt-bearer endpoint verifying each assertion against the double's published keys,
-    // for the platform ServiceAccount only; token-N for the Nth verified one.
-    let (issuer, subject) = (api.service_account_issuer(), format!("system:serviceaccount:{PLATFORM}:platform-sync"));
-    let jwks = federation::fetch_jwks(&issuer).await;
+    // A jwt-bearer endpoint verifying each assertion against the API server's published
+    // keys, for the platform ServiceAccount only; token-N for the Nth verified one.
+    let (issuer, subject) = (env.plane.issuer().to_owned(), format!("system:serviceaccount:{PLATFORM}:platform-sync"));
+    let jwks = service_account_keys(&env).await;
     let issued = Arc::new(AtomicU32::new(0));
     let counter = issued.clone();
     let server = TokenServer::start(move |r| {
@@ -493,7 +613,7 @@ async fn a_service_account_token_replaces_the_secret_one_token_request_per_renew
         }
     })
     .await;
-    let _c = start(&api, args(&["--cluster-credentials"]));
+    let c = start_controller(&env).await;
     let spec = json!({
         "tokenEndpoint": server.url("/token"),
         "credentialsRef": null,
@@ -502,31 +622,32 @@ async fn a_service_account_token_replaces_the_secret_one_token_request_per_renew
         "serviceAccountRef": {"name": "platform-sync", "namespace": PLATFORM, "audience": AUDIENCE},
     });
     let endpoint = Endpoint::start().await;
-    Ccc::new("auth0", &endpoint).spec(spec).create(&api).await;
+    Ccc::new("auth0", &endpoint).spec(spec).create(&env).await;
 
-    wait_copies(&api, &SELECTED.map(|ns| (ns, Some("token-1")))).await;
-    wait_copies(&api, &[("unlabelled", None), ("excluded", None)]).await;
-    wait_ccc(&api, "auth0", "Ready", |s| cond(s, "Ready") == ("True".into(), "TokenIssued".into())).await;
+    wait_copies(&env, &SELECTED.map(|ns| (ns, Some("token-1")))).await;
+    wait_copies(&env, &[("unlabelled", None), ("excluded", None)]).await;
+    wait_ccc(&env, "auth0", "Ready", |s| cond(s, "Ready") == ("True".into(), "TokenIssued".into())).await;
     assert_eq!(
-        ccc_status(&api, "auth0").unwrap().credential.service_account,
+        ccc_status(&env, "auth0").await.unwrap().credential.service_account,
         Some(ServiceAccountStatus {
             namespace: PLATFORM.into(),
             name: "platform-sync".into(),
             audience: AUDIENCE.into()
         })
     );
-    let token_requests = |api: &ApiServer| api.count(Verb::Create, "serviceaccounts", Some("token"));
-    assert_eq!((token_requests(&api), server.requests().len()), (1, 1), "one ServiceAccount token for all copies");
+    // The controller's TokenRequests (serviceaccounts/token), as its client counts them.
+    let token_requests = || kube_requests(&c.metrics, "create", "serviceaccounts/token") as usize;
+    assert_eq!((token_requests(), server.requests().len()), (1, 1), "one ServiceAccount token for all copies");
 
     for (n, at) in ["r1", "r2"].into_iter().enumerate() {
-        renew_now(&api, at).await;
+        renew_now(&env, at).await;
         let token = format!("token-{}", n + 2);
-        wait_copies(&api, &SELECTED.map(|ns| (ns, Some(token.as_str())))).await;
-        assert_eq!((token_requests(&api), server.requests().len()), (n + 2, n + 2), "renewal {at}");
+        wait_copies(&env, &SELECTED.map(|ns| (ns, Some(token.as_str())))).await;
+        assert_eq!((token_requests(), server.requests().len()), (n + 2, n + 2), "renewal {at}");
     }
-    // Every TokenRequest was for the ServiceAccount in its own namespace, none in a target.
-    for r in api.requests().iter().filter(|r| r.subresource.as_deref() == Some("token")) {
-        assert_eq!((r.namespace.as_deref(), r.name.as_deref()), (Some(PLATFORM), Some("platform-sync")));
-    }
+    // Every TokenRequest was for the ServiceAccount in its own namespace, none in a target:
+    // each one the controller made produced an assertion the endpoint verified as
+    // platform/platform-sync's (a TokenRequest anywhere else would have failed, or been for
+    // another subject).
     assert_eq!((issued.load(Ordering::SeqCst), endpoint.issued()), (3, 0), "no client secret was used");
 }

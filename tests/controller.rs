@@ -626,3 +626,44 @@ async fn deleting_the_credential_lets_the_garbage_collector_remove_its_secrets_u
     assert_eq!(env.secret_data("demo-client").await.unwrap()["client_secret"], "csecret", "the source is the user's");
     assert_eq!(issuer.requests(), 2);
 }
+
+/// Issue 26, item 4. The state Secret belongs to the ClientCredential by name and owner, not
+/// to whoever sets its labels: a label another writer removes or changes (which takes it out
+/// of the controller's label-filtered cache) is put back, and is never read as the loss of the
+/// token: no token request, and the rotating refresh chain goes on from the stored token.
+#[tokio::test]
+async fn a_relabelled_state_secret_is_repaired_without_a_token_request_and_the_refresh_chain_goes_on() {
+    if let Ok(filter) = std::env::var("TOKENSYNC_TEST_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    }
+    let env = Env::new("controller").await;
+    let issuer = Issuer::start(3600).await;
+    issuer.behaviour.lock().unwrap().rotating_refresh = true;
+    let c = env.start(args(&[])).await;
+    env.create_secret("demo-client", &[("client_id", "cid"), ("client_secret", "s")]).await;
+    env.create_cc(Cc::new("demo", &issuer.url()).spec(json!({"refreshEndpoint": {"url": issuer.url()}}))).await;
+    env.wait_secret_value("demo", "access_token", "token-1").await;
+    env.wait_secret_value("demo.tokensync-state", "refresh_token", "refresh-1").await;
+
+    for labels in
+        [json!({"app.kubernetes.io/managed-by": null}), json!({"app.kubernetes.io/managed-by": "someone-else"})]
+    {
+        env.merge_patch_secret("demo.tokensync-state", json!({"metadata": {"labels": labels}})).await;
+        env.wait::<Secret>("demo.tokensync-state", "labelled as tokensync's again", |s| {
+            s.and_then(|s| s.metadata.labels.as_ref())
+                .is_some_and(|l| l.get("app.kubernetes.io/managed-by").map(String::as_str) == Some("tokensync"))
+        })
+        .await;
+        assert_eq!(issuer.requests(), 1, "a label edit ({labels}) cost a token request");
+    }
+    assert_eq!(env.secret_data("demo.tokensync-state").await.unwrap()["refresh_token"], "refresh-1");
+    assert!(c.metrics.reconciles() >= 2);
+
+    // The chain goes on from the stored refresh token.
+    env.merge_patch_cc("demo", json!({"metadata": {"annotations": {"tokensync.io/renew-requested-at": "chain"}}}))
+        .await;
+    env.wait_secret_value("demo", "access_token", "token-2").await;
+    let last = issuer.server.requests().last().unwrap().params();
+    assert_eq!((last["grant_type"].as_str(), last["refresh_token"].as_str()), ("refresh_token", "refresh-1"));
+    env.wait_condition("demo", "Degraded", ("False", "Healthy")).await;
+}

@@ -1,6 +1,15 @@
-//! `tokensync status` and `tokensync renew`, run as the real binary (and as the kubectl
-//! plugin `kubectl-tokensync`) with a kubeconfig pointing at the API server double, while
-//! the controller runs in-process against the same double and real token servers.
+//! `tokensync status` and `tokensync renew` as an operator runs them: `kubectl tokensync
+//! ...`, the real kubectl finding the plugin `kubectl-tokensync` (a symlink to the built
+//! binary) on PATH, against a real Kubernetes control plane (`tests/support/control_plane.rs`)
+//! with a kubeconfig whose context is the test's namespace. The controller runs in-process
+//! against the same control plane, with real token servers; permissions are real RBAC for
+//! client-certificate users.
+//!
+//! Most tests share this binary's control plane, each in a namespace of its own. Three have
+//! one of their own ([`ControlPlane::dedicated`]): `renew --all -A` renews every credential
+//! in the cluster, a controller with --cluster-credentials reconciles every credential in
+//! the cluster (either would act on the other tests' credentials), and a cluster without the
+//! CRDs has them deleted.
 
 mod support;
 mod token_server;
@@ -11,12 +20,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use base64::Engine;
-use kube::api::{Api, PostParams};
-use serde_json::json;
-use support::apiserver::{ApiServer, Fault, Verb};
-use support::controller::*;
+use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::config::Kubeconfig;
+use kube::runtime::wait::await_condition;
+use serde_json::{Value, json};
+use support::control_plane::{ControlPlane, bin_dir};
+use support::controller::{Cc, Running, args};
+use support::real::{Env, WAIT};
 use token_server::{Reply, TokenServer};
-use tokensync::api::ClientCredential;
+use tokensync::api::{ClientCredential, ClusterClientCredential};
 
 /// The access token the servers issue: a JWT whose claims `status` shows. Its signature
 /// part is a marker that must never appear in any output.
@@ -60,32 +76,8 @@ impl Idp {
     }
 }
 
-/// A kubeconfig with one context for the double, its namespace team-a, plus a second
-/// context pointing nowhere.
-fn kubeconfig(dir: &Path, api_url: &str) -> PathBuf {
-    let text = format!(
-        r#"apiVersion: v1
-kind: Config
-current-context: double
-clusters:
-  - name: double
-    cluster: {{server: "{api_url}"}}
-  - name: nowhere
-    cluster: {{server: "http://127.0.0.1:1"}}
-users:
-  - name: dev
-    user: {{}}
-contexts:
-  - name: double
-    context: {{cluster: double, user: dev, namespace: {NS}}}
-  - name: nowhere
-    context: {{cluster: nowhere, user: dev}}
-"#
-    );
-    let path = dir.join("kubeconfig");
-    std::fs::write(&path, text).unwrap();
-    path
-}
+/// The name of the kubeconfig context for the test's cluster and namespace.
+const CONTEXT: &str = "real";
 
 struct Run {
     code: i32,
@@ -93,94 +85,158 @@ struct Run {
     stderr: String,
 }
 
-/// Runs `program args` with only the given kubeconfig (no $HOME config, no in-cluster
-/// environment), debug logging on, so that the output checks cover the logs too.
-async fn run_program(program: &Path, kubeconfig: &Path, args: &[&str]) -> Run {
-    // The double and the controller run on this test's runtime: the child is waited for
-    // on the blocking pool so that they keep answering it.
-    let (program, kubeconfig) = (program.to_owned(), kubeconfig.to_owned());
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(&program)
-            .args(&args)
-            .env_clear()
-            .env("KUBECONFIG", &kubeconfig)
-            .env("RUST_LOG", "debug")
-            .env("HOME", kubeconfig.parent().unwrap())
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    };
-    assert!(!run.stdout.contains(SIGNATURE) && !run.stderr.contains(SIGNATURE), "a token was printed");
-    run
+/// `kubectl tokensync`: a folder holding only the plugin, the sole entry of PATH.
+struct Plugin {
+    dir: tempfile::TempDir,
 }
 
-async fn tokensync(kubeconfig: &Path, args: &[&str]) -> Run {
-    run_program(Path::new(env!("CARGO_BIN_EXE_tokensync")), kubeconfig, args).await
+impl Plugin {
+    fn install() -> Plugin {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("bin")).unwrap();
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_tokensync"), dir.path().join("bin/kubectl-tokensync")).unwrap();
+        Plugin { dir }
+    }
+
+    /// A copy of `source` (a kubeconfig the control plane wrote) whose current context,
+    /// renamed [`CONTEXT`], has namespace `namespace`, plus a context `nowhere` for the same
+    /// user and a server that does not answer. Written as JSON, which kubeconfig readers take.
+    fn kubeconfig(&self, source: &Path, namespace: &str, file: &str) -> PathBuf {
+        let mut config = serde_json::to_value(Kubeconfig::read_from(source).unwrap()).unwrap();
+        let current = config["current-context"].as_str().unwrap().to_owned();
+        let contexts = config["contexts"].as_array_mut().unwrap();
+        let context = contexts.iter_mut().find(|c| c["name"] == current.as_str()).unwrap();
+        context["name"] = CONTEXT.into();
+        context["context"]["namespace"] = namespace.into();
+        let user = context["context"]["user"].clone();
+        contexts.push(json!({"name": "nowhere", "context": {"cluster": "nowhere", "user": user}}));
+        config["clusters"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "nowhere", "cluster": {"server": "http://127.0.0.1:1"}}));
+        config["current-context"] = CONTEXT.into();
+        let path = self.dir.path().join(file);
+        std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+        path
+    }
+
+    /// Runs `kubectl tokensync ARGS` with the real kubectl, with only the given kubeconfig
+    /// (no $HOME config, no in-cluster environment) and the plugin on PATH, debug logging
+    /// on, so that the output checks cover the logs too.
+    async fn run(&self, kubeconfig: &Path, args: &[&str]) -> Run {
+        // The controller runs on this test's runtime: the child is waited for on the
+        // blocking pool so that it keeps running.
+        let (home, kubeconfig) = (self.dir.path().to_owned(), kubeconfig.to_owned());
+        let args: Vec<String> = std::iter::once("tokensync").chain(args.iter().copied()).map(str::to_owned).collect();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(bin_dir().join("kubectl"))
+                .args(&args)
+                .env_clear()
+                .env("PATH", home.join("bin"))
+                .env("KUBECONFIG", &kubeconfig)
+                .env("RUST_LOG", "debug")
+                .env("HOME", &home)
+                .output()
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let run = Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8(out.stdout).unwrap(),
+            stderr: String::from_utf8(out.stderr).unwrap(),
+        };
+        assert!(!run.stdout.contains(SIGNATURE) && !run.stderr.contains(SIGNATURE), "a token was printed");
+        run
+    }
 }
 
 struct Setup {
-    api: ApiServer,
+    env: Env,
     idp: Idp,
     _controller: Running,
-    dir: tempfile::TempDir,
+    plugin: Plugin,
+    /// The admin's kubeconfig, its context in the test's namespace.
     kubeconfig: PathBuf,
+    _stopper: PlaneStopper,
 }
 
+/// A namespace on this binary's control plane, the controller for it, a token server and
+/// the plugin.
 async fn setup() -> Setup {
-    let api = api_server().await;
+    setup_on(Env::new("operate").await, PlaneStopper(None)).await
+}
+
+/// The same on a control plane of the test's own.
+async fn setup_dedicated() -> Setup {
+    let plane = ControlPlane::dedicated();
+    setup_on(Env::on(plane.clone(), "operate").await, PlaneStopper(Some(plane))).await
+}
+
+async fn setup_on(env: Env, stopper: PlaneStopper) -> Setup {
     let idp = Idp::start().await;
-    let controller = start(&api, args(&[]));
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = kubeconfig(dir.path(), &api.url());
-    Setup { api, idp, _controller: controller, dir, kubeconfig }
+    let controller = env.start(args(&[])).await;
+    let plugin = Plugin::install();
+    let kubeconfig = plugin.kubeconfig(env.plane.kubeconfig(), &env.ns, "kubeconfig");
+    Setup { env, idp, _controller: controller, plugin, kubeconfig, _stopper: stopper }
 }
 
-async fn credential(s: &Setup, name: &str, labels: &[(&str, &str)]) {
-    create_secret(&s.api, source_secret(&format!("{name}-client"), &[("client_id", "c"), ("client_secret", "s")]))
-        .await;
-    let mut cc = Cc::new(name, &s.idp.server.url("/token")).build();
-    cc.metadata.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>());
-    Api::<ClientCredential>::namespaced(s.api.client(), NS).create(&PostParams::default(), &cc).await.unwrap();
-    wait_condition(&s.api, name, "Ready", ("True", "TokenIssued")).await;
+/// Holds the last handle of a dedicated control plane; dropped (after everything else in
+/// [`Setup`]), it stops the control plane on a thread of its own: stopping takes seconds
+/// (the launcher's orderly stop), which the test need not wait for, and which nothing
+/// outlives (the launcher stops everything once its stdin is closed).
+struct PlaneStopper(Option<ControlPlane>);
+
+impl Drop for PlaneStopper {
+    fn drop(&mut self) {
+        if let Some(plane) = self.0.take() {
+            std::thread::spawn(move || drop(plane));
+        }
+    }
 }
 
-fn annotation(api: &ApiServer, name: &str) -> Option<String> {
-    let cc: ClientCredential = api.get(Some(NS), name)?;
-    cc.metadata.annotations?.get("tokensync.io/renew-requested-at").cloned()
+impl Setup {
+    async fn kubectl_tokensync(&self, args: &[&str]) -> Run {
+        self.plugin.run(&self.kubeconfig, args).await
+    }
+
+    async fn credential(&self, name: &str, labels: &[(&str, &str)]) {
+        self.create_credential(name, labels).await;
+        self.env.wait_condition(name, "Ready", ("True", "TokenIssued")).await;
+    }
+
+    async fn create_credential(&self, name: &str, labels: &[(&str, &str)]) {
+        self.env.create_secret(&format!("{name}-client"), &[("client_id", "c"), ("client_secret", "s")]).await;
+        let mut cc = Cc::new(name, &self.idp.server.url("/token")).namespace(&self.env.ns).build();
+        cc.metadata.labels =
+            Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>());
+        self.env.ccs().create(&PostParams::default(), &cc).await.unwrap();
+    }
+
+    async fn annotation(&self, name: &str) -> Option<String> {
+        let cc: ClientCredential = self.env.cc(name).await?;
+        cc.metadata.annotations?.get("tokensync.io/renew-requested-at").cloned()
+    }
 }
 
 #[tokio::test]
 async fn status_shows_conditions_times_target_keys_events_and_jwt_claims_but_never_the_token() {
     let s = setup().await;
-    credential(&s, "payments", &[]).await;
+    let ns = s.env.ns.clone();
+    s.credential("payments", &[]).await;
     // The controller's first token is worth an Event; wait for it so the output is complete.
-    s.api
-        .wait_for(
-            |v| {
-                v.list::<k8s_openapi::api::events::v1::Event>(Some(NS))
-                    .iter()
-                    .any(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("payments"))
-            },
-            WAIT,
-        )
-        .await
-        .expect("an Event about payments");
+    s.env
+        .wait_events("said anything about payments", |all| all.iter().any(|e| e["regarding"]["name"] == "payments"))
+        .await;
 
-    let run = tokensync(&s.kubeconfig, &["status", "payments"]).await;
+    let run = s.kubectl_tokensync(&["status", "payments"]).await;
     // The README's "Operating tokensync" shows this output.
-    println!("$ tokensync status payments\n{}", run.stdout);
+    println!("$ kubectl tokensync status payments\n{}", run.stdout);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let out = &run.stdout;
     for expected in [
         "Name:        payments\n",
-        "Namespace:   team-a\n",
+        &format!("Namespace:   {ns}\n"),
         "Kind:        ClientCredential\n",
         "Ready:       True (TokenIssued): the published token expires at ",
         "Degraded:    False (Healthy): the last renewal succeeded\n",
@@ -190,7 +246,7 @@ async fn status_shows_conditions_times_target_keys_events_and_jwt_claims_but_nev
         "(in ",
         "  Renews:    ",
         "Failures:    none since the last successful renewal\n",
-        "Target:      Secret team-a/payments (keys: access_token, expires_at, token_type)\n",
+        &format!("Target:      Secret {ns}/payments (keys: access_token, expires_at, token_type)\n"),
         "  iss       https://idp.example/realms/demo\n",
         "  sub       service-account-payments\n",
         "  aud       https://api.example\n",
@@ -207,24 +263,28 @@ async fn status_shows_conditions_times_target_keys_events_and_jwt_claims_but_nev
 #[tokio::test]
 async fn a_failed_renewal_exits_one_and_status_shows_the_reason_attempts_and_next_retry() {
     let s = setup().await;
+    let ns = s.env.ns.clone();
     s.idp.refuse.store(1, Ordering::SeqCst);
-    create_secret(&s.api, source_secret("payments-client", &[("client_id", "c"), ("client_secret", "s")])).await;
-    Cc::new("payments", &s.idp.server.url("/token")).create(&s.api).await;
-    wait_condition(&s.api, "payments", "Degraded", ("True", "TokenRequestRejected")).await;
+    s.create_credential("payments", &[]).await;
+    s.env.wait_condition("payments", "Degraded", ("True", "TokenRequestRejected")).await;
 
-    let run = tokensync(&s.kubeconfig, &["renew", "payments", "--wait", "--timeout", "20s"]).await;
-    println!("$ tokensync renew payments --wait\n{}$ echo $?\n{}\n{}", run.stdout, run.code, run.stderr);
+    let run = s.kubectl_tokensync(&["renew", "payments", "--wait", "--timeout", "20s"]).await;
+    println!("$ kubectl tokensync renew payments --wait\n{}$ echo $?\n{}\n{}", run.stdout, run.code, run.stderr);
     assert_eq!(run.code, 1, "a failed renewal exits 1: {}{}", run.stdout, run.stderr);
     assert!(
-        run.stdout.contains("renewal failed: ClientCredential team-a/payments: TokenRequestRejected: "),
+        run.stdout.contains(&format!("renewal failed: ClientCredential {ns}/payments: TokenRequestRejected: ")),
         "{}",
         run.stdout
     );
-    assert!(run.stderr.contains("error: renewal failed for ClientCredential team-a/payments"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!("error: renewal failed for ClientCredential {ns}/payments")),
+        "{}",
+        run.stderr
+    );
     assert_eq!(s.idp.server.requests().len(), 2, "the renewal was one more request, despite the backoff");
 
-    let run = tokensync(&s.kubeconfig, &["status", "payments"]).await;
-    println!("$ tokensync status payments\n{}", run.stdout);
+    let run = s.kubectl_tokensync(&["status", "payments"]).await;
+    println!("$ kubectl tokensync status payments\n{}", run.stdout);
     assert_eq!(run.code, 0, "{}", run.stderr);
     for expected in [
         "Ready:       False (TokenRequestRejected): ",
@@ -242,85 +302,126 @@ async fn a_failed_renewal_exits_one_and_status_shows_the_reason_attempts_and_nex
 #[tokio::test]
 async fn renew_wait_requests_one_renewal_with_an_rfc3339_annotation_and_exits_zero_when_it_is_done() {
     let s = setup().await;
-    credential(&s, "payments", &[]).await;
+    let ns = s.env.ns.clone();
+    s.credential("payments", &[]).await;
     assert_eq!(s.idp.issued.load(Ordering::SeqCst), 1);
 
-    let run = tokensync(&s.kubeconfig, &["renew", "payments", "--wait"]).await;
-    println!("$ tokensync renew payments --wait\n{}", run.stdout);
+    let run = s.kubectl_tokensync(&["renew", "payments", "--wait"]).await;
+    println!("$ kubectl tokensync renew payments --wait\n{}", run.stdout);
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
-    let value = annotation(&s.api, "payments").expect("the annotation is set");
+    let value = s.annotation("payments").await.expect("the annotation is set");
     assert!(value.parse::<jiff::Timestamp>().is_ok(), "{value} is an RFC 3339 time");
     assert!(
         run.stdout.starts_with(&format!(
-            "renewal requested: ClientCredential team-a/payments (tokensync.io/renew-requested-at={value})\nrenewed: ClientCredential team-a/payments (new token expires at "
+            "renewal requested: ClientCredential {ns}/payments (tokensync.io/renew-requested-at={value})\nrenewed: ClientCredential {ns}/payments (new token expires at "
         )),
         "{}",
         run.stdout
     );
     assert_eq!(s.idp.issued.load(Ordering::SeqCst), 2, "exactly one more token request");
-    assert_eq!(status(&s.api, "payments").unwrap().handled_renewal_request.as_deref(), Some(value.as_str()));
+    assert_eq!(s.env.status("payments").await.unwrap().handled_renewal_request.as_deref(), Some(value.as_str()));
 }
 
+/// On a control plane of its own: `--all -A` renews every credential in the cluster.
 #[tokio::test]
 async fn renew_selects_by_name_label_selector_or_all_without_waiting() {
-    let s = setup().await;
-    credential(&s, "payments", &[("team", "billing")]).await;
-    credential(&s, "search", &[("team", "discovery")]).await;
+    let s = setup_dedicated().await;
+    let ns = s.env.ns.clone();
+    s.credential("payments", &[("team", "billing")]).await;
+    s.credential("search", &[("team", "discovery")]).await;
 
-    let run = tokensync(&s.kubeconfig, &["renew", "-l", "team=billing"]).await;
+    let run = s.kubectl_tokensync(&["renew", "-l", "team=billing"]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.stdout.lines().count(), 1, "{}", run.stdout);
-    assert!(run.stdout.starts_with("renewal requested: ClientCredential team-a/payments"), "{}", run.stdout);
-    assert!(annotation(&s.api, "payments").is_some() && annotation(&s.api, "search").is_none());
+    assert!(run.stdout.starts_with(&format!("renewal requested: ClientCredential {ns}/payments")), "{}", run.stdout);
+    assert!(s.annotation("payments").await.is_some() && s.annotation("search").await.is_none());
 
-    let run = tokensync(&s.kubeconfig, &["renew", "--all", "-A"]).await;
+    let run = s.kubectl_tokensync(&["renew", "--all", "-A"]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.stdout.lines().count(), 2, "{}", run.stdout);
-    let search = annotation(&s.api, "search").expect("--all -A renews search too");
-    assert_eq!(annotation(&s.api, "payments"), Some(search), "one request time for the whole batch");
+    let search = s.annotation("search").await.expect("--all -A renews search too");
+    assert_eq!(s.annotation("payments").await, Some(search), "one request time for the whole batch");
 
-    let run = tokensync(&s.kubeconfig, &["renew", "-l", "team=nobody"]).await;
+    let run = s.kubectl_tokensync(&["renew", "-l", "team=nobody"]).await;
     assert_eq!((run.code, run.stdout.as_str()), (0, "no credentials matched: nothing to renew\n"));
 }
 
 #[tokio::test]
 async fn as_a_kubectl_plugin_it_takes_kubectls_flags_and_names_itself_kubectl_tokensync() {
     let s = setup().await;
-    credential(&s, "payments", &[]).await;
-    let plugin = s.dir.path().join("kubectl-tokensync");
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_tokensync"), &plugin).unwrap();
+    let ns = s.env.ns.clone();
+    s.credential("payments", &[]).await;
 
-    let help = run_program(&plugin, &s.kubeconfig, &["status", "--help"]).await;
+    let help = s.kubectl_tokensync(&["status", "--help"]).await;
     assert!(help.stdout.contains("Usage: kubectl tokensync status"), "{}", help.stdout);
     for flag in ["--kubeconfig", "--context", "--namespace", "-n"] {
         assert!(help.stdout.contains(flag), "{flag} missing from:\n{}", help.stdout);
     }
-    let renew_help = run_program(&plugin, &s.kubeconfig, &["renew", "--help"]).await;
+    let renew_help = s.kubectl_tokensync(&["renew", "--help"]).await;
     assert!(renew_help.stdout.contains("-A, --all-namespaces"), "{}", renew_help.stdout);
 
     // --kubeconfig and --context override $KUBECONFIG's current context; -n its namespace.
-    let other = s.dir.path().join("other");
-    std::fs::create_dir(&other).unwrap();
-    let broken = other.join("kubeconfig");
+    let broken = s.plugin.dir.path().join("broken-kubeconfig");
     std::fs::write(&broken, "not: [a kubeconfig").unwrap();
-    let config = s.kubeconfig.to_str().unwrap();
-    let run =
-        run_program(&plugin, &broken, &["status", "payments", "--kubeconfig", config, "--context", "double", "-n", NS])
-            .await;
+    let other = s.plugin.kubeconfig(s.env.plane.kubeconfig(), "default", "other-kubeconfig");
+    let run = s
+        .plugin
+        .run(&broken, &["status", "payments", "--kubeconfig", other.to_str().unwrap(), "--context", CONTEXT, "-n", &ns])
+        .await;
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.starts_with("Name:        payments\nNamespace:   team-a\n"), "{}", run.stdout);
+    assert!(run.stdout.starts_with(&format!("Name:        payments\nNamespace:   {ns}\n")), "{}", run.stdout);
 
-    let run = run_program(&plugin, &s.kubeconfig, &["status", "payments", "-n", "default"]).await;
+    let run = s.kubectl_tokensync(&["status", "payments", "-n", "default"]).await;
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains(r#"ClientCredential "payments" not found in namespace "default""#), "{}", run.stderr);
 }
 
-#[tokio::test]
-async fn errors_say_whether_the_cluster_the_crd_the_object_or_a_permission_is_missing() {
-    let s = setup().await;
-    credential(&s, "payments", &[]).await;
+/// Creates a Role in the test's namespace with `rules` and binds it to `group`; returns once
+/// the API server's authorizer grants the group the first rule's first verb.
+async fn grant(env: &Env, group: &str, rules: Value) {
+    let role: Role = serde_json::from_value(json!({"metadata": {"name": group}, "rules": rules})).unwrap();
+    env.api::<Role>().create(&PostParams::default(), &role).await.unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": group},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": group},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}],
+    }))
+    .unwrap();
+    env.api::<RoleBinding>().create(&PostParams::default(), &binding).await.unwrap();
+    // RBAC changes reach the authorizer through its informers; nothing announces that they
+    // have, so ask it (SubjectAccessReview) until it says yes.
+    let review: SubjectAccessReview = serde_json::from_value(json!({"spec": {
+        "groups": [group, "system:authenticated"],
+        "user": "anyone",
+        "resourceAttributes": {
+            "namespace": env.ns,
+            "verb": rules[0]["verbs"][0],
+            "group": rules[0]["apiGroups"][0],
+            "resource": rules[0]["resources"][0],
+        },
+    }}))
+    .unwrap();
+    let reviews: Api<SubjectAccessReview> = Api::all(env.client.clone());
+    let allowed = tokio::time::timeout(WAIT, async {
+        loop {
+            let answer = reviews.create(&PostParams::default(), &review).await.unwrap();
+            if answer.status.is_some_and(|s| s.allowed) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(allowed.is_ok(), "the authorizer never granted {group} {rules}");
+}
 
-    let run = tokensync(&s.kubeconfig, &["status", "payments", "--context", "nowhere"]).await;
+#[tokio::test]
+async fn errors_say_whether_the_cluster_the_object_or_a_permission_is_missing() {
+    let s = setup().await;
+    let ns = s.env.ns.clone();
+    s.credential("payments", &[]).await;
+
+    let run = s.kubectl_tokensync(&["status", "payments", "--context", "nowhere"]).await;
     assert_eq!(run.code, 2);
     assert!(
         run.stderr.contains("error: cannot reach the Kubernetes API server at http://127.0.0.1:1/"),
@@ -328,59 +429,95 @@ async fn errors_say_whether_the_cluster_the_crd_the_object_or_a_permission_is_mi
         run.stderr
     );
 
-    let run = tokensync(&s.kubeconfig, &["status", "nope"]).await;
+    let run = s.kubectl_tokensync(&["status", "nope"]).await;
     assert_eq!(run.code, 2);
-    assert_eq!(run.stderr.lines().last(), Some(r#"error: ClientCredential "nope" not found in namespace "team-a""#));
-
-    let run = tokensync(&s.kubeconfig, &["renew", "clusterclientcredential/shared"]).await;
-    assert_eq!(run.code, 2);
-    assert!(
-        run.stderr.contains("error: the ClusterClientCredential CRD is not installed in this cluster"),
-        "the double serves only the ClientCredential CRD: {}",
-        run.stderr
+    assert_eq!(
+        run.stderr.lines().last(),
+        Some(format!(r#"error: ClientCredential "nope" not found in namespace "{ns}""#).as_str())
     );
 
-    s.api.inject(Fault::verbs(&[Verb::Get]).resource("clientcredentials").code(403).message(
-        r#"clientcredentials.tokensync.io "payments" is forbidden: User "dev" cannot get resource "clientcredentials""#,
-    ));
-    let run = tokensync(&s.kubeconfig, &["status", "payments"]).await;
+    // A user the cluster knows (a client certificate) without any RBAC permission.
+    let nobody = s.env.plane.user_kubeconfig(&format!("{ns}-nobody"), &[&format!("{ns}-nobodies")]);
+    let nobody = s.plugin.kubeconfig(&nobody, &ns, "nobody-kubeconfig");
+    let run = s.plugin.run(&nobody, &["status", "payments"]).await;
     assert_eq!(run.code, 2);
     assert!(
-        run.stderr.contains(
-            r#"error: forbidden: you may not get clientcredentials.tokensync.io in namespace "team-a"; ask for the RBAC permission `get` on `clientcredentials.tokensync.io`"#
-        ),
+        run.stderr.contains(&format!(
+            r#"error: forbidden: you may not get clientcredentials.tokensync.io in namespace "{ns}"; ask for the RBAC permission `get` on `clientcredentials.tokensync.io`"#
+        )),
         "{}",
         run.stderr
     );
 
-    s.api.inject(Fault::verbs(&[Verb::Patch]).resource("clientcredentials").code(403));
-    let run = tokensync(&s.kubeconfig, &["renew", "payments"]).await;
+    // A user whose group may read ClientCredentials, and nothing else.
+    let readers = format!("{ns}-readers");
+    grant(
+        &s.env,
+        &readers,
+        json!([{"apiGroups": ["tokensync.io"], "resources": ["clientcredentials"], "verbs": ["get", "list", "watch"]}]),
+    )
+    .await;
+    let reader = s.env.plane.user_kubeconfig(&format!("{ns}-reader"), &[&readers]);
+    let reader = s.plugin.kubeconfig(&reader, &ns, "reader-kubeconfig");
+    let run = s.plugin.run(&reader, &["renew", "payments"]).await;
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("you may not patch clientcredentials.tokensync.io"), "{}", run.stderr);
-    assert!(annotation(&s.api, "payments").is_none());
+    assert!(s.annotation("payments").await.is_none());
 
     // Without access to Secrets and Events, status still shows the credential and names
     // what it could not read.
-    s.api.inject(Fault::verbs(&[Verb::Get]).resource("secrets").code(403).times(2));
-    s.api.inject(Fault::verbs(&[Verb::List]).resource("events").code(403));
-    let run = tokensync(&s.kubeconfig, &["status", "payments"]).await;
+    let run = s.plugin.run(&reader, &["status", "payments"]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     for expected in [
-        "Ready:       True (TokenIssued)",
-        r#"Target:      Secret team-a/payments: forbidden: you may not get secrets in namespace "team-a""#,
-        r#"JWT claims:  not shown: forbidden: you may not get secrets in namespace "team-a""#,
-        r#"Events:      not shown: forbidden: you may not list events.events.k8s.io in namespace "team-a""#,
+        "Ready:       True (TokenIssued)".to_owned(),
+        format!(r#"Target:      Secret {ns}/payments: forbidden: you may not get secrets in namespace "{ns}""#),
+        format!(r#"JWT claims:  not shown: forbidden: you may not get secrets in namespace "{ns}""#),
+        format!(r#"Events:      not shown: forbidden: you may not list events.events.k8s.io in namespace "{ns}""#),
     ] {
-        assert!(run.stdout.contains(expected), "{expected:?} missing from:\n{}", run.stdout);
+        assert!(run.stdout.contains(&expected), "{expected:?} missing from:\n{}", run.stdout);
     }
 }
 
+/// Deletes a CRD and waits until the API server no longer serves its resource.
+async fn delete_crd(env: &Env, name: &str, path: &str) {
+    let crds: Api<CustomResourceDefinition> = Api::all(env.client.clone());
+    crds.delete(name, &DeleteParams::default()).await.unwrap();
+    let gone = tokio::time::timeout(WAIT, await_condition(crds.clone(), name, |c: Option<&_>| c.is_none())).await;
+    assert!(gone.is_ok(), "CRD {name} was never deleted: {:#?}", crds.get_opt(name).await);
+    // The CRD is gone; its route goes with it as the API server's own informer sees that.
+    let served = || async {
+        let request = http::Request::get(path).body(Vec::new()).unwrap();
+        !matches!(env.client.request_text(request).await, Err(kube::Error::Api(s)) if s.code == 404)
+    };
+    let unserved = tokio::time::timeout(WAIT, async {
+        while served().await {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(unserved.is_ok(), "{path} is still served after CRD {name} was deleted");
+}
+
+/// On a control plane of its own, whose CRDs it deletes.
 #[tokio::test]
 async fn a_cluster_without_the_crds_is_named_as_such() {
-    let api = ApiServer::builder().namespaces(&["default", NS]).start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = kubeconfig(dir.path(), &api.url());
-    let run = tokensync(&config, &["status", "payments"]).await;
+    let plane = ControlPlane::dedicated();
+    let _stopper = PlaneStopper(Some(plane.clone()));
+    let env = Env::on(plane, "operate").await;
+    let plugin = Plugin::install();
+    let config = plugin.kubeconfig(env.plane.kubeconfig(), &env.ns, "kubeconfig");
+    delete_crd(&env, "clusterclientcredentials.tokensync.io", "/apis/tokensync.io/v1alpha1/clusterclientcredentials")
+        .await;
+    let run = plugin.run(&config, &["renew", "clusterclientcredential/shared"]).await;
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("error: the ClusterClientCredential CRD is not installed in this cluster"),
+        "only the ClientCredential CRD is installed: {}",
+        run.stderr
+    );
+
+    delete_crd(&env, "clientcredentials.tokensync.io", "/apis/tokensync.io/v1alpha1/clientcredentials").await;
+    let run = plugin.run(&config, &["status", "payments"]).await;
     assert_eq!(run.code, 2);
     assert!(
         run.stderr.contains("error: the ClientCredential CRD is not installed in this cluster (the server does not serve clientcredentials.tokensync.io); install it with `tokensync crd | kubectl apply --server-side -f -`"),
@@ -389,46 +526,41 @@ async fn a_cluster_without_the_crds_is_named_as_such() {
     );
 }
 
+/// On a control plane of its own: a controller with --cluster-credentials reconciles every
+/// credential in the cluster.
 #[tokio::test]
 async fn status_of_a_cluster_client_credential_shows_its_namespaces_and_claims() {
-    use k8s_openapi::api::core::v1::Namespace;
-    use tokensync::api::ClusterClientCredential;
-    let api = ApiServer::builder()
-        .crd(&tokensync::api::crd())
-        .crd(&tokensync::api::cluster::crd())
-        .namespaces(&["default", NS, "listed"])
-        .start()
-        .await;
+    let plane = ControlPlane::dedicated();
+    let _stopper = PlaneStopper(Some(plane.clone()));
+    let env = Env::on(plane, "operate").await;
     let idp = Idp::start().await;
-    let _controller = start(&api, args(&["--cluster-credentials"]));
-    create_secret(&api, source_secret("shared-client", &[("client_id", "c"), ("client_secret", "s")])).await;
+    let _controller = env.start_unscoped(args(&["--cluster-credentials"])).await;
+    let namespaces: Api<Namespace> = Api::all(env.client.clone());
+    let listed: Namespace = serde_json::from_value(json!({"metadata": {"name": "listed"}})).unwrap();
+    namespaces.create(&PostParams::default(), &listed).await.unwrap();
+    env.create_secret("shared-client", &[("client_id", "c"), ("client_secret", "s")]).await;
     let ccc: ClusterClientCredential = serde_json::from_value(json!({
         "apiVersion": "tokensync.io/v1alpha1", "kind": "ClusterClientCredential",
         "metadata": {"name": "shared"},
         "spec": {
             "tokenEndpoint": idp.server.url("/token"),
             "clientAuthentication": "client_secret_post",
-            "credentialsRef": {"name": "shared-client", "namespace": NS},
+            "credentialsRef": {"name": "shared-client", "namespace": env.ns},
             "target": {"name": "shared-token", "namespaces": ["listed"]}
         }
     }))
     .unwrap();
-    Api::<ClusterClientCredential>::all(api.client()).create(&PostParams::default(), &ccc).await.unwrap();
-    api.wait_for(
-        |v| {
-            let c: Option<ClusterClientCredential> = v.get(None, "shared");
-            c.and_then(|c| c.status).is_some_and(|s| s.synced_namespaces == Some(1))
-        },
-        WAIT,
-    )
-    .await
-    .expect("the ClusterClientCredential synced its namespace");
-    assert!(api.get::<Namespace>(None, "listed").is_some());
+    let cccs: Api<ClusterClientCredential> = Api::all(env.client.clone());
+    cccs.create(&PostParams::default(), &ccc).await.unwrap();
+    support::real::wait_on(cccs, "shared", "synced its namespace", |c: Option<&ClusterClientCredential>| {
+        c.and_then(|c| c.status.as_ref()).is_some_and(|s| s.synced_namespaces == Some(1))
+    })
+    .await;
 
-    let dir = tempfile::tempdir().unwrap();
-    let config = kubeconfig(dir.path(), &api.url());
-    let run = tokensync(&config, &["status", "clusterclientcredential/shared"]).await;
-    println!("$ tokensync status clusterclientcredential/shared\n{}", run.stdout);
+    let plugin = Plugin::install();
+    let config = plugin.kubeconfig(env.plane.kubeconfig(), &env.ns, "kubeconfig");
+    let run = plugin.run(&config, &["status", "clusterclientcredential/shared"]).await;
+    println!("$ kubectl tokensync status clusterclientcredential/shared\n{}", run.stdout);
     assert_eq!(run.code, 0, "{}", run.stderr);
     for expected in [
         "Name:        shared\nKind:        ClusterClientCredential\n",

@@ -155,6 +155,13 @@ async fn run_pipeline(
         cc,
         ctx: ctx.clone(),
     };
+    // A state Secret missing from the cache is not proof that there is none: the cache holds
+    // Secrets by label, and another writer can remove or change one (issue 26). Once status
+    // says a token was published, the Secret is read by name before its absence can mean
+    // "no token", and when it is found (and ours) its labels are put back.
+    if run.stored.is_none() && status.last_refresh_time.is_some() {
+        run.recover_relabelled_state().await?;
+    }
     let cached_target = cached(&run.ctx, &namespace, &run.target_name);
     // A token acquired by an earlier reconcile whose state write failed: write it now. It is
     // newer than anything stored, and may carry the only copy of a rotated refresh token.
@@ -354,6 +361,21 @@ impl Run {
 
     fn status_key(&self) -> Written {
         Written::Status(self.cc.metadata.uid.clone().unwrap_or_default())
+    }
+
+    /// Reads the state Secret by name; when it is this credential's (its owner), takes the
+    /// stored token from it and writes it again, which restores the labels the cache selects
+    /// by. Nothing is requested.
+    async fn recover_relabelled_state(&mut self) -> Result<(), Error> {
+        let Some(found) = self.secrets.get_opt(&self.state_name).await? else { return Ok(()) };
+        let uid = self.cc.metadata.uid.as_deref();
+        let ours = found.metadata.owner_references.iter().flatten().any(|o| Some(o.uid.as_str()) == uid);
+        if let Some(stored) = state::read(&found).filter(|_| ours) {
+            tracing::info!(secret = %self.state_name, "the state Secret lost its labels; putting them back");
+            self.write_state(&stored).await?;
+            self.stored = Some(stored);
+        }
+        Ok(())
     }
 
     /// Writes the state Secret for `stored` and remembers the version it produced, so that

@@ -367,7 +367,9 @@ func (c *plane) setUp(featureGates, crds string) error {
 		// could be taken by another control plane starting at the same time.
 		"--secure-port=0",
 		"--root-ca-file=" + caFile,
-		"--use-service-account-credentials=false",
+		// Each controller acts as its own ServiceAccount with its bootstrap role, as on a real
+		// cluster (as one user, the namespace controller may not empty a deleted namespace).
+		"--use-service-account-credentials=true",
 		"--profiling=false",
 		"--v=1",
 	}}
