@@ -277,6 +277,17 @@ impl Decision {
             Decision::Suspended { requeue_at } => requeue_at,
         }
     }
+
+    /// When the caller should look again, having acted on everything it could in this pass:
+    /// [`Self::requeue_at`], and `now` for [`Decision::RequestNow`] — a request that is due
+    /// but was not made in this pass (the agent writes a changed state file first) is made
+    /// in the next one, never left to a far-off wake-up (issue 20).
+    pub fn look_again_at(&self, now: Timestamp) -> Option<Timestamp> {
+        match self {
+            Decision::RequestNow(_) => Some(now),
+            _ => self.requeue_at(),
+        }
+    }
 }
 
 /// Whether to request a token now and, if not, until when to wait.
@@ -735,6 +746,45 @@ mod tests {
 
     fn decision(state: &ScheduleState) -> Decision {
         decide(state, &RenewalPolicy::default(), &BackoffPolicy::default(), KEY)
+    }
+
+    /// Issue 20, the rule the controller, the cluster controller and the agent share: a
+    /// token that expired while a wrong secret was refused. The secret put back clears the
+    /// failure (it belongs to inputs no longer in use); what remains is an expired token, and
+    /// exactly one request is due at once, with the next look now, not at a far-off wake-up.
+    #[test]
+    fn a_token_expired_during_a_failure_is_requested_at_once_when_the_inputs_are_restored() {
+        use crate::oauth::{ErrorKind, TokenError};
+        use crate::token_state::{FailureRecord, StoredToken};
+        let rejected = TokenError::new(ErrorKind::Rejected, true, "invalid_client");
+        let record = FailureRecord::default().failed(at(EXPIRES - 5), &rejected, "wrong", Duration::from_secs(600));
+        let token = StoredToken {
+            access_token: "t".to_owned().into(),
+            token_type: "Bearer".into(),
+            scope: None,
+            issued_at: at(ISSUED),
+            expires_at: at(EXPIRES),
+            refresh_token: None,
+            inputs: "right".into(),
+            bootstrap: None,
+            renewal_request: None,
+        };
+        let now = EXPIRES + 10;
+        // Still the wrong secret: the failure stands and the backoff holds.
+        let still = record.clone().still_pending(Some(&token), Some("wrong"));
+        let waiting = ScheduleState {
+            failed_attempts: still.attempts,
+            last_failure: still.last_failure,
+            retry_after: still.retry_after,
+            ..state(now)
+        };
+        assert!(matches!(decision(&waiting), Decision::Wait { .. }), "{:?}", decision(&waiting));
+        // The right secret is back: the failure is over, and the expired token is due now.
+        let cleared = record.still_pending(Some(&token), Some("right"));
+        assert_eq!(cleared, FailureRecord::default());
+        let next = decision(&ScheduleState { failed_attempts: cleared.attempts, ..state(now) });
+        assert_eq!(next, Decision::RequestNow(RequestReason::Expired));
+        assert_eq!(next.look_again_at(at(now)), Some(at(now)), "looked at again at once");
     }
 
     fn renew_at() -> Timestamp {

@@ -290,10 +290,35 @@ pub async fn request(
     };
     let result = engine.acquire(&prep.config, credentials, held).await;
     metrics.observe_token_request(&result, started.elapsed());
-    let acquired = result?;
+    let acquired = result.map_err(|e| match &prep.service_account {
+        Some(sa) => service_account_hint(e, sa),
+        None => e,
+    })?;
     let flow = acquired.flow;
     let (stored, rotated) = issued(acquired, held, prep, renewal_request);
     Ok((stored, rotated, flow))
+}
+
+/// A refusal of a credential that proves itself with a ServiceAccount token (client
+/// assertion, jwt-bearer, token exchange) names what to check there: there is no client
+/// secret, and the usual hint would send the user looking for one (issue 20).
+fn service_account_hint(mut e: TokenError, sa: &ServiceAccountSource) -> TokenError {
+    use crate::oauth::response::{INVALID_CLIENT_HINT, INVALID_GRANT_HINT};
+    let generic = match e.oauth_error.as_deref() {
+        Some("invalid_client") => INVALID_CLIENT_HINT,
+        Some("invalid_grant") => INVALID_GRANT_HINT,
+        _ => return e,
+    };
+    let Some(message) = e.message.strip_suffix(generic) else { return e };
+    let namespace = sa.namespace.as_deref().unwrap_or("<namespace>");
+    e.message = format!(
+        "{message} (the identity provider refused the ServiceAccount token: check that it trusts this cluster's \
+         ServiceAccount issuer, that it accepts the subject system:serviceaccount:{namespace}:{name}, and the \
+         audience {audience})",
+        name = sa.name,
+        audience = sa.audience,
+    );
+    e
 }
 
 /// The refresh token tokensync holds for the next request, unless the bootstrap value in

@@ -449,6 +449,56 @@ async fn a_source_secret_put_back_clears_its_failure_without_a_request() {
     agent.shutdown().await;
 }
 
+/// Issue 20: a token that expired while the secret was wrong. Putting the right secret back
+/// clears the failure (it belongs to inputs no longer in use), and that must never stand in the
+/// way of the request that is due: exactly one request, at once, not after the backoff.
+#[tokio::test]
+async fn a_secret_put_back_after_the_token_expired_gets_a_new_token_at_once_with_one_request() {
+    let (server, issued) = counting_server(2).await;
+    // The client secret from a file, as a mounted Secret gives it; the agent notices changes.
+    let yaml = client_credentials(&server.url("/token"), "");
+    let setup = Setup::new(yaml.split("---\n").nth(1).unwrap());
+    let secret_file = setup.dir.path().join("client_secret");
+    std::fs::write(&secret_file, "the-client-secret").unwrap();
+    let mounted = setup.dir.path().join("mounted");
+    std::fs::create_dir(&mounted).unwrap();
+    std::fs::write(mounted.join("client_id"), "demo").unwrap();
+    let from_dir = format!("team-a/demo-client={}", mounted.display());
+    let from_file = format!("team-a/demo-client/client_secret={}", secret_file.display());
+    // A backoff far longer than the test: a request it explains is not "at once".
+    let agent = Agent::start(&setup.args(&[
+        "--watch-interval",
+        "100ms",
+        "--secret-from-file",
+        &from_file,
+        "--secret-from-dir",
+        &from_dir,
+        "--backoff-min",
+        "60s",
+        "--backoff-max",
+        "120s",
+    ]))
+    .unwrap();
+    assert!(agent.wait_for(WAIT, |p| p.issued >= 1 && p.passes >= 1).await);
+
+    std::fs::write(&secret_file, "a-wrong-secret").unwrap();
+    assert!(agent.wait_for(WAIT, |p| p.failures >= 1).await);
+    // The token on disk expires while the secret is wrong.
+    let expires_at: jiff::Timestamp = read(setup.token_dir().join("expires_at")).trim().parse().unwrap();
+    eventually("the token on disk to expire", || (jiff::Timestamp::now() > expires_at).then_some(())).await;
+    let passes = agent.progress().borrow().passes;
+    assert!(agent.wait_for(WAIT, |p| p.passes > passes).await, "a pass saw the expired token");
+
+    std::fs::write(&secret_file, "the-client-secret").unwrap();
+    let restored = Instant::now();
+    assert!(agent.wait_for(WAIT, |p| p.issued >= 2).await, "no token after the secret came back");
+    assert!(restored.elapsed() < Duration::from_secs(10), "not at once: {:?}", restored.elapsed());
+    eventually("the new token on disk", || (read(setup.token_dir().join("access_token")) == "token-2").then_some(()))
+        .await;
+    assert_eq!((issued.load(Ordering::SeqCst), server.requests().len()), (2, 3), "one rejected request, one new token");
+    agent.shutdown().await;
+}
+
 // ---- the binary: SIGHUP, SIGTERM, /metrics ----
 
 fn free_port() -> u16 {

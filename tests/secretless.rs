@@ -270,6 +270,12 @@ async fn entra_refuses_a_token_of_another_service_account_with_its_error() {
     let status = env.status("graph").await.unwrap();
     let message = status.conditions.iter().find(|c| c.type_ == "Degraded").unwrap().message.clone();
     assert!(message.contains("invalid_client") && message.contains("AADSTS70021"), "{message}");
+    // Issue 20: there is no client secret to check; the hint names what to check instead.
+    assert!(!message.contains("client_secret"), "{message}");
+    let subject = format!("system:serviceaccount:{}:intruder", env.ns);
+    for what in ["issuer", subject.as_str(), federation::entra::AUDIENCE] {
+        assert!(message.contains(what), "the hint names {what}: {message}");
+    }
 }
 
 /// A refusal: the condition reason, and nothing requested from the token server or the

@@ -149,6 +149,9 @@ impl Worker {
             tracing::info!(namespace = ns, name, "the recorded failures belong to inputs no longer in use; cleared");
             self.state.failures = pending;
             self.dirty = true;
+            // Written now, so that a request that is due (an expired token) is made in this
+            // very pass: the decision below waits for a clean state file.
+            self.write_state(ns, name);
         }
 
         // decide, acquire
@@ -222,14 +225,7 @@ impl Worker {
             }
             Ok(_) => {}
         }
-        if self.dirty {
-            match state_file::write(&self.layout.state_file, &self.state) {
-                Ok(()) => self.dirty = false,
-                Err(e) => {
-                    tracing::error!(namespace = ns, name, path = %self.layout.state_file.display(), error = %e, "cannot write the state file; retrying before publishing");
-                }
-            }
-        }
+        self.write_state(ns, name);
 
         // publish the token files from the stored token: also restores deleted or edited
         // files without a token request. A failure never removes a valid token.
@@ -264,7 +260,7 @@ impl Worker {
         let renew_at = next.as_ref().and_then(Decision::requeue_at).filter(|_| !spec.suspend);
         self.record_gauges(ns, name, renew_at);
         let mut wake = vec![now + Duration::from_secs(86_400)];
-        wake.extend(next.as_ref().and_then(Decision::requeue_at));
+        wake.extend(next.as_ref().and_then(|d| d.look_again_at(now)));
         wake.extend(self.state.token.as_ref().map(|t| t.expires_at).filter(|e| *e > now));
         if retry_soon {
             wake.push(now + WRITE_RETRY);
@@ -275,6 +271,19 @@ impl Worker {
     }
 
     /// Writes the token files; records the published keys in the state file.
+    /// Writes the state file when it changed; on failure it stays dirty and is retried.
+    fn write_state(&mut self, ns: &str, name: &str) {
+        if !self.dirty {
+            return;
+        }
+        match state_file::write(&self.layout.state_file, &self.state) {
+            Ok(()) => self.dirty = false,
+            Err(e) => {
+                tracing::error!(namespace = ns, name, path = %self.layout.state_file.display(), error = %e, "cannot write the state file; retrying before publishing");
+            }
+        }
+    }
+
     fn publish(&mut self, templates: Option<&BTreeMap<String, String>>, stored: &StoredToken) -> std::io::Result<()> {
         let data = token_state::render_target(templates, stored).map_err(std::io::Error::other)?;
         files::publish(&self.layout.token_dir, &data, &self.state.published_keys)?;

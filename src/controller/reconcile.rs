@@ -559,7 +559,7 @@ impl Run {
 /// recheck interval.
 pub(super) fn requeue(ctx: &Context, now: Timestamp, next: Option<&Decision>, stored: Option<&StoredToken>) -> Action {
     let mut wake = vec![now + ctx.policy.recheck];
-    wake.extend(next.and_then(Decision::requeue_at));
+    wake.extend(next.and_then(|d| d.look_again_at(now)));
     wake.extend(stored.map(|s| s.expires_at).filter(|e| *e > now));
     let at = wake.into_iter().min().unwrap_or(now);
     Action::requeue(Duration::from_secs((at.as_second() - now.as_second()).max(1) as u64))

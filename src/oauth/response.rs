@@ -264,6 +264,11 @@ fn status_class(status: u16) -> (ErrorKind, bool) {
     }
 }
 
+/// What an `invalid_client` answer asks the user to check, for a client with a secret.
+pub const INVALID_CLIENT_HINT: &str = " (check client_id and client_secret, and spec.clientAuthentication)";
+/// What an `invalid_grant` answer says, for a client with a refresh token, code or assertion.
+pub const INVALID_GRANT_HINT: &str = " (the refresh token, authorization code or assertion was refused)";
+
 /// An RFC 6749 5.2 error. Codes that mean "try again later" are transient whatever the
 /// status; everything else the client sent wrong is permanent.
 fn oauth_error(status: u16, code: &str, body: &Value, redactor: &Redactor) -> TokenError {
@@ -278,8 +283,8 @@ fn oauth_error(status: u16, code: &str, body: &Value, redactor: &Redactor) -> To
         _ => (ErrorKind::Rejected, true),
     };
     let hint = match code.as_str() {
-        "invalid_client" => " (check client_id and client_secret, and spec.clientAuthentication)",
-        "invalid_grant" => " (the refresh token, authorization code or assertion was refused)",
+        "invalid_client" => INVALID_CLIENT_HINT,
+        "invalid_grant" => INVALID_GRANT_HINT,
         "invalid_scope" => " (check spec.scopes)",
         "unauthorized_client" => " (the client may not use this grant type)",
         "unsupported_grant_type" => " (the server does not support spec.grantType)",
