@@ -29,10 +29,11 @@ use super::context::Context;
 use super::labels;
 use super::managed::CachedSecret;
 use super::reconcile::{
-    Error, Outcome, STALE_STATUS_RETRY, acquire, apply_state, apply_target, describe, event, failure_record, requeue,
+    Error, Outcome, STALE_STATUS_RETRY, StateWrite, acquire, apply_target, describe, event, failure_record, requeue,
+    write_state_over,
 };
 use super::sources::SecretRef;
-use super::state::{self, StoredToken};
+use super::state::{self, Replaced, StoredToken};
 use super::status::{self, Facts, Failure, Reason, TokenFacts};
 use super::target;
 use crate::api::cluster::{MAX_NAMESPACE_FAILURES, selects};
@@ -104,13 +105,17 @@ async fn run_pipeline(
     let mut stored = cached(base, &credentials_ns, &state_name).as_deref().and_then(state::read_cached);
     // A token acquired by an earlier reconcile whose state write failed: write it first. It
     // is newer than anything stored and may carry the only copy of a rotated refresh token.
-    if let Some(unsaved) = base.take_unsaved("", &name) {
+    // Unless another writer stored another token since the state it was requested from.
+    if let Some((unsaved, replaced)) = base.take_unsaved("", &name) {
         let state_api: Api<Secret> = Api::namespaced(base.client.clone(), &credentials_ns);
-        if let Err(e) = apply_state(&state_api, &state_secret(&ccc, &credentials_ns, &unsaved)).await {
-            base.keep_unsaved("", &name, unsaved);
-            return Err(e);
+        match write_state_over(&state_api, &state_secret(&ccc, &credentials_ns, &unsaved), &replaced).await {
+            Err(e) => {
+                base.keep_unsaved("", &name, unsaved, replaced);
+                return Err(e);
+            }
+            Ok(StateWrite::Written(_)) => stored = Some(unsaved),
+            Ok(StateWrite::Superseded(now_stored)) => stored = now_stored.as_deref().and_then(state::read),
         }
-        stored = Some(unsaved);
     }
     let mut record = failure_record(&current.credential);
     let mut handled_request = current.credential.handled_renewal_request.clone();
@@ -164,6 +169,8 @@ async fn run_pipeline(
                     }
                 };
                 stored = state.as_ref().and_then(state::read);
+                // What a new token's state write replaces, and only that (issue 26).
+                let replaced = Replaced::of(state.as_ref());
                 record = record.still_pending(stored.as_ref(), Some(&prep.attempt_inputs));
                 if let Decision::RequestNow(reason) =
                     schedule(stored.as_ref(), &record, prep, renew_annotation.as_deref())
@@ -178,17 +185,34 @@ async fn run_pipeline(
                     match acquire(base, &format!("cluster/{name}"), prep, stored.as_ref(), request.clone()).await {
                         Ok((new_state, _rotated)) => {
                             let secret = state_secret(&ccc, &credentials_ns, &new_state);
-                            if let Err(e) = apply_state(&state_api, &secret).await {
-                                // Kept in memory (the cluster controller's own map, keyed by
-                                // name alone) and written first by the next reconcile.
-                                base.keep_unsaved("", &name, new_state);
-                                return Err(e);
-                            }
-                            stored = Some(new_state);
-                            record = FailureRecord::default();
-                            if reason != RequestReason::RenewalDue && reason != RequestReason::Expired {
-                                let note = format!("issued a new token ({})", describe(reason));
-                                event(base, ccc.as_ref(), EventType::Normal, "TokenIssued", note).await;
+                            match write_state_over(&state_api, &secret, &replaced).await {
+                                Err(e) => {
+                                    // Kept in memory (the cluster controller's own map, keyed
+                                    // by name alone) and written first by the next reconcile.
+                                    base.keep_unsaved("", &name, new_state, replaced);
+                                    return Err(e);
+                                }
+                                // Another writer stored another token since: this one is not
+                                // published, the stored one is, and a renewal request is
+                                // not answered yet.
+                                Ok(StateWrite::Superseded(now_stored)) => {
+                                    tracing::warn!(
+                                        credential = %format!("cluster/{name}"),
+                                        "another writer stored a token in the state Secret since it was read (a \
+                                         replica that led before this one?); this token is dropped, the stored one \
+                                         is kept"
+                                    );
+                                    stored = now_stored.as_deref().and_then(state::read);
+                                    handled_request = current.credential.handled_renewal_request.clone();
+                                }
+                                Ok(StateWrite::Written(_)) => {
+                                    stored = Some(new_state);
+                                    record = FailureRecord::default();
+                                    if reason != RequestReason::RenewalDue && reason != RequestReason::Expired {
+                                        let note = format!("issued a new token ({})", describe(reason));
+                                        event(base, ccc.as_ref(), EventType::Normal, "TokenIssued", note).await;
+                                    }
+                                }
                             }
                         }
                         Err(e) => {

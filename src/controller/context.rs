@@ -8,7 +8,7 @@ use kube::runtime::events::Recorder;
 
 use super::managed::ManagedCache;
 use super::sources::{SecretRef, SourceCache};
-use super::state::StoredToken;
+use super::state::{Replaced, StoredToken};
 use crate::metrics::Metrics;
 use crate::oauth::TokenClient;
 use crate::schedule::{BackoffPolicy, RenewalPolicy};
@@ -52,8 +52,9 @@ pub struct Context {
     /// Tokens acquired whose state Secret write failed (API errors, conflicts, a lost
     /// response), by (namespace, name). The next reconcile writes them before anything else
     /// instead of requesting again: a second request would be a duplicate and, with rotating
-    /// refresh tokens, would present a refresh token the server already replaced.
-    pub unsaved: Mutex<HashMap<(String, String), StoredToken>>,
+    /// refresh tokens, would present a refresh token the server already replaced. Each with
+    /// the state it was requested from, which its write replaces.
+    pub unsaved: Mutex<HashMap<(String, String), (StoredToken, Replaced)>>,
     /// What this controller last wrote, so reconciles triggered by its own writes do not
     /// write the same thing again while the cache still shows the object as it was before.
     pub written: WriteMemo,
@@ -191,12 +192,13 @@ impl Context {
         let _ = self.synced.clone().wait_for(|synced| *synced).await;
     }
 
-    pub fn take_unsaved(&self, namespace: &str, name: &str) -> Option<StoredToken> {
+    pub fn take_unsaved(&self, namespace: &str, name: &str) -> Option<(StoredToken, Replaced)> {
         self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).remove(&(namespace.to_owned(), name.to_owned()))
     }
 
-    pub fn keep_unsaved(&self, namespace: &str, name: &str, token: StoredToken) {
-        self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).insert((namespace.to_owned(), name.to_owned()), token);
+    pub fn keep_unsaved(&self, namespace: &str, name: &str, token: StoredToken, replaced: Replaced) {
+        let key = (namespace.to_owned(), name.to_owned());
+        self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (token, replaced));
     }
 }
 

@@ -2,7 +2,11 @@
 //!
 //! Correctness does not depend on it: every decision is made from state in the cluster,
 //! so two reconcilers briefly overlapping during a failover would still not request extra
-//! tokens for valid ones. It keeps the token request rate and API load to one replica's.
+//! tokens for valid ones, and every state Secret write is conditional on the state it
+//! replaces, so that a write a deposed leader sent before its deadline, delivered late by the
+//! network, is refused instead of overwriting its successor's refresh chain
+//! ([`super::reconcile::write_state_over`]). It keeps the token request rate and API load to
+//! one replica's.
 
 use std::time::Duration;
 

@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
@@ -26,7 +27,7 @@ use super::context::{Context, Written};
 use super::labels;
 use super::managed::CachedSecret;
 use super::sources::SecretRef;
-use super::state::{self, StoredToken};
+use super::state::{self, Replaced, StoredToken};
 use super::status::{self, Facts, Failure, Reason, TokenFacts};
 use super::target::{self, Ownership};
 use crate::api::engine;
@@ -165,12 +166,16 @@ async fn run_pipeline(
     let cached_target = cached(&run.ctx, &namespace, &run.target_name);
     // A token acquired by an earlier reconcile whose state write failed: write it now. It is
     // newer than anything stored, and may carry the only copy of a rotated refresh token.
-    if let Some(unsaved) = run.ctx.take_unsaved(&namespace, &name) {
-        if let Err(e) = run.write_state(&unsaved).await {
-            run.ctx.keep_unsaved(&namespace, &name, unsaved);
-            return Err(e);
+    // Unless another writer stored another token since the state it was requested from.
+    if let Some((unsaved, replaced)) = run.ctx.take_unsaved(&namespace, &name) {
+        match run.write_state(&unsaved, &replaced).await {
+            Err(e) => {
+                run.ctx.keep_unsaved(&namespace, &name, unsaved, replaced);
+                return Err(e);
+            }
+            Ok(true) => run.stored = Some(unsaved),
+            Ok(false) => {}
         }
-        run.stored = Some(unsaved);
     }
 
     // 2. validate
@@ -282,10 +287,16 @@ impl Run {
         // The token is taken from the very object whose version was just vouched for: the
         // one loaded when this reconcile started may be older, as the cache can catch up with
         // our own last write meanwhile (a second "first token" was requested that way).
+        let version_read = match &state {
+            Some(read) => read.as_ref().and_then(|s| s.metadata.resource_version.clone()),
+            None => state_version.clone(),
+        };
         self.stored = match state {
             Some(read) => read.as_ref().and_then(state::read),
             None => cached_state.as_deref().and_then(state::read_cached),
         };
+        // What a new token's state write replaces, and only that (issue 26).
+        let replaced = Replaced { version: version_read, token: self.stored.clone() };
         self.settle_failures(Some(prep));
         let Some(reason) = self.due(prep) else { return Ok(None) };
         tracing::debug!(
@@ -299,6 +310,7 @@ impl Run {
             "requesting a token"
         );
         let manual = reason == RequestReason::ManualRenewal;
+        let handled_before = self.handled_request.clone();
         if manual {
             self.handled_request = self.renew_annotation.clone();
         }
@@ -306,11 +318,20 @@ impl Run {
         let who = format!("{}/{}", self.cc.namespace().unwrap_or_default(), self.cc.name_any());
         match acquire(&self.ctx, &who, prep, self.stored.as_ref(), request).await {
             Ok((new_state, rotated_bootstrap)) => {
-                // State first, so a rotated refresh token is never lost.
-                if let Err(e) = self.write_state(&new_state).await {
-                    let (namespace, name) = (self.cc.namespace().unwrap_or_default(), self.cc.name_any());
-                    self.ctx.keep_unsaved(&namespace, &name, new_state);
-                    return Err(e);
+                // State first, so a rotated refresh token is never lost. When another writer
+                // stored another token since, this one is not published: the reconcile goes on
+                // from the stored one, and the renewal request, if any, is not answered yet.
+                match self.write_state(&new_state, &replaced).await {
+                    Err(e) => {
+                        let (namespace, name) = (self.cc.namespace().unwrap_or_default(), self.cc.name_any());
+                        self.ctx.keep_unsaved(&namespace, &name, new_state, replaced);
+                        return Err(e);
+                    }
+                    Ok(false) => {
+                        self.handled_request = handled_before;
+                        return Ok(None);
+                    }
+                    Ok(true) => {}
                 }
                 self.stored = Some(new_state);
                 self.record = FailureRecord::default();
@@ -372,19 +393,41 @@ impl Run {
         let ours = found.metadata.owner_references.iter().flatten().any(|o| Some(o.uid.as_str()) == uid);
         if let Some(stored) = state::read(&found).filter(|_| ours) {
             tracing::info!(secret = %self.state_name, "the state Secret lost its labels; putting them back");
-            self.write_state(&stored).await?;
-            self.stored = Some(stored);
+            let replaced = Replaced { version: found.resource_version(), token: Some(stored.clone()) };
+            if self.write_state(&stored, &replaced).await? {
+                self.stored = Some(stored);
+            }
         }
         Ok(())
     }
 
-    /// Writes the state Secret for `stored` and remembers the version it produced, so that
-    /// the next renewal can trust a cache that shows it.
-    async fn write_state(&self, stored: &StoredToken) -> Result<(), Error> {
+    /// Writes the state Secret for `stored` over `replaced`, the state it was decided from
+    /// ([`write_state_over`]), and remembers the version it produced, so that the next
+    /// renewal can trust a cache that shows it. Returns false when another writer stored
+    /// another token there meanwhile: nothing was written, and `self.stored` is now the token
+    /// stored, the one this reconcile goes on from (published, reported). The version read is
+    /// remembered like one written, so that the next decision reads the state Secret again
+    /// as long as the cache does not show it yet.
+    async fn write_state(&mut self, stored: &StoredToken, replaced: &Replaced) -> Result<bool, Error> {
         let desired = state::desired(&self.cc, stored);
-        let produced = apply_state(&self.secrets, &desired).await?;
-        self.ctx.written.remember(self.state_key(), None, produced, &desired);
-        Ok(())
+        match write_state_over(&self.secrets, &desired, replaced).await? {
+            StateWrite::Written(produced) => {
+                self.ctx.written.remember(self.state_key(), None, produced, &desired);
+                Ok(true)
+            }
+            StateWrite::Superseded(current) => {
+                tracing::warn!(
+                    credential = %format!("{}/{}", self.namespace(), self.cc.name_any()),
+                    secret = %self.state_name,
+                    "another writer stored a token in the state Secret since it was read (a replica that led \
+                     before this one?); this token is dropped, the stored one is kept"
+                );
+                let version = current.as_ref().and_then(|c| c.resource_version());
+                self.ctx.written.remember(self.state_key(), None, version, &current);
+                self.stored = current.as_deref().and_then(state::read);
+                Ok(false)
+            }
+        }
     }
 
     fn due(&self, prep: &Prepared) -> Option<RequestReason> {
@@ -702,22 +745,100 @@ pub async fn apply(secrets: &Api<Secret>, secret: &Secret) -> Result<Secret, Err
     Ok(secrets.patch(&secret.name_any(), &params, &Patch::Apply(&body)).await?)
 }
 
-/// Applies the state Secret, retrying briefly: it may hold a rotated refresh token that
-/// exists nowhere else, and losing it would break the refresh chain. Returns the
-/// resourceVersion it produced.
-pub(super) async fn apply_state(secrets: &Api<Secret>, secret: &Secret) -> Result<Option<String>, Error> {
+/// How a state Secret write ended ([`write_state_over`]).
+#[derive(Debug)]
+pub(super) enum StateWrite {
+    /// Written; the resourceVersion it produced.
+    Written(Option<String>),
+    /// Not written: since the state it was to replace was read, another writer stored
+    /// another token there (a replica that led before this one, its write delivered late).
+    /// The state Secret as it now is.
+    Superseded(Option<Box<Secret>>),
+}
+
+/// Writes a state Secret over the state it replaces (`replaced`), and only over that: a
+/// network can deliver a request late, and a replica that lost its leadership meanwhile
+/// must not overwrite the token, and the refresh chain, that its successor stored since
+/// (issue 26). An existing state Secret is applied with the resourceVersion it was read at
+/// (server-side apply honours it: 409 Conflict once the object changed); a new one is
+/// created ([`create_state`]: 409 AlreadyExists once another writer created one). After a
+/// conflict the state Secret is read again: when it still holds the token this write
+/// replaces (only its labels or other keys changed), or this very token (an earlier attempt
+/// landed, its answer lost), or no token at all, the write is tried again over that version;
+/// when it holds another token, nothing is written. Other errors are retried briefly: the
+/// write may carry a rotated refresh token that exists nowhere else.
+pub(super) async fn write_state_over(
+    secrets: &Api<Secret>,
+    desired: &Secret,
+    replaced: &Replaced,
+) -> Result<StateWrite, Error> {
+    let ours = state::read(desired);
+    let mut version = replaced.version.clone();
+    let (mut conflicts, mut failures) = (0, 0);
     let mut delay = Duration::from_millis(200);
-    for _ in 0..4 {
-        match apply(secrets, secret).await {
-            Ok(applied) => return Ok(applied.resource_version()),
-            Err(e) => {
+    loop {
+        let attempt = match &version {
+            Some(version) => apply_over(secrets, desired, version).await,
+            None => create_state(secrets, desired).await,
+        };
+        match attempt {
+            Ok(produced) => return Ok(StateWrite::Written(produced)),
+            // Changed or created since (409), or deleted since (404: a server that refuses an
+            // apply with a resourceVersion of an object that is gone): look at it now.
+            Err(Error::Kube(kube::Error::Api(e))) if e.code == 409 || e.code == 404 => {
+                conflicts += 1;
+                if conflicts > 5 {
+                    return Err(Error::Kube(kube::Error::Api(e)));
+                }
+                let current = secrets.get_opt(&desired.name_any()).await?;
+                let token = current.as_ref().and_then(state::read);
+                let free = token.is_none()
+                    || state::same_token(token.as_ref(), replaced.token.as_ref())
+                    || state::same_token(token.as_ref(), ours.as_ref());
+                if !free {
+                    return Ok(StateWrite::Superseded(current.map(Box::new)));
+                }
+                version = current.and_then(|c| c.metadata.resource_version);
+            }
+            Err(e) if failures < 4 => {
                 tracing::warn!(error = %e, "cannot write the state Secret; retrying");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
+                failures += 1;
             }
+            Err(e) => return Err(e),
         }
     }
-    apply(secrets, secret).await.map(|applied| applied.resource_version())
+}
+
+/// Applies `desired` over the object at `version` only. Returns the version it produced.
+async fn apply_over(secrets: &Api<Secret>, desired: &Secret, version: &str) -> Result<Option<String>, Error> {
+    let mut secret = desired.clone();
+    secret.metadata.resource_version = Some(version.to_owned());
+    Ok(apply(secrets, &secret).await?.resource_version())
+}
+
+/// Creates a state Secret that does not exist yet; 409 AlreadyExists when another writer
+/// created one meanwhile. A create (POST) holds what every write of it sets alike (name,
+/// labels, owner, type), then the token is applied over the version it produced: fields a
+/// create sets belong to its own field manager, which server-side apply never removes, so a
+/// key created with the token (a refresh token the server later stops returning, say) would
+/// stay for good. Returns the version the apply produced.
+async fn create_state(secrets: &Api<Secret>, desired: &Secret) -> Result<Option<String>, Error> {
+    let shell = Secret {
+        metadata: ObjectMeta {
+            name: desired.metadata.name.clone(),
+            namespace: desired.metadata.namespace.clone(),
+            labels: desired.metadata.labels.clone(),
+            owner_references: desired.metadata.owner_references.clone(),
+            ..Default::default()
+        },
+        type_: desired.type_.clone(),
+        ..Default::default()
+    };
+    let params = PostParams { field_manager: Some(labels::FIELD_MANAGER.into()), ..Default::default() };
+    let created = secrets.create(&params, &shell).await?;
+    apply_over(secrets, desired, &created.resource_version().unwrap_or_default()).await
 }
 
 /// Returns the resourceVersion the patch produced.

@@ -49,6 +49,34 @@ pub fn read_cached(secret: &CachedSecret) -> Option<StoredToken> {
     read(&secret.to_secret())
 }
 
+/// The state Secret a write replaces, as the decision to write saw it: every write of a
+/// state Secret is conditional on it, so that a replica that no longer leads (its write
+/// delivered late by the network) cannot overwrite the token, and the refresh chain, that
+/// its successor stored since (issue 26).
+#[derive(Debug, Clone, Default)]
+pub struct Replaced {
+    /// Its resourceVersion; None when there was no state Secret.
+    pub version: Option<String>,
+    /// The token it held; None when it held none (or none readable).
+    pub token: Option<StoredToken>,
+}
+
+impl Replaced {
+    /// The state Secret `secret` (None: there is none).
+    pub fn of(secret: Option<&Secret>) -> Replaced {
+        Replaced { version: secret.and_then(|s| s.metadata.resource_version.clone()), token: secret.and_then(read) }
+    }
+}
+
+/// Whether `a` and `b` are the same stored token: everything a state Secret keeps of them.
+pub fn same_token(a: Option<&StoredToken>, b: Option<&StoredToken>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => secret_for(a) == secret_for(b),
+        _ => false,
+    }
+}
+
 /// The state Secret to apply for `stored`. Always owned by the ClientCredential (it is
 /// useless without it), whatever the target's deletion policy.
 pub fn desired(cc: &ClientCredential, stored: &StoredToken) -> Secret {
@@ -136,5 +164,21 @@ mod tests {
         assert_eq!(back.refresh_token.unwrap().expose_secret(), "rt");
         assert_eq!(back.issued_at.as_second(), stored().issued_at.as_second());
         assert_eq!((back.inputs.as_str(), back.renewal_request.as_deref()), ("abc", Some("now")));
+    }
+
+    #[test]
+    fn the_same_token_is_everything_the_state_secret_keeps_of_it() {
+        assert!(same_token(Some(&stored()), Some(&stored())) && same_token(None, None));
+        assert!(!same_token(Some(&stored()), None) && !same_token(None, Some(&stored())));
+        let rotated = StoredToken { refresh_token: Some("rt-2".to_owned().into()), ..stored() };
+        assert!(!same_token(Some(&stored()), Some(&rotated)), "another refresh token: another chain");
+        let answered = StoredToken { renewal_request: None, ..stored() };
+        assert!(!same_token(Some(&stored()), Some(&answered)));
+        let mut secret = desired(&cc(), &stored());
+        secret.metadata.resource_version = Some("7".into());
+        let replaced = Replaced::of(Some(&secret));
+        assert_eq!(replaced.version.as_deref(), Some("7"));
+        assert!(same_token(replaced.token.as_ref(), Some(&stored())));
+        assert!(Replaced::of(None).version.is_none() && Replaced::of(None).token.is_none());
     }
 }

@@ -1011,9 +1011,10 @@ impl Store {
             if subresource.is_some() {
                 return Err(ApiError::not_found(rt, name));
             }
-            if meta_str(&config, "resourceVersion").is_some_and(|rv| !rv.is_empty()) {
-                return Err(ApiError::not_found(rt, name));
-            }
+            // An apply carrying a resourceVersion creates an object that does not exist, as if
+            // it carried none: kube-apiserver 1.36 answered 201 Created (measured with kubectl
+            // apply --server-side), where this double used to answer 404.
+            meta_mut(&mut config).remove("resourceVersion");
             meta_mut(&mut config).insert("name".into(), json!(name));
             return self.create(rt, namespace, config, ctx, true).map(|o| (o, true));
         };
