@@ -275,6 +275,8 @@ pub const NEEDED: &[Needed] = &[
             ("src/controller/sources.rs", "let fetched = api.get_opt(&secret.name)"),
             ("src/controller/reconcile.rs", "run.secrets.get_opt(&run.target_name)"),
             ("src/controller/reconcile.rs", "self.secrets.get_opt(&self.state_name)"),
+            // write_state_over: after a 409, what another writer stored in the state Secret.
+            ("src/controller/reconcile.rs", "let current = secrets.get_opt(&desired.name_any())"),
             ("src/controller/cluster.rs", "state_api.get_opt(&state_name)"),
             ("src/controller/cluster.rs", "secrets.get_opt(target_name)"),
         ],
@@ -321,7 +323,12 @@ pub const NEEDED: &[Needed] = &[
     Needed {
         scope: Scope::Watched,
         grant: ("", "secrets", "create", None),
-        sites: &[("src/controller/reconcile.rs", "secrets.patch(&secret.name_any(), &params, &Patch::Apply(")],
+        sites: &[
+            ("src/controller/reconcile.rs", "secrets.patch(&secret.name_any(), &params, &Patch::Apply("),
+            // create_state: the first write of a state Secret is a create, refused (409) when
+            // another writer created it meanwhile (issue 26).
+            ("src/controller/reconcile.rs", "let created = secrets.create(&params, &shell)"),
+        ],
     },
     // src/controller/reconcile.rs: a Secret's type is immutable, so when spec.target.type
     // changes, tokensync deletes its own target Secret and applies it anew.
