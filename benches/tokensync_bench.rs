@@ -3,7 +3,12 @@
 //! of the issuance against the time of its writes alone (the "floor").
 //!
 //! The API server is the in-process double (`tests/support/apiserver`), or with
-//! `--kubeconfig PATH` any real cluster (kind, k3d, a test cluster). The bench's own client
+//! `--kubeconfig PATH` any real cluster (kind, k3d, a test cluster), or with `--real` a real
+//! control plane of the run's own on loopback (`tests/support/control_plane.rs`: etcd,
+//! kube-apiserver and kube-controller-manager built by `tests/kube/build.sh` on first use,
+//! `TOKENSYNC_KUBE_VERSION` picks the version, default 1.36): the run is then exactly the
+//! `--kubeconfig` run against it, and the control plane is stopped at the end, also after a
+//! failure or Ctrl-C (its launcher stops when its stdin, held by this process, closes). The bench's own client
 //! is built from a kubeconfig in both cases (on the double, one written for it), so every
 //! object is created, watched and read through the same code.
 //!
@@ -15,7 +20,7 @@
 //! ```text
 //! cargo bench --bench tokensync-bench -- [--credentials N] [--lifetime SECS] [--unrelated M]
 //!     [--latency-ms MS] [--steady-seconds S] [--concurrency C] [--json]
-//!     [--kubeconfig PATH [--context NAME]] [--namespace NS] [--floor-namespace NS]
+//!     [--kubeconfig PATH [--context NAME] | --real] [--namespace NS] [--floor-namespace NS]
 //!     [--controller-arg ARG]... [--no-steady]
 //! ```
 //! `--controller-arg` passes one more argument to every `tokensync controller` it starts
@@ -24,6 +29,12 @@
 //! controller's log level; its log is kept when a credential got two tokens while issuing.
 //! Defaults are a quick run (300 credentials, 90 s tokens) on the double. See
 //! docs/performance.md.
+//!
+//! Duplicate token requests (`token_requests_duplicates`, per phase: issuance, restart,
+//! renewal): the token server keeps every token it issued, a watch of the target Secrets every
+//! token published; a request whose token was never published, or that came less than 0.4 × the
+//! lifetime after the same credential's previous one, is counted. Figures the bench cannot
+//! read (the controller's /metrics, /proc) fail the run instead of reading as 0.
 
 #[path = "../tests/support/mod.rs"]
 #[allow(unused_imports)]
@@ -64,6 +75,8 @@ struct Options {
     controller_args: Vec<String>,
     steady: bool,
     kubeconfig: Option<PathBuf>,
+    /// Start a real control plane (tests/kube) and run the --kubeconfig path against it.
+    real: bool,
     context: Option<String>,
     namespace: String,
     floor_namespace: String,
@@ -86,6 +99,7 @@ fn options() -> Options {
         controller_args: Vec::new(),
         steady: true,
         kubeconfig: None,
+        real: false,
         context: None,
         namespace: "tokensync-bench".into(),
         floor_namespace: "tokensync-bench-floor".into(),
@@ -106,6 +120,7 @@ fn options() -> Options {
             "--namespace" => o.namespace = value(),
             "--floor-namespace" => o.floor_namespace = value(),
             "--kubeconfig-on-double" => o.kubeconfig_on_double = true,
+            "--real" => o.real = true,
             "--controller-arg" => o.controller_args.push(value()),
             a if a.starts_with("--controller-arg=") => {
                 o.controller_args.push(a["--controller-arg=".len()..].to_owned());
@@ -122,20 +137,29 @@ fn options() -> Options {
     }
     assert!(o.context.is_none() || o.kubeconfig.is_some() || o.kubeconfig_on_double, "--context needs --kubeconfig");
     assert!(!(o.kubeconfig_on_double && o.kubeconfig.is_some()), "--kubeconfig-on-double writes its own kubeconfig");
+    assert!(
+        !o.real || (o.kubeconfig.is_none() && o.context.is_none() && !o.kubeconfig_on_double),
+        "--real starts its own control plane: no --kubeconfig, --context or --kubeconfig-on-double with it"
+    );
     assert_ne!(o.namespace, o.floor_namespace, "the floor needs its own namespace");
     o
 }
 
 // ---------------------------------------------------------------------------------------
 // Token server: axum on 127.0.0.1, configurable latency and lifetime; counts requests per
-// credential (client_id) and per wall-clock second.
+// credential (client_id) and per wall-clock second, and keeps every token it issued.
 // ---------------------------------------------------------------------------------------
 
 #[derive(Default)]
 struct Issued {
-    per_client: HashMap<String, u32>,
+    /// Per credential: requests so far, and when the last one came.
+    per_client: HashMap<String, (u32, Instant)>,
     per_second: BTreeMap<i64, u32>,
-    total: u64,
+    /// Every token issued, in order (`<client_id>.<n>`, n counting that credential's requests),
+    /// with whether its request was early: less than 0.4 × the lifetime after the previous
+    /// request of the same credential. The earliest renewal the controller plans is at 0.45
+    /// (half of the lifetime, moved earlier by at most 5 % of jitter), and nothing fails here.
+    tokens: Vec<(String, bool)>,
     first: Option<Instant>,
 }
 
@@ -151,19 +175,22 @@ async fn token(State(s): State<Issuer>, _headers: HeaderMap, body: String) -> ax
         .find(|(k, _)| k == "client_id")
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default();
-    let n = {
+    let token = {
+        let now = Instant::now();
         let mut i = s.issued.lock().unwrap();
-        i.total += 1;
-        i.first.get_or_insert_with(Instant::now);
+        i.first.get_or_insert(now);
         *i.per_second.entry(jiff::Timestamp::now().as_second()).or_default() += 1;
-        let n = i.per_client.entry(client.clone()).or_default();
-        *n += 1;
-        *n
+        let (n, last) = i.per_client.entry(client.clone()).or_insert((0, now));
+        let early = *n > 0 && now.duration_since(*last) < Duration::from_secs_f64(s.lifetime as f64 * 0.4);
+        (*n, *last) = (*n + 1, now);
+        let token = format!("{client}.{n}");
+        i.tokens.push((token.clone(), early));
+        token
     };
     if !s.latency.is_zero() {
         tokio::time::sleep(s.latency).await;
     }
-    let body = json!({"access_token": format!("{client}.{n}"), "token_type": "Bearer", "expires_in": s.lifetime});
+    let body = json!({"access_token": token, "token_type": "Bearer", "expires_in": s.lifetime});
     axum::response::IntoResponse::into_response(([("content-type", "application/json")], body.to_string()))
 }
 
@@ -178,7 +205,7 @@ impl Issuer {
     }
 
     fn total(&self) -> u64 {
-        self.issued.lock().unwrap().total
+        self.issued.lock().unwrap().tokens.len() as u64
     }
 
     /// When the first token was requested.
@@ -523,6 +550,10 @@ struct Watched {
     listed: bool,
     ready: std::collections::HashSet<String>,
     renew_at: HashMap<String, String>,
+    /// Changes seen after the first list (each write that changed a ClientCredential), and
+    /// how many lists the watch made (more than one: changes may have been missed).
+    changes: u64,
+    lists: u32,
 }
 
 /// Watches the ClientCredentials of `ns`; the receiver carries how many are Ready with
@@ -537,6 +568,7 @@ fn watch_ready(client: &Client, ns: &str) -> (Arc<Mutex<Watched>>, tokio::sync::
         while let Some(event) = events.next().await {
             let Ok(event) = event else { continue };
             let mut w = shared.lock().unwrap();
+            w.changes += u64::from(matches!(event, watcher::Event::Apply(_)));
             match event {
                 watcher::Event::Apply(cc) | watcher::Event::InitApply(cc) => {
                     let name = cc.name_any();
@@ -561,7 +593,10 @@ fn watch_ready(client: &Client, ns: &str) -> (Arc<Mutex<Watched>>, tokio::sync::
                     w.renew_at.remove(&cc.name_any());
                 }
                 watcher::Event::Init => {}
-                watcher::Event::InitDone => w.listed = true,
+                watcher::Event::InitDone => {
+                    w.listed = true;
+                    w.lists += 1;
+                }
             }
             let _ = tx.send(if w.listed { w.ready.len() } else { 0 });
         }
@@ -569,9 +604,89 @@ fn watch_ready(client: &Client, ns: &str) -> (Arc<Mutex<Watched>>, tokio::sync::
     (state, rx)
 }
 
-/// Token index published in each target Secret, summed: the number of tokens published.
-async fn published_tokens(client: &Client, ns: &str) -> u64 {
-    target_tokens(client, ns).await.iter().filter_map(|(_, t)| t.rsplit_once('.')?.1.parse::<u64>().ok()).sum()
+/// Every token ever published in a target Secret of a namespace, as a watch of tokensync's
+/// Secrets there sees them (each change, in order); how many changes of those Secrets it saw
+/// after its first list; and how often it listed: a token published and replaced while the
+/// watch was down is missed, and then counted as never published (an overcount, never a
+/// duplicate hidden), and a change missed counts as a no-op write.
+#[derive(Default)]
+struct Published {
+    tokens: std::collections::HashSet<String>,
+    changes: u64,
+    lists: u32,
+}
+
+fn watch_published(client: &Client, ns: &str) -> Arc<Mutex<Published>> {
+    use tokensync::controller::labels::{ROLE, ROLE_TARGET};
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let state = Arc::new(Mutex::new(Published::default()));
+    let shared = state.clone();
+    tokio::spawn(async move {
+        let mut events = watcher(secrets, watcher::Config::default().labels(ROLE)).default_backoff().boxed();
+        while let Some(event) = events.next().await {
+            let mut p = shared.lock().unwrap();
+            // Apply: a change seen by the watch; InitApply: an object as a list shows it.
+            p.changes += u64::from(matches!(event, Ok(watcher::Event::Apply(_))));
+            match event {
+                Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
+                    let target = s.labels().get(ROLE).is_some_and(|r| r == ROLE_TARGET);
+                    if let Some(token) = s.data.as_ref().and_then(|d| d.get("access_token")).filter(|_| target) {
+                        p.tokens.insert(String::from_utf8_lossy(&token.0).into_owned());
+                    }
+                }
+                Ok(watcher::Event::InitDone) => p.lists += 1,
+                _ => {}
+            }
+        }
+    });
+    state
+}
+
+/// The changes of tokensync's Secrets and of the ClientCredentials seen so far.
+fn changes(watched: &Mutex<Watched>, published: &Mutex<Published>) -> u64 {
+    watched.lock().unwrap().changes + published.lock().unwrap().changes
+}
+
+/// The controller's writes of Secrets and ClientCredentials (answered 2xx) from `from` (its
+/// count then, and [`changes`] then) that changed nothing. A write that changes an object is
+/// one watch event; one that changes nothing is neither written to etcd nor sent to watches.
+/// Waits up to 5 s for the watches to catch up.
+async fn no_op_writes(c: &Controller, watched: &Mutex<Watched>, published: &Mutex<Published>, from: (u64, u64)) -> i64 {
+    let writes = c.writes().await - from.0;
+    let mut changed = 0;
+    for _ in 0..25 {
+        changed = changes(watched, published) - from.1;
+        if changed >= writes {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    writes as i64 - changed as i64
+}
+
+/// The token requests from the `from`-th to the `to`-th (one phase): how many there were, how
+/// many of their tokens were never published (waiting up to 10 s for the last ones to show),
+/// and how many were early (see [`Issued::tokens`]). A duplicate request shows in one of the
+/// two: its token is overwritten before it is published, or published and replaced early.
+async fn duplicates(issuer: &Issuer, published: &Mutex<Published>, from: u64, to: u64) -> Value {
+    let phase: Vec<(String, bool)> = issuer.issued.lock().unwrap().tokens[from as usize..to as usize].to_vec();
+    let early = phase.iter().filter(|(_, early)| *early).count();
+    let mut never = Vec::new();
+    for _ in 0..50 {
+        never = {
+            let p = published.lock().unwrap();
+            phase.iter().filter(|(t, _)| !p.tokens.contains(t)).map(|(t, _)| t.clone()).collect()
+        };
+        if never.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if !never.is_empty() || early > 0 {
+        let some: Vec<&String> = never.iter().take(20).collect();
+        eprintln!("{} token requests not published (first ones: {some:?}); {early} early", never.len());
+    }
+    json!({"requests": phase.len(), "never_published": never.len(), "early": early})
 }
 
 /// (Secret, token) of every target Secret in `ns`.
@@ -627,13 +742,19 @@ impl Controller {
         Controller { child, admin: format!("127.0.0.1:{port}") }
     }
 
+    /// The controller's /proc file; fails (not 0) when it cannot be read.
+    fn proc_file(&self, file: &str) -> String {
+        let path = format!("/proc/{}/{file}", self.child.id());
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+    }
+
     fn proc_field(&self, file: &str, key: &str) -> u64 {
-        let text = std::fs::read_to_string(format!("/proc/{}/{file}", self.child.id())).unwrap_or_default();
-        text.lines()
+        self.proc_file(file)
+            .lines()
             .find_map(|l| l.strip_prefix(key))
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+            .unwrap_or_else(|| panic!("no {key} in /proc/{}/{file} (has the controller exited?)", self.child.id()))
     }
 
     /// Resident set size in KiB.
@@ -647,42 +768,63 @@ impl Controller {
 
     /// User + system CPU seconds (getrusage of the child, read from /proc/PID/stat).
     fn cpu_seconds(&self) -> f64 {
-        let text = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let text = self.proc_file("stat");
         let after = text.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
         let fields: Vec<&str> = after.split_whitespace().collect();
         // Fields 14 and 15 of stat (utime, stime); `after` starts at field 3.
-        let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-            + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-        ticks as f64 / 100.0 // CLK_TCK is 100 on Linux
+        let field = |i: usize| -> u64 {
+            fields.get(i).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no CPU times in {text:?}"))
+        };
+        (field(11) + field(12)) as f64 / 100.0 // CLK_TCK is 100 on Linux
     }
 
-    /// The admin server's /metrics text ("" while it does not answer yet).
-    async fn metrics(&self) -> String {
+    /// The admin server's /metrics text; None while it does not answer (yet).
+    async fn try_metrics(&self) -> Option<String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let Ok(mut sock) = tokio::net::TcpStream::connect(&self.admin).await else { return String::new() };
+        let mut sock = tokio::net::TcpStream::connect(&self.admin).await.ok()?;
         let mut text = String::new();
-        if sock.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.is_err()
-            || sock.read_to_string(&mut text).await.is_err()
-        {
-            return String::new();
-        }
-        text
+        sock.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.ok()?;
+        sock.read_to_string(&mut text).await.ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        head.split_whitespace().nth(1).is_some_and(|code| code == "200").then(|| body.to_owned())
     }
 
-    async fn reconciles(&self) -> u64 {
-        self.metrics()
-            .await
-            .lines()
-            .find_map(|l| l.strip_prefix("tokensync_reconcile_duration_seconds_count "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
+    /// The admin server's /metrics text; fails when it does not answer.
+    async fn metrics(&self) -> String {
+        self.try_metrics().await.unwrap_or_else(|| panic!("cannot read the controller's /metrics at {}", self.admin))
+    }
+
+    /// Reconciles so far; None while the admin server does not answer (the process starting).
+    async fn reconciles(&self) -> Option<u64> {
+        let text = self.try_metrics().await?;
+        let count = text.lines().find_map(|l| l.strip_prefix("tokensync_reconcile_duration_seconds_count "));
+        Some(count.and_then(|v| v.trim().parse().ok()).expect("tokensync_reconcile_duration_seconds_count in /metrics"))
     }
 
     /// The controller's Kubernetes API requests so far, by "VERB resource"
     /// (`tokensync_kube_requests_total`, every answer code).
     async fn requests(&self) -> Counts {
+        self.requests_where(|_, _, _| true).await
+    }
+
+    /// Its answered (2xx) writes of Secrets and ClientCredentials so far (not Events).
+    async fn writes(&self) -> u64 {
+        let counts = self
+            .requests_where(|verb, resource, code| {
+                code == "2xx"
+                    && ["apply", "patch", "create", "update"].contains(&verb)
+                    && (resource == "secrets" || resource.starts_with("clientcredentials"))
+            })
+            .await;
+        counts.values().sum::<f64>() as u64
+    }
+
+    /// Its requests by "VERB resource" that `keep(verb, resource, code)`.
+    async fn requests_where(&self, keep: impl Fn(&str, &str, &str) -> bool) -> Counts {
         let mut out = Counts::new();
-        for line in self.metrics().await.lines().filter_map(|l| l.strip_prefix("tokensync_kube_requests_total{")) {
+        let text = self.metrics().await;
+        assert!(text.contains("tokensync_kube_requests_total{"), "no tokensync_kube_requests_total in /metrics");
+        for line in text.lines().filter_map(|l| l.strip_prefix("tokensync_kube_requests_total{")) {
             let Some((labels, value)) = line.split_once("} ") else { continue };
             let label = |key: &str| {
                 labels
@@ -691,8 +833,11 @@ impl Controller {
                     .unwrap_or_default()
                     .to_owned()
             };
+            if !keep(&label("verb"), &label("resource"), &label("code")) {
+                continue;
+            }
             let key = format!("{} {}", label("verb").to_uppercase(), label("resource"));
-            *out.entry(key).or_default() += value.trim().parse::<f64>().unwrap_or(0.0);
+            *out.entry(key).or_default() += value.trim().parse::<f64>().expect("a number in /metrics");
         }
         out
     }
@@ -869,10 +1014,14 @@ async fn restart(
 ) -> (Controller, u64, f64, Phase) {
     let before_requests = issuer.total();
     let log_from = cluster.log_len();
-    let c = Controller::start(cluster, dir, o, generation);
+    let mut c = Controller::start(cluster, dir, o, generation);
     let t = Instant::now();
-    while c.reconciles().await < o.credentials as u64 {
+    while c.reconciles().await.unwrap_or(0) < o.credentials as u64 {
         assert!(t.elapsed() < Duration::from_secs(900), "restart reconciles");
+        assert!(
+            matches!(c.child.try_wait(), Ok(None)),
+            "the restarted controller exited (log: controller-{generation}.log)"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let took = t.elapsed().as_secs_f64();
@@ -917,6 +1066,9 @@ async fn run(cluster: Arc<Cluster>, o: Options, dir: PathBuf) -> BTreeMap<&'stat
 
     // 1. Issuance: from the controller's start until every credential is Ready.
     let (watched, mut ready) = watch_ready(client, &o.namespace);
+    let published = watch_published(client, &o.namespace);
+    let mut duplicate_requests = BTreeMap::new();
+    let mut no_ops = BTreeMap::new();
     tokio::time::timeout(Duration::from_secs(300), async {
         while !watched.lock().unwrap().listed {
             ready.changed().await.expect("the watch of the credentials runs");
@@ -927,6 +1079,7 @@ async fn run(cluster: Arc<Cluster>, o: Options, dir: PathBuf) -> BTreeMap<&'stat
     let created = jiff::Timestamp::now().as_second();
     let log_from = cluster.log_len();
     let started = Instant::now();
+    let changes_from = changes(&watched, &published);
     let c1 = Controller::start(&cluster, &dir, &o, 1);
     tokio::time::timeout(Duration::from_secs(1800), ready.wait_for(|r| *r >= n))
         .await
@@ -940,6 +1093,7 @@ async fn run(cluster: Arc<Cluster>, o: Options, dir: PathBuf) -> BTreeMap<&'stat
     // (at half of a short lifetime).
     results.insert("issuance_settled_after_s", json!(c1.settle().await));
     let issuance = Phase::measure(&cluster, &c1, log_from, &Counts::new()).await;
+    no_ops.insert("issuance", no_op_writes(&c1, &watched, &published, (0, changes_from)).await);
     // A credential that got more than one token while issuing is a defect: name it, and keep
     // the controller's log for whoever looks into it.
     if initial_requests != n as u64 {
@@ -1001,7 +1155,11 @@ async fn run(cluster: Arc<Cluster>, o: Options, dir: PathBuf) -> BTreeMap<&'stat
 
     // 2. Restart with every token valid: no token request.
     c1.kill();
+    let issuance_to = issuer.total();
+    duplicate_requests.insert("issuance", duplicates(&issuer, &published, 0, issuance_to).await);
+    let changes_from = changes(&watched, &published);
     let (c2, restart_requests, restart_s, phase) = restart(&cluster, &dir, &o, 2, &issuer).await;
+    no_ops.insert("restart", no_op_writes(&c2, &watched, &published, (0, changes_from)).await);
     results.insert("restart_token_requests", json!(restart_requests));
     results.insert("restart_time_to_reconcile_all_s", json!(restart_s));
     if on_double {
@@ -1031,12 +1189,16 @@ async fn run(cluster: Arc<Cluster>, o: Options, dir: PathBuf) -> BTreeMap<&'stat
         controller = c3;
     }
 
+    let restart_to = issuer.total();
+    duplicate_requests.insert("restart", duplicates(&issuer, &published, issuance_to, restart_to).await);
+
     if o.steady {
         // 3/4. Steady state: every credential renewed at least once (plus --steady-seconds).
-        let steady_from = issuer.total();
+        let steady_from = restart_to;
         let cpu_from = controller.cpu_seconds();
         let log_from = cluster.log_len();
         let metric_from = controller.requests().await;
+        let no_ops_from = (controller.writes().await, changes(&watched, &published));
         let t = Instant::now();
         let wave_from = jiff::Timestamp::now().as_second();
         let min_window = Duration::from_secs(o.steady_seconds);
@@ -1046,7 +1208,8 @@ async fn run(cluster: Arc<Cluster>, o: Options, dir: PathBuf) -> BTreeMap<&'stat
         .await;
         // Whole renewals only: their last writes settle before the requests are counted.
         controller.settle().await;
-        let renewals = issuer.total() - steady_from;
+        let steady_to = issuer.total();
+        let renewals = steady_to - steady_from;
         let cpu = controller.cpu_seconds() - cpu_from;
         let phase = Phase::measure(&cluster, &controller, log_from, &metric_from).await;
         results.insert("requests_per_renewal", json!(phase.per(&cluster, renewals_so_far(&issuer, steady_from))));
@@ -1068,20 +1231,18 @@ async fn run(cluster: Arc<Cluster>, o: Options, dir: PathBuf) -> BTreeMap<&'stat
         }
         results.insert("rss_steady_mib", json!(mib(controller.rss_kib())));
         results.insert("peak_rss_steady_process_mib", json!(mib(controller.peak_rss_kib())));
-
-        // 2. Requests per published token: requests / tokens published (sum of token indices).
-        let mut ratio = 0.0;
-        for _ in 0..25 {
-            let (requests, published) = (issuer.total(), published_tokens(client, &o.namespace).await);
-            ratio = requests as f64 / published as f64;
-            if requests == published {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        results.insert("token_requests_per_published_token", json!(ratio));
+        duplicate_requests.insert("renewal", duplicates(&issuer, &published, steady_from, steady_to).await);
+        no_ops.insert("renewal", no_op_writes(&controller, &watched, &published, no_ops_from).await);
     }
     controller.kill();
+    // Token requests per phase, and those that could be duplicates: never published, or early.
+    results.insert("token_requests_duplicates", json!(duplicate_requests));
+    // Writes of Secrets and ClientCredentials that changed nothing, per phase (from the metric
+    // and the watches: on any API server).
+    results.insert("no_op_writes", json!(no_ops));
+    // 1 each: the watches never listed again, so they saw every change.
+    let lists = (watched.lock().unwrap().lists, published.lock().unwrap().lists);
+    results.insert("watch_lists", json!({"clientcredentials": lists.0, "secrets": lists.1}));
     results.insert(
         "request_counts_from",
         json!(if on_double { "the double's request log" } else { "the controller's /metrics" }),
@@ -1107,11 +1268,24 @@ async fn main() {
     } else {
         None
     };
+    // --real: a control plane of this run's own, then the --kubeconfig run against it. Dropped
+    // at the end, after a failure (unwinding) and on Ctrl-C (below): dropping it closes the
+    // launcher's stdin, which stops etcd, kube-apiserver and kube-controller-manager and removes
+    // their data. Killed, this process leaves nothing either: its end closes that stdin too.
+    let plane = o.real.then(support::control_plane::ControlPlane::dedicated);
+    if let Some(plane) = &plane {
+        o.kubeconfig = Some(plane.kubeconfig().to_owned());
+    }
     let cluster = Arc::new(Cluster::connect(&o, dir.path()).await);
     ensure_crds(&cluster.client).await;
+    let server_version = match &cluster.double {
+        Some(_) => None,
+        None => Some(cluster.client.apiserver_version().await.expect("the API server's /version").git_version),
+    };
     let mut created = Vec::new();
     for ns in [&o.namespace, &o.floor_namespace] {
-        if prepare_namespace(&cluster.client, ns).await {
+        // The namespaces of a --real run go with its control plane.
+        if prepare_namespace(&cluster.client, ns).await && !o.real {
             created.push(ns.clone());
         }
     }
@@ -1132,9 +1306,11 @@ async fn main() {
         Some(Err(e)) => std::panic::resume_unwind(e.into_panic()),
         None => {
             eprintln!("interrupted");
+            drop(plane); // exit() runs no destructor
             std::process::exit(130);
         }
     };
+    drop(plane);
 
     let machine = json!({
         "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
@@ -1143,14 +1319,15 @@ async fn main() {
         "mem_total_kib": std::fs::read_to_string("/proc/meminfo").ok()
             .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())),
     });
-    let api_server = match (&o.kubeconfig, o.kubeconfig_on_double) {
-        (_, true) => "kubeconfig (of the double)",
-        (Some(_), false) => "kubeconfig",
-        (None, _) => "double",
+    let api_server = match (&o.kubeconfig, o.kubeconfig_on_double, o.real) {
+        (_, true, _) => "kubeconfig (of the double)",
+        (_, _, true) => "real control plane (--real, tests/kube)",
+        (Some(_), false, _) => "kubeconfig",
+        (None, _, _) => "double",
     };
     let options = json!({"credentials": o.credentials, "lifetime_s": o.lifetime, "unrelated": o.unrelated,
                          "latency_ms": o.latency_ms, "concurrency": o.concurrency, "steady_seconds": o.steady_seconds,
-                         "api_server": api_server, "namespace": o.namespace, "floor_namespace": o.floor_namespace,
+                         "api_server": api_server, "server_version": server_version, "namespace": o.namespace, "floor_namespace": o.floor_namespace,
                          "controller_args": o.controller_args, "steady": o.steady});
     if o.json {
         println!(
