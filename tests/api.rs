@@ -99,20 +99,11 @@ fn crd_declares_names_columns_and_status_subresource() {
     assert_eq!(columns, ["Ready", "Reason", "Expires", "Refreshed", "Age"]);
 }
 
-/// kubectl renders a `date` printer column as an age ("5m"), and a time in the future as
-/// `<invalid>`. Every date column of both CRDs is evaluated against a status the controller
-/// computes for a healthy credential (token issued in the past, expiring and renewing in the
-/// future): each must point at a time that is not in the future.
-/// `kubectl get` as a user sees it, from the real kubectl against the real API server: the
-/// columns of both kinds, and for a healthy credential (token issued 5 minutes ago, expiring
-/// in 55) a READY/REASON pair, the expiry as a time, and ages where kubectl prints ages, never
-/// `<invalid>`.
-#[test]
-fn kubectl_get_prints_the_columns_with_no_invalid_age_for_a_healthy_credential() {
+/// The status the controller computes at `now` for a healthy credential: token issued 5
+/// minutes ago, renewing in 35 and expiring in 55; with `failed_a_minute_ago`, one failed
+/// renewal attempt a minute ago (still healthy: the token is valid).
+fn healthy_status(now: jiff::Timestamp, target: &str, failed_a_minute_ago: bool) -> Value {
     use tokensync::controller::status::{Facts, TokenFacts, next};
-    let plane = ControlPlane::shared();
-    let ns = test_namespace();
-    let now = jiff::Timestamp::now();
     let minutes = |m: i64| now + jiff::SignedDuration::from_mins(m);
     let facts = Facts {
         now,
@@ -126,15 +117,26 @@ fn kubectl_get_prints_the_columns_with_no_invalid_age_for_a_healthy_credential()
         }),
         failure: None,
         renew_at: Some(minutes(35)),
-        failed_attempts: 0,
-        last_failure: None,
+        failed_attempts: u32::from(failed_a_minute_ago),
+        last_failure: failed_a_minute_ago.then(|| minutes(-1)),
         retry_after_seconds: None,
         failed_inputs: None,
         handled_renewal_request: None,
-        target_secret_name: "printed".into(),
+        target_secret_name: target.into(),
         service_account: None,
     };
-    let status = serde_json::to_value(next(None, &facts)).unwrap();
+    serde_json::to_value(next(None, &facts)).unwrap()
+}
+
+/// `kubectl get` as a user sees it, from the real kubectl against the real API server: the
+/// columns of both kinds, and for a healthy credential (token issued 5 minutes ago, expiring
+/// in 55) a READY/REASON pair, the expiry as a time, and ages where kubectl prints ages, never
+/// `<invalid>`.
+#[test]
+fn kubectl_get_prints_the_columns_with_no_invalid_age_for_a_healthy_credential() {
+    let plane = ControlPlane::shared();
+    let ns = test_namespace();
+    let status = healthy_status(jiff::Timestamp::now(), "printed", false);
     let run = |args: &[&str]| {
         let out = plane.kubectl().args(args).output().unwrap();
         assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -173,32 +175,14 @@ fn kubectl_get_prints_the_columns_with_no_invalid_age_for_a_healthy_credential()
     }
 }
 
+/// kubectl renders a `date` printer column as an age ("5m"), and a time in the future as
+/// `<invalid>`. Every date column of both CRDs is evaluated against a status the controller
+/// computes for a healthy credential (token issued in the past, expiring and renewing in the
+/// future): each must point at a time that is not in the future.
 #[test]
 fn no_date_printer_column_points_at_a_future_time() {
-    use tokensync::controller::status::{Facts, TokenFacts, next};
     let now: jiff::Timestamp = "2026-11-30T12:00:00Z".parse().unwrap();
-    let minutes = |m: i64| now + jiff::SignedDuration::from_mins(m);
-    let facts = Facts {
-        now,
-        generation: Some(1),
-        suspended: false,
-        token: Some(TokenFacts {
-            token_type: "Bearer".into(),
-            scope: None,
-            issued_at: minutes(-5),
-            expires_at: minutes(55),
-        }),
-        failure: None,
-        renew_at: Some(minutes(35)),
-        failed_attempts: 1,
-        last_failure: Some(minutes(-1)),
-        retry_after_seconds: None,
-        failed_inputs: None,
-        handled_renewal_request: None,
-        target_secret_name: "demo".into(),
-        service_account: None,
-    };
-    let status = serde_json::to_value(next(None, &facts)).unwrap();
+    let status = healthy_status(now, "demo", true);
     let object = json!({"metadata": {"creationTimestamp": "2026-11-30T11:00:00Z"}, "status": status});
     for crd in [serde_json::to_value(api::crd()).unwrap(), serde_json::to_value(api::cluster::crd()).unwrap()] {
         let kind = crd["spec"]["names"]["kind"].as_str().unwrap().to_owned();

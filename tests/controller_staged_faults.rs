@@ -6,78 +6,14 @@
 mod support;
 mod token_server;
 
-use std::sync::{Arc, Mutex};
-
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use support::apiserver::{ApiServer, Verb};
 use support::controller::*;
-use token_server::{Recorded, Reply, TokenServer};
+use token_server::Reply;
+use token_server::issuer::Issuer;
 use tokensync::api::ClientCredential;
-
-/// How the test token server behaves; tests change it while the controller runs.
-struct Behaviour {
-    lifetime: u64,
-    issued: u32,
-    /// Answer with this instead of a token.
-    fail: Option<Box<dyn Fn() -> Reply + Send>>,
-    /// Issue a new refresh token with every response and accept only the latest.
-    rotating_refresh: bool,
-    current_refresh: String,
-}
-
-struct Issuer {
-    server: TokenServer,
-    behaviour: Arc<Mutex<Behaviour>>,
-}
-
-impl Issuer {
-    async fn start(lifetime: u64) -> Issuer {
-        let behaviour = Arc::new(Mutex::new(Behaviour {
-            lifetime,
-            issued: 0,
-            fail: None,
-            rotating_refresh: false,
-            current_refresh: String::new(),
-        }));
-        let b = behaviour.clone();
-        let server = TokenServer::start(move |r: &Recorded| {
-            let mut b = b.lock().unwrap();
-            if let Some(fail) = &b.fail {
-                return fail();
-            }
-            let p = r.params();
-            if b.rotating_refresh
-                && p.get("grant_type").map(String::as_str) == Some("refresh_token")
-                && p.get("refresh_token") != Some(&b.current_refresh)
-            {
-                return Reply::oauth_error(400, "invalid_grant", "refresh token reused");
-            }
-            b.issued += 1;
-            let mut body = json!({"access_token": format!("token-{}", b.issued), "token_type": "Bearer", "expires_in": b.lifetime});
-            if b.rotating_refresh {
-                b.current_refresh = format!("refresh-{}", b.issued);
-                body["refresh_token"] = b.current_refresh.clone().into();
-            }
-            Reply::json(200, body)
-        })
-        .await;
-        Issuer { server, behaviour }
-    }
-
-    fn url(&self) -> String {
-        self.server.url("/token")
-    }
-
-    fn requests(&self) -> usize {
-        self.server.requests().len()
-    }
-
-    fn fail_with(&self, reply: impl Fn() -> Reply + Send + 'static) {
-        self.behaviour.lock().unwrap().fail = Some(Box::new(reply));
-    }
-}
 
 async fn setup(name: &str, issuer: &Issuer, api: &ApiServer) -> ClientCredential {
     create_secret(api, source_secret(&format!("{name}-client"), &[("client_id", "cid"), ("client_secret", "csecret")]))
