@@ -380,6 +380,28 @@ async fn a_valid_token_on_disk_is_reused_at_start_and_a_changed_manifest_gets_a_
     agent.shutdown().await;
 }
 
+/// A ClientCredential without its Secret in YAML: the client id from a mounted-Secret-like
+/// directory, the client secret from a file holding `secret`. Returns the setup, the secret
+/// file and the agent flags that name both (watched every 100 ms).
+fn from_files(server: &TokenServer, secret: &str) -> (Setup, PathBuf, Vec<String>) {
+    let yaml = client_credentials(&server.url("/token"), "");
+    let setup = Setup::new(yaml.split("---\n").nth(1).unwrap());
+    let secret_file = setup.dir.path().join("client_secret");
+    std::fs::write(&secret_file, secret).unwrap();
+    let mounted = setup.dir.path().join("mounted");
+    std::fs::create_dir(&mounted).unwrap();
+    std::fs::write(mounted.join("client_id"), "demo").unwrap();
+    let flags = vec![
+        "--watch-interval".to_owned(),
+        "100ms".to_owned(),
+        "--secret-from-file".to_owned(),
+        format!("team-a/demo-client/client_secret={}", secret_file.display()),
+        "--secret-from-dir".to_owned(),
+        format!("team-a/demo-client={}", mounted.display()),
+    ];
+    (setup, secret_file, flags)
+}
+
 #[tokio::test]
 async fn a_rotated_secret_file_is_noticed_and_gets_a_new_token() {
     let issued = Arc::new(AtomicUsize::new(0));
@@ -392,25 +414,8 @@ async fn a_rotated_secret_file_is_noticed_and_gets_a_new_token() {
     .await;
     // The Secret is not in YAML at all: the id from a mounted-Secret-like directory, the
     // secret from a file.
-    let yaml = client_credentials(&server.url("/token"), "");
-    let yaml = yaml.split("---\n").nth(1).unwrap();
-    let setup = Setup::new(yaml);
-    let secret_file = setup.dir.path().join("client_secret");
-    std::fs::write(&secret_file, "first\n").unwrap();
-    let mounted = setup.dir.path().join("mounted");
-    std::fs::create_dir(&mounted).unwrap();
-    std::fs::write(mounted.join("client_id"), "demo").unwrap();
-    let from_dir = format!("team-a/demo-client={}", mounted.display());
-    let from_file = format!("team-a/demo-client/client_secret={}", secret_file.display());
-    let agent = Agent::start(&setup.args(&[
-        "--watch-interval",
-        "100ms",
-        "--secret-from-file",
-        &from_file,
-        "--secret-from-dir",
-        &from_dir,
-    ]))
-    .unwrap();
+    let (setup, secret_file, flags) = from_files(&server, "first\n");
+    let agent = Agent::start(&setup.args(&flags.iter().map(String::as_str).collect::<Vec<_>>())).unwrap();
     assert!(agent.wait_for(WAIT, |p| p.passes >= 1).await);
     assert_eq!(read(setup.token_dir().join("access_token")), "first-1");
     assert_eq!(server.requests()[0].basic().unwrap().0, "demo");
@@ -456,29 +461,10 @@ async fn a_source_secret_put_back_clears_its_failure_without_a_request() {
 async fn a_secret_put_back_after_the_token_expired_gets_a_new_token_at_once_with_one_request() {
     let (server, issued) = counting_server(2).await;
     // The client secret from a file, as a mounted Secret gives it; the agent notices changes.
-    let yaml = client_credentials(&server.url("/token"), "");
-    let setup = Setup::new(yaml.split("---\n").nth(1).unwrap());
-    let secret_file = setup.dir.path().join("client_secret");
-    std::fs::write(&secret_file, "the-client-secret").unwrap();
-    let mounted = setup.dir.path().join("mounted");
-    std::fs::create_dir(&mounted).unwrap();
-    std::fs::write(mounted.join("client_id"), "demo").unwrap();
-    let from_dir = format!("team-a/demo-client={}", mounted.display());
-    let from_file = format!("team-a/demo-client/client_secret={}", secret_file.display());
+    let (setup, secret_file, mut flags) = from_files(&server, "the-client-secret");
     // A backoff far longer than the test: a request it explains is not "at once".
-    let agent = Agent::start(&setup.args(&[
-        "--watch-interval",
-        "100ms",
-        "--secret-from-file",
-        &from_file,
-        "--secret-from-dir",
-        &from_dir,
-        "--backoff-min",
-        "60s",
-        "--backoff-max",
-        "120s",
-    ]))
-    .unwrap();
+    flags.extend(["--backoff-min", "60s", "--backoff-max", "120s"].map(String::from));
+    let agent = Agent::start(&setup.args(&flags.iter().map(String::as_str).collect::<Vec<_>>())).unwrap();
     assert!(agent.wait_for(WAIT, |p| p.issued >= 1 && p.passes >= 1).await);
 
     std::fs::write(&secret_file, "a-wrong-secret").unwrap();
