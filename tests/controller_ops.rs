@@ -1,5 +1,8 @@
 //! Operating the controller: leader election, the admin endpoints, watched-namespace
 //! scoping, the endpoint deny list, expiry reporting and graceful shutdown.
+//!
+//! On the API server double, except the standby replica's readiness, which runs on the real
+//! control plane with a real Lease; the double holds a list back and cuts a replica off.
 
 mod support;
 mod token_server;
@@ -14,7 +17,6 @@ use serde_json::json;
 use support::apiserver::{Fault, Verb};
 use support::controller::*;
 use token_server::{Reply, TokenServer};
-use tokensync::admin::{self, AdminState};
 use tokensync::controller::leader::LeaseLock;
 use tokensync::metrics::Metrics;
 use tokio::time::Instant;
@@ -47,33 +49,73 @@ async fn only_one_replica_holds_the_lease_and_another_takes_over_when_it_lapses(
     drop(held);
 }
 
+/// Free ports on 127.0.0.1 for controllers' admin servers (`--admin-addr`), all different.
+fn free_admin_addrs<const N: usize>() -> [std::net::SocketAddr; N] {
+    let listeners = [(); N].map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    listeners.map(|l| l.local_addr().unwrap())
+}
+
+/// GET on a controller's admin server: (status, body), or None while nothing answers.
+async fn admin_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    let response = reqwest::get(format!("http://{addr}{path}")).await.ok()?;
+    Some((response.status().as_u16(), response.text().await.ok()?))
+}
+
+/// Waits until the admin server answers `path` with `code`, and returns the body. It tells no
+/// one when readiness changes, so it is asked again every 20 ms until `timeout`.
+async fn wait_admin(who: &str, addr: std::net::SocketAddr, path: &str, code: u16, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let answer = admin_get(addr, path).await;
+        if let Some((c, body)) = &answer
+            && *c == code
+        {
+            return body.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{who}: {path} on {addr} never answered {code} within {timeout:?}; it answers {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The controller's own admin server, as `tokensync controller` serves it ([`tokensync::controller::run_with`]
+/// with the shipped client): /readyz says 503 while the ClientCredential list is held back
+/// (its other caches have synced), 200 once it has synced; /metrics exports the reconcile.
+/// On the double: only it can hold a list back.
 #[tokio::test]
 async fn readyz_answers_only_after_the_caches_synced_and_metrics_are_exported() {
     let api = api_server().await;
     let server = token_server(3600).await;
-    let running = start(&api, args(&[]));
-    let state = AdminState { ready: running.ready.clone(), metrics: running.metrics.clone() };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, admin::router(state)).await.unwrap() });
-    let get = |path: &'static str| async move {
-        let r = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
-    };
-    assert_eq!(get("/healthz").await.0, 200);
-
-    // Not ready before sync: an admin state whose flag was never set.
-    let unsynced = AdminState { ready: Arc::new(AtomicBool::new(false)), metrics: Arc::new(Metrics::default()) };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let cold = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, admin::router(unsynced)).await.unwrap() });
-    assert_eq!(reqwest::get(format!("http://{cold}/readyz")).await.unwrap().status().as_u16(), 503);
-
     credential(&api, "demo", &server.url("/token")).await;
+    // The ClientCredential list (a LIST, or the watch-list of --initial-list=streaming) hangs.
+    api.inject(Fault::verbs(&[Verb::List, Verb::Watch]).resource("clientcredentials").hang());
+    let [admin] = free_admin_addrs();
+    let mut args = args(&[]);
+    args.admin_addr = admin;
+    let metrics = Arc::new(Metrics::default());
+    let client =
+        tokensync::controller::api_client(api.config_named(CONTROLLER_CLIENT), args.api_timeout, &metrics).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async {
+        let _ = stopped.await;
+    };
+    let controller = tokio::spawn(tokensync::controller::run_with(client, args, shutdown, metrics));
+
+    // Its other caches synced: the Secrets it manages were listed and are watched.
+    let managed_watched = |v: &support::apiserver::View<'_>| {
+        v.requests().iter().any(|r| r.resource == "secrets" && r.verb == Verb::Watch && r.label_selector.is_some())
+    };
+    api.wait_for(managed_watched, WAIT).await.expect("the managed Secrets are watched");
+    assert_eq!(wait_admin("the controller", admin, "/healthz", 200, WAIT).await, "ok");
+    assert_eq!(admin_get(admin, "/readyz").await, Some((503, "caches not synced yet".to_owned())));
+    assert!(status(&api, "demo").is_none(), "nothing is reconciled before the caches synced");
+
+    api.clear_faults();
+    assert_eq!(wait_admin("the controller", admin, "/readyz", 200, WAIT).await, "ready");
     wait_condition(&api, "demo", "Ready", ("True", "TokenIssued")).await;
-    assert!(running.ready.load(Ordering::Acquire));
-    assert_eq!(get("/readyz").await.0, 200);
-    let (_, metrics) = get("/metrics").await;
+    let (_, metrics) = admin_get(admin, "/metrics").await.expect("/metrics answers");
     for name in [
         "tokensync_token_expiry_timestamp_seconds{namespace=\"team-a\",name=\"demo\"}",
         "tokensync_token_renewal_timestamp_seconds{namespace=\"team-a\",name=\"demo\"}",
@@ -82,6 +124,60 @@ async fn readyz_answers_only_after_the_caches_synced_and_metrics_are_exported() 
         "tokensync_reconcile_duration_seconds_count",
     ] {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+    let _ = stop.send(());
+    tokio::time::timeout(WAIT, controller).await.expect("the controller stops").unwrap().unwrap();
+}
+
+/// A replica of `tokensync controller` on the real control plane, in `env`'s namespace, with
+/// leader election and its admin server on `admin`. Send on the sender to stop it.
+async fn real_replica(
+    env: &support::real::Env,
+    id: &str,
+    admin: std::net::SocketAddr,
+) -> (tokio::task::JoinHandle<Result<(), String>>, tokio::sync::oneshot::Sender<()>, Arc<Metrics>) {
+    let mut args =
+        args(&["--leader-elect", "--leader-election-namespace", &env.ns, "--leader-election-retry-period", "1s"]);
+    args.identity = Some(id.to_owned());
+    args.namespaces = vec![env.ns.clone()];
+    args.admin_addr = admin;
+    let metrics = Arc::new(Metrics::default());
+    let client = tokensync::controller::api_client(env.plane.config().await, args.api_timeout, &metrics).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async {
+        let _ = stopped.await;
+    };
+    let run = tokensync::controller::run_with(client, args, shutdown, metrics.clone());
+    (tokio::spawn(async move { run.await.map_err(|e| e.to_string()) }), stop, metrics)
+}
+
+/// README: "a standby replica waiting for the Lease is ready" (otherwise a Deployment of
+/// several replicas never becomes Available). On the real control plane, with a real Lease:
+/// the leader is ready once its caches synced, and so is the standby while the leader holds
+/// the Lease.
+#[tokio::test]
+async fn a_standby_replica_is_ready_while_another_replica_leads() {
+    let env = support::real::Env::new("ops").await;
+    let [a_admin, b_admin] = free_admin_addrs();
+    let held_by = |id: &'static str| {
+        move |lease: Option<&Lease>| {
+            lease.and_then(|l| l.spec.as_ref()).and_then(|s| s.holder_identity.as_deref()) == Some(id)
+        }
+    };
+    let (a, a_stop, _) = real_replica(&env, "a", a_admin).await;
+    env.wait::<Lease>("tokensync-controller", "held by a", held_by("a")).await;
+    assert_eq!(wait_admin("the leader", a_admin, "/readyz", 200, support::real::WAIT).await, "ready");
+
+    let (b, b_stop, b_metrics) = real_replica(&env, "b", b_admin).await;
+    assert_eq!(wait_admin("the standby", b_admin, "/readyz", 200, support::real::WAIT).await, "ready");
+    let lease = env.api::<Lease>().get("tokensync-controller").await.unwrap();
+    assert!(held_by("a")(Some(&lease)), "b is still a standby: {lease:?}");
+    assert_eq!(b_metrics.reconciles(), 0, "the standby reconciles nothing");
+
+    for (replica, stop) in [(a, a_stop), (b, b_stop)] {
+        let _ = stop.send(());
+        let stopped = tokio::time::timeout(support::real::WAIT, replica).await.expect("a replica stops");
+        stopped.unwrap().expect("a clean stop");
     }
 }
 

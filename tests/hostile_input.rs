@@ -155,13 +155,358 @@ proptest! {
             let _ = tokensync::api::engine::token_request_config(&spec);
         }
     }
+}
 
-    #[test]
-    fn arbitrary_json_as_a_client_credential_never_panics_validation(doc in arb_json()) {
-        if let Ok(cc) = serde_json::from_value::<ClientCredential>(doc) {
-            let _ = tokensync::api::validate::validate(&cc.spec, "x");
+// ---------------------------------------------------------------------------------------
+// ClientCredential-shaped objects: a valid skeleton (apiVersion, kind, metadata, spec) with
+// arbitrary values in every spec field, of the right JSON type so that most of them
+// deserialize and reach validation; now and then one field holds any JSON at all.
+// ---------------------------------------------------------------------------------------
+
+/// Every field of ClientCredentialSpec, as the API spells it.
+const SPEC_FIELDS: &[&str] = &[
+    "tokenEndpoint",
+    "issuer",
+    "grantType",
+    "clientAuthentication",
+    "requestEncoding",
+    "omitGrantType",
+    "clientId",
+    "credentialsRef",
+    "serviceAccountRef",
+    "tokenExchange",
+    "scopes",
+    "audience",
+    "resource",
+    "extraParameters",
+    "extraHeaders",
+    "refreshEndpoint",
+    "response",
+    "assertion",
+    "tls",
+    "renewBefore",
+    "renewBeforePercentage",
+    "verify",
+    "suspend",
+    "target",
+];
+
+/// A field of an object: its name and, when present, its value.
+type Field = BoxedStrategy<(&'static str, Option<Value>)>;
+
+/// Any text at all, or one that looks like what the field expects.
+fn text_or(plausible: impl Strategy<Value = String> + 'static) -> BoxedStrategy<Value> {
+    prop_oneof![2 => plausible, 1 => ".{0,40}"].prop_map(Value::from).boxed()
+}
+
+fn any_text() -> BoxedStrategy<Value> {
+    ".{0,40}".prop_map(Value::from).boxed()
+}
+
+fn url_value() -> BoxedStrategy<Value> {
+    text_or(prop_oneof![
+        Just("https://auth.example/token".to_owned()),
+        Just("http://169.254.169.254/latest/api/token".to_owned()),
+        Just("https://user@auth.example/token".to_owned()),
+        "https?://[a-z0-9.-]{0,20}(:[0-9]{1,6})?(/[ -~]{0,30})?",
+    ])
+}
+
+fn object_name() -> BoxedStrategy<Value> {
+    text_or("[a-z0-9]([-a-z0-9.]{0,30}[a-z0-9])?")
+}
+
+fn secret_key() -> BoxedStrategy<Value> {
+    text_or("[-._a-zA-Z0-9]{1,20}")
+}
+
+fn duration_value() -> BoxedStrategy<Value> {
+    text_or("([0-9]{1,4}(\\.[0-9]{1,3})?(ms|s|m|h)){1,3}")
+}
+
+fn one_of(names: &'static [&'static str]) -> BoxedStrategy<Value> {
+    prop::sample::select(names).prop_map(Value::from).boxed()
+}
+
+fn integer() -> BoxedStrategy<Value> {
+    prop_oneof![any::<i32>().prop_map(i64::from), any::<i64>(), -10i64..100_000].prop_map(Value::from).boxed()
+}
+
+fn boolean() -> BoxedStrategy<Value> {
+    any::<bool>().prop_map(Value::from).boxed()
+}
+
+fn list(item: BoxedStrategy<Value>) -> BoxedStrategy<Value> {
+    prop::collection::vec(item, 0..5).prop_map(Value::Array).boxed()
+}
+
+fn map(key: BoxedStrategy<Value>, value: BoxedStrategy<Value>) -> BoxedStrategy<Value> {
+    prop::collection::vec((key, value), 0..5)
+        .prop_map(|entries| {
+            let entries = entries.into_iter().map(|(k, v)| (k.as_str().unwrap_or_default().to_owned(), v));
+            Value::Object(entries.collect())
+        })
+        .boxed()
+}
+
+fn optional(name: &'static str, value: BoxedStrategy<Value>) -> Field {
+    proptest::option::of(value).prop_map(move |v| (name, v)).boxed()
+}
+
+fn required(name: &'static str, value: BoxedStrategy<Value>) -> Field {
+    value.prop_map(move |v| (name, Some(v))).boxed()
+}
+
+fn object(fields: Vec<Field>) -> BoxedStrategy<Value> {
+    fields
+        .prop_map(|fields| Value::Object(fields.into_iter().filter_map(|(k, v)| Some((k.to_owned(), v?))).collect()))
+        .boxed()
+}
+
+fn arb_spec() -> BoxedStrategy<Value> {
+    let reserved_parameters = prop::sample::select(tokensync::api::validate::RESERVED_PARAMETERS).prop_map(Value::from);
+    let reserved_claims = prop::sample::select(tokensync::api::validate::RESERVED_CLAIMS).prop_map(Value::from);
+    let header_name = prop_oneof![
+        2 => "[A-Za-z0-9!#$%&'*+.^_`|~-]{1,20}".prop_map(Value::from),
+        1 => one_of(&["Authorization", "content-type", "Host", "Accept-Language"]),
+        1 => any_text(),
+    ];
+    let header_value = prop_oneof![any_text(), "[ -~]{0,40}\r\n[ -~]{0,10}".prop_map(Value::from)];
+    let scope = text_or("[\\x21\\x23-\\x5B\\x5D-\\x7E]{1,20}");
+    let audience = text_or(prop_oneof![
+        Just("api://AzureADTokenExchange".to_owned()),
+        Just("https://kubernetes.default.svc".to_owned()),
+        "[ -~]{1,40}",
+    ]);
+    let selector = object(vec![
+        optional("matchLabels", map(secret_key(), any_text())),
+        optional(
+            "matchExpressions",
+            list(object(vec![
+                required("key", secret_key()),
+                required("operator", text_or(prop_oneof![Just("In".to_owned()), Just("Exists".to_owned())])),
+                optional("values", list(any_text())),
+            ])),
+        ),
+    ]);
+    object(vec![
+        optional("tokenEndpoint", url_value()),
+        optional("issuer", url_value()),
+        optional(
+            "grantType",
+            one_of(&[
+                "client_credentials",
+                "refresh_token",
+                "authorization_code",
+                "urn:ietf:params:oauth:grant-type:jwt-bearer",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ]),
+        ),
+        optional(
+            "clientAuthentication",
+            one_of(&[
+                "client_secret_basic",
+                "client_secret_post",
+                "private_key_jwt",
+                "client_secret_jwt",
+                "none",
+                "service_account_token",
+            ]),
+        ),
+        optional("requestEncoding", one_of(&["form", "json"])),
+        optional("omitGrantType", boolean()),
+        optional("clientId", text_or("[a-z0-9-]{0,12}")),
+        optional(
+            "credentialsRef",
+            object(vec![
+                required("name", object_name()),
+                optional("namespace", object_name()),
+                optional("clientIdKey", secret_key()),
+                optional("clientSecretKey", secret_key()),
+                optional("privateKeyKey", secret_key()),
+                optional("refreshTokenKey", secret_key()),
+                optional("authorizationCodeKey", secret_key()),
+                optional("subjectTokenKey", secret_key()),
+            ]),
+        ),
+        optional(
+            "serviceAccountRef",
+            object(vec![
+                required("name", object_name()),
+                optional("namespace", object_name()),
+                required("audience", audience.clone()),
+                optional("expirationSeconds", integer()),
+            ]),
+        ),
+        optional(
+            "tokenExchange",
+            object(vec![
+                optional("subjectTokenType", text_or(Just("urn:ietf:params:oauth:token-type:jwt".to_owned()))),
+                optional("requestedTokenType", any_text()),
+            ]),
+        ),
+        optional("scopes", list(scope)),
+        optional("audience", audience),
+        optional("resource", any_text()),
+        optional("extraParameters", map(prop_oneof![reserved_parameters, any_text()].boxed(), any_text())),
+        optional(
+            "extraHeaders",
+            list(object(vec![required("name", header_name.boxed()), required("value", header_value.boxed())])),
+        ),
+        optional(
+            "refreshEndpoint",
+            object(vec![
+                required("url", url_value()),
+                optional("requestEncoding", one_of(&["form", "json"])),
+                optional("refreshTokenOnly", boolean()),
+            ]),
+        ),
+        optional(
+            "response",
+            object(vec![
+                optional("accessTokenField", text_or("[a-z_.]{0,16}")),
+                optional("tokenTypeField", text_or("[a-z_.]{0,16}")),
+                optional("expiresInField", text_or("[a-z_.]{0,16}")),
+                optional("expiresAtField", text_or("[a-z_.]{0,16}")),
+                optional("refreshTokenField", text_or("[a-z_.]{0,16}")),
+                optional("defaultLifetime", duration_value()),
+            ]),
+        ),
+        optional(
+            "assertion",
+            object(vec![
+                optional(
+                    "algorithm",
+                    one_of(&[
+                        "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "HS256", "HS384",
+                        "HS512",
+                    ]),
+                ),
+                optional("keyId", any_text()),
+                optional("audience", url_value()),
+                optional("issuer", any_text()),
+                optional("subject", any_text()),
+                optional("lifetime", duration_value()),
+                optional("extraClaims", map(prop_oneof![reserved_claims, any_text()].boxed(), any_text())),
+            ]),
+        ),
+        optional(
+            "tls",
+            object(vec![
+                optional(
+                    "caBundleSecretRef",
+                    object(vec![required("name", object_name()), optional("key", secret_key())]),
+                ),
+                optional(
+                    "clientCertificateSecretRef",
+                    object(vec![
+                        required("name", object_name()),
+                        optional("certificateKey", secret_key()),
+                        optional("privateKeyKey", secret_key()),
+                    ]),
+                ),
+            ]),
+        ),
+        optional("renewBefore", duration_value()),
+        optional(
+            "renewBeforePercentage",
+            prop_oneof![-5i64..120, any::<i32>().prop_map(i64::from)].prop_map(Value::from).boxed(),
+        ),
+        optional("verify", object(vec![required("url", url_value())])),
+        optional("suspend", boolean()),
+        optional(
+            "target",
+            object(vec![
+                optional("name", object_name()),
+                optional("type", text_or(Just("kubernetes.io/dockerconfigjson".to_owned()))),
+                optional("labels", map(secret_key(), any_text())),
+                optional("annotations", map(secret_key(), any_text())),
+                optional(
+                    "template",
+                    map(prop_oneof![secret_key(), Just(Value::from(".dockerconfigjson"))].boxed(), any_text()),
+                ),
+                optional("deletionPolicy", one_of(&["Delete", "Retain"])),
+                optional("namespaces", list(object_name())),
+                optional("namespaceSelector", selector),
+                optional("excludeNamespaces", list(object_name())),
+            ]),
+        ),
+    ])
+}
+
+/// A ClientCredential-shaped document. Its spec is either arbitrary in every field, or a valid
+/// one with up to three fields arbitrary (most specs of the first kind break some rule, so the
+/// second kind is what reaches the end of validation). In about one case in eight one spec
+/// field, or the whole spec, is then replaced by arbitrary JSON of any type.
+fn arb_client_credential() -> impl Strategy<Value = Value> {
+    let few_fields = prop::collection::vec(prop::sample::select(SPEC_FIELDS), 0..=3);
+    let spec = prop_oneof![
+        arb_spec(),
+        (arb_spec(), few_fields).prop_map(|(arbitrary, fields)| {
+            let mut spec =
+                json!({"tokenEndpoint": "https://auth.example/token", "credentialsRef": {"name": "demo-client"}});
+            for field in fields {
+                if let Some(value) = arbitrary.get(field) {
+                    spec[field] = value.clone();
+                }
+            }
+            spec
+        }),
+    ];
+    let wild = proptest::option::weighted(0.125, (prop::sample::select(SPEC_FIELDS), any::<bool>(), arb_json()));
+    (object_name(), spec, wild).prop_map(|(name, mut spec, wild)| {
+        match wild {
+            Some((_, true, value)) => spec = value,
+            Some((field, _, value)) => spec[field] = value,
+            None => {}
         }
-    }
+        json!({
+            "apiVersion": "tokensync.io/v1alpha1",
+            "kind": "ClientCredential",
+            "metadata": {"name": name, "namespace": "team-a"},
+            "spec": spec,
+        })
+    })
+}
+
+/// Fed ClientCredential-shaped objects, validation never panics, and the generator reaches
+/// it: most objects deserialize, with a value in every spec field the CRD has, and some of
+/// them pass validation while others are refused.
+#[test]
+fn arbitrary_json_as_a_client_credential_never_panics_validation() {
+    use std::cell::{Cell, RefCell};
+    const CASES: u32 = 1024;
+    let (reached, valid) = (Cell::new(0u32), Cell::new(0u32));
+    let fields_reached = RefCell::new(std::collections::BTreeSet::<String>::new());
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: CASES,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&arb_client_credential(), |doc| {
+            let fields: Vec<String> = doc["spec"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+            if let Ok(cc) = serde_json::from_value::<ClientCredential>(doc) {
+                reached.set(reached.get() + 1);
+                fields_reached.borrow_mut().extend(fields);
+                let name = cc.metadata.name.as_deref().unwrap_or_default();
+                if tokensync::api::validate::validate(&cc.spec, name).is_ok() {
+                    valid.set(valid.get() + 1);
+                }
+                let _ = tokensync::api::validate::validate_cluster(&cc.spec, name);
+            }
+            Ok(())
+        })
+        .unwrap();
+    let (reached, valid) = (reached.get(), valid.get());
+    assert!(reached >= CASES * 3 / 4, "only {reached} of {CASES} generated objects reached validate");
+    assert!(valid > 0 && valid < reached, "{valid} of the {reached} validated objects passed: both outcomes occur");
+    let crd = serde_json::to_value(tokensync::api::crd()).unwrap();
+    let spec_fields = crd.pointer("/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties").unwrap();
+    let spec_fields: std::collections::BTreeSet<String> = spec_fields.as_object().unwrap().keys().cloned().collect();
+    let fields_reached = fields_reached.into_inner();
+    let missing: Vec<&String> = spec_fields.difference(&fields_reached).collect();
+    assert!(missing.is_empty(), "spec fields that never reached validate with a value: {missing:?}");
 }
 
 fn nested(levels: usize) -> String {
@@ -179,8 +524,14 @@ fn deeply_nested_json_and_yaml_are_refused_without_overflowing_the_stack() {
     }
     let yaml = format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: x}}\ndata: {}\n", nested(100_000));
     assert!(tokensync::manifest::Manifests::parse(&yaml, "deep.yaml").is_err());
-    let block: String = (0..100_000).map(|i| format!("{}- \n", " ".repeat(i % 64))).collect();
-    let _ = tokensync::manifest::Manifests::parse(&block, "deep-block.yaml");
+    // Block style: 100 000 sequences, each the only entry of the one before ("- - - … x"), and
+    // 1 000 mappings nested by indentation. Refused for their depth, not for their syntax.
+    let sequences = format!("{}x\n", "- ".repeat(100_000));
+    let mappings: String = (0..1_000).map(|i| format!("{}a:\n", " ".repeat(i))).collect();
+    for (what, yaml) in [("sequences", sequences), ("mappings", mappings)] {
+        let e = tokensync::manifest::Manifests::parse(&yaml, "deep-block.yaml").unwrap_err().to_string();
+        assert!(e.contains("depth"), "nested block {what}: {e}");
+    }
     assert!(serde_json::from_str::<ClientCredential>(&nested(100_000)).is_err());
 }
 
@@ -212,8 +563,41 @@ async fn huge_and_deeply_nested_token_responses_are_refused_cleanly_by_the_engin
 // A secret planted in every failure path never reaches logs, Events or status.
 // ---------------------------------------------------------------------------------------
 
-const PLANTED: &str = "PLANTED-s3cret-Zq81";
-const PLANTED_REFRESH: &str = "PLANTED-refresh-Wx42";
+/// Planted secrets with characters every encoder rewrites (a space, `+/=&%~>?`), so that each
+/// encoding of them ([`encodings`]) is a different needle.
+const PLANTED: &str = "PLANTED s3cret+/=&%Zq8~>?";
+const PLANTED_REFRESH: &str = "PLANTED refresh&=+/%Wx42~>?";
+
+/// Percent-encodes every byte but those `keep` keeps, with upper-case hex as encoders write it.
+fn percent_encoded(text: &str, keep: impl Fn(u8) -> bool) -> String {
+    text.bytes().map(|b| if keep(b) { char::from(b).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+/// `secret` as encoders write it: raw; application/x-www-form-urlencoded as
+/// `url::form_urlencoded` writes it (space as `+`); percent-encoded as a URL query component
+/// (RFC 3986 unreserved characters kept, space as `%20`) and as a path segment (sub-delims,
+/// `:` and `@` kept too); base64, standard and URL-safe, unpadded so that a padded copy
+/// matches as well.
+fn encodings(secret: &str) -> Vec<String> {
+    let unreserved = |b: u8| b.is_ascii_alphanumeric() || b"-._~".contains(&b);
+    let mut forms = vec![
+        secret.to_owned(),
+        form_urlencoded(secret),
+        percent_encoded(secret, unreserved),
+        percent_encoded(secret, |b| unreserved(b) || b"!$&'()*+,;=:@".contains(&b)),
+    ];
+    forms.extend(base64_forms(secret));
+    forms
+}
+
+fn form_urlencoded(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+fn base64_forms(text: &str) -> [String; 2] {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    [STANDARD_NO_PAD.encode(text), URL_SAFE_NO_PAD.encode(text)]
+}
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -340,15 +724,12 @@ async fn a_planted_secret_never_reaches_logs_events_or_status_on_any_failure_pat
         .collect();
     let log_text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
     assert!(log_text.contains("reconcile") || log_text.len() > 1000, "logs were captured");
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let mut needles = vec![
-        PLANTED.to_owned(),
-        PLANTED_REFRESH.to_owned(),
-        b64.encode(PLANTED),
-        b64.encode(PLANTED_REFRESH),
-        b64.encode(format!("cid:{PLANTED}")),
-    ];
-    needles.push(needles[0].replace('-', "%2D"));
+    let planted = encodings(PLANTED);
+    let distinct: std::collections::BTreeSet<&String> = planted.iter().collect();
+    assert_eq!(distinct.len(), planted.len(), "every encoding of the planted secret differs: {planted:?}");
+    // HTTP Basic sends base64 of `id:secret`, each form-urlencoded first (RFC 6749 2.3.1).
+    let basic = [base64_forms(&format!("cid:{}", form_urlencoded(PLANTED))), base64_forms(&format!("cid:{PLANTED}"))];
+    let needles = [planted, encodings(PLANTED_REFRESH), basic.concat()].concat();
     for (what, text) in [
         ("status", serde_json::to_string(&statuses).unwrap()),
         ("events", serde_json::to_string(&events).unwrap()),

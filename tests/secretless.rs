@@ -109,14 +109,86 @@ fn presented(idp: &TokenServer, param: &str) -> Vec<String> {
     idp.requests().iter().map(|r| r.params().get(param).cloned().expect("the token was presented")).collect()
 }
 
-/// Each token is one the real API server issued: its signature verifies against the
-/// issuer's keys, for `audience`, with the shortest lifetime the API server allows.
-fn assert_issued_by_the_api_server(env: &Env, jwks: &JwkSet, tokens: &[String], sa: &str, audience: &str) {
+/// The lifetime tokensync asks for when spec.serviceAccountRef.expirationSeconds is unset: the
+/// shortest the API server allows.
+const DEFAULT_LIFETIME: i64 = 600;
+
+/// Each token is one the real API server issued for what the controller asked in its
+/// TokenRequest: its signature verifies against the issuer's keys, its subject is `sa`, its
+/// `aud` is exactly `audience`, `exp - iat` is `lifetime` seconds; and it does not
+/// authenticate to the API server (a token tokensync mints is never usable against
+/// Kubernetes itself).
+async fn assert_issued_by_the_api_server(
+    env: &Env,
+    jwks: &JwkSet,
+    tokens: &[String],
+    sa: &str,
+    audience: &str,
+    lifetime: i64,
+) {
+    assert!(!tokens.is_empty(), "tokens were presented");
     for token in tokens {
         let claims = federation::verify(token, jwks, env.plane.issuer(), audience).expect("a genuine token");
         assert_eq!(claims["sub"], json!(subject(env, sa)));
-        assert_eq!(claims["aud"], json!([audience]));
-        assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 600);
+        assert_eq!(claims["aud"], json!([audience]), "the audience asked for, and no other");
+        assert_eq!(
+            claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+            lifetime,
+            "the lifetime asked for"
+        );
+        let as_token = service_accounts::config_with_token(&env.plane, &env.ns, token);
+        assert_eq!(service_accounts::who_am_i(as_token).await, Err(401), "the API server does not accept it");
+    }
+}
+
+/// Every log line written on the test's thread, where the controller runs (a current-thread
+/// runtime), at TRACE: tokensync's, kube's, hyper's and reqwest's.
+struct Logs {
+    lines: Captured,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn capture() -> Logs {
+        let _ = tracing_log::LogTracer::init();
+        let lines = Captured::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        Logs { lines, _guard: tracing::subscriber::set_default(subscriber) }
+    }
+
+    /// No log line holds one of `tokens`, nor its signature (the part that makes it a
+    /// credential).
+    fn assert_hold_none_of(&self, tokens: &[String]) {
+        assert!(!tokens.is_empty(), "tokens were issued");
+        let text = String::from_utf8_lossy(&self.lines.0.lock().unwrap()).into_owned();
+        assert!(
+            text.contains("ServiceAccount tokens are never requested for these API server audiences"),
+            "the controller's logs were captured ({} bytes)",
+            text.len()
+        );
+        for (i, token) in tokens.iter().enumerate() {
+            let signature = token.rsplit('.').next().unwrap();
+            assert!(signature.len() > 40, "a signed JWT");
+            assert!(!text.contains(signature), "ServiceAccount token {i} (or its signature) was logged");
+        }
     }
 }
 
@@ -150,6 +222,7 @@ async fn an_entra_federated_credential_without_any_secret_becomes_ready_and_show
     let (env, jwks) = real().await;
     service_account(&env, "orders", Some(federation::entra::AUDIENCE)).await;
     let idp = entra(&env, &jwks, "orders").await;
+    let logs = Logs::capture();
     let controller = env.start(args(&[])).await;
     env.create_cc(secretless("graph", &entra_endpoint(&idp), entra_spec("orders"))).await;
 
@@ -170,8 +243,10 @@ async fn an_entra_federated_credential_without_any_secret_becomes_ready_and_show
     assert_eq!((idp.requests().len(), token_requests(&controller)), (1, 1));
     // The token asked for: the audience, and the shortest lifetime the API server allows.
     let tokens = presented(&idp, "client_assertion");
-    assert_issued_by_the_api_server(&env, &jwks, &tokens, "orders", federation::entra::AUDIENCE);
+    assert_issued_by_the_api_server(&env, &jwks, &tokens, "orders", federation::entra::AUDIENCE, DEFAULT_LIFETIME)
+        .await;
     assert_no_service_account_token_anywhere(&env, &tokens).await;
+    logs.assert_hold_none_of(&tokens);
 }
 
 #[tokio::test]
@@ -179,6 +254,7 @@ async fn each_renewal_spends_one_token_request_and_one_service_account_token() {
     let (env, jwks) = real().await;
     service_account(&env, "orders", Some(&format!("other,{}", federation::entra::AUDIENCE))).await;
     let idp = entra(&env, &jwks, "orders").await;
+    let logs = Logs::capture();
     let controller = env.start(args(&[])).await;
     env.create_cc(secretless("graph", &entra_endpoint(&idp), entra_spec("orders"))).await;
     env.wait_condition("graph", "Ready", ("True", "TokenIssued")).await;
@@ -199,8 +275,10 @@ async fn each_renewal_spends_one_token_request_and_one_service_account_token() {
     let jtis: std::collections::BTreeSet<String> =
         tokens.iter().map(|t| claims(t)["jti"].as_str().unwrap().to_owned()).collect();
     assert_eq!(jtis.len(), 3, "three tokens the API server issued");
-    assert_issued_by_the_api_server(&env, &jwks, &tokens, "orders", federation::entra::AUDIENCE);
+    assert_issued_by_the_api_server(&env, &jwks, &tokens, "orders", federation::entra::AUDIENCE, DEFAULT_LIFETIME)
+        .await;
     assert_no_service_account_token_anywhere(&env, &tokens).await;
+    logs.assert_hold_none_of(&tokens);
 }
 
 #[tokio::test]
@@ -213,6 +291,7 @@ async fn a_google_sts_token_exchange_without_client_authentication_becomes_ready
         allowed_audience: GOOGLE_AUDIENCE.into(),
     };
     let sts = federation::sts::start_trusting(provider, jwks.clone()).await;
+    let logs = Logs::capture();
     let controller = env.start(args(&[])).await;
     let spec = json!({
         "grantType": "urn:ietf:params:oauth:grant-type:token-exchange",
@@ -233,8 +312,9 @@ async fn a_google_sts_token_exchange_without_client_authentication_becomes_ready
     assert_eq!(sent["subject_token_type"], "urn:ietf:params:oauth:token-type:jwt");
     assert_eq!((sts.requests().len(), token_requests(&controller)), (1, 1));
     let tokens = presented(&sts, "subject_token");
-    assert_issued_by_the_api_server(&env, &jwks, &tokens, "reports", GOOGLE_AUDIENCE);
+    assert_issued_by_the_api_server(&env, &jwks, &tokens, "reports", GOOGLE_AUDIENCE, DEFAULT_LIFETIME).await;
     assert_no_service_account_token_anywhere(&env, &tokens).await;
+    logs.assert_hold_none_of(&tokens);
 }
 
 #[tokio::test]
@@ -243,6 +323,7 @@ async fn a_jwt_bearer_grant_presents_the_service_account_token_as_the_assertion(
     let audience = "https://auth.example/oauth2/token";
     service_account(&env, "batch", Some(audience)).await;
     let server = federation::jwt_bearer::start_trusting(env.plane.issuer(), audience, jwks.clone()).await;
+    let logs = Logs::capture();
     let _controller = env.start(args(&[])).await;
     let spec = json!({
         "grantType": "urn:ietf:params:oauth:grant-type:jwt-bearer",
@@ -255,7 +336,29 @@ async fn a_jwt_bearer_grant_presents_the_service_account_token_as_the_assertion(
         env.secret_data("batch").await.unwrap()["access_token"],
         format!("bearer-for-{}", subject(&env, "batch"))
     );
-    assert_issued_by_the_api_server(&env, &jwks, &presented(&server, "assertion"), "batch", audience);
+    let tokens = presented(&server, "assertion");
+    assert_issued_by_the_api_server(&env, &jwks, &tokens, "batch", audience, DEFAULT_LIFETIME).await;
+    logs.assert_hold_none_of(&tokens);
+}
+
+/// spec.serviceAccountRef.expirationSeconds is what the TokenRequest asks for: the token the
+/// identity provider is presented lives that long (not the 600 s default, nor the API
+/// server's own default of 3600 s), for the spec's audience.
+#[tokio::test]
+async fn the_service_account_token_is_requested_for_the_specs_audience_and_expiration_seconds() {
+    const LIFETIME: i64 = 7200;
+    let (env, jwks) = real().await;
+    service_account(&env, "orders", Some(federation::entra::AUDIENCE)).await;
+    let idp = entra(&env, &jwks, "orders").await;
+    let logs = Logs::capture();
+    let _controller = env.start(args(&[])).await;
+    let mut spec = entra_spec("orders");
+    spec["serviceAccountRef"]["expirationSeconds"] = json!(LIFETIME);
+    env.create_cc(secretless("graph", &entra_endpoint(&idp), spec)).await;
+    env.wait_condition("graph", "Ready", ("True", "TokenIssued")).await;
+    let tokens = presented(&idp, "client_assertion");
+    assert_issued_by_the_api_server(&env, &jwks, &tokens, "orders", federation::entra::AUDIENCE, LIFETIME).await;
+    logs.assert_hold_none_of(&tokens);
 }
 
 #[tokio::test]
@@ -264,6 +367,7 @@ async fn entra_refuses_a_token_of_another_service_account_with_its_error() {
     let (env, jwks) = real().await;
     service_account(&env, "intruder", Some(federation::entra::AUDIENCE)).await;
     let idp = entra(&env, &jwks, "orders").await;
+    let logs = Logs::capture();
     let _controller = env.start(args(&[])).await;
     env.create_cc(secretless("graph", &entra_endpoint(&idp), entra_spec("intruder"))).await;
     env.wait_condition("graph", "Degraded", ("True", "TokenRequestRejected")).await;
@@ -276,6 +380,10 @@ async fn entra_refuses_a_token_of_another_service_account_with_its_error() {
     for what in ["issuer", subject.as_str(), federation::entra::AUDIENCE] {
         assert!(message.contains(what), "the hint names {what}: {message}");
     }
+    // The refused token is kept nowhere either.
+    let tokens = presented(&idp, "client_assertion");
+    assert_no_service_account_token_anywhere(&env, &tokens).await;
+    logs.assert_hold_none_of(&tokens);
 }
 
 /// A refusal: the condition reason, and nothing requested from the token server or the
@@ -306,13 +414,22 @@ async fn a_service_account_without_the_opt_in_annotation_is_refused_without_any_
 /// TokenRequest naming none) carries its issuer as audience and authenticates to it as the
 /// ServiceAccount, while a token for an identity provider's audience does not. The controller
 /// finds the issuer through the API server's discovery document and refuses to request a
-/// token for it, or for an audience given with --kubernetes-audiences, even when the
-/// ServiceAccount opted in.
+/// token for it, for an audience given with --kubernetes-audiences, or for the in-cluster
+/// names of the API server that clusters commonly accept (`kubernetes.default.svc`, with and
+/// without `https://`, `.cluster.local` and a trailing slash), even when the ServiceAccount
+/// opted in.
 #[tokio::test]
 async fn an_audience_the_api_server_accepts_is_refused_without_any_request() {
     let (env, jwks) = real().await;
     let issuer = env.plane.issuer().to_owned();
-    service_account(&env, "orders", Some(&format!("{issuer},vault,https://kubernetes.default.svc/"))).await;
+    let opted_in = [
+        issuer.as_str(),
+        "vault",
+        "https://kubernetes.default.svc/",
+        "https://kubernetes.default.svc.cluster.local",
+        "kubernetes.default.svc",
+    ];
+    service_account(&env, "orders", Some(&opted_in.join(","))).await;
 
     let own = service_accounts::token(&env.client, &env.ns, "orders").await;
     assert_eq!(claims(&own)["aud"], json!([issuer]), "the API server's own audience is its issuer");
@@ -325,7 +442,15 @@ async fn an_audience_the_api_server_accepts_is_refused_without_any_request() {
     let idp = entra(&env, &jwks, "orders").await;
     // The issuer is found through discovery; "vault" comes from the flag.
     let controller = env.start(args(&["--kubernetes-audiences", "vault"])).await;
-    for (name, audience) in [("by-issuer", issuer.as_str()), ("by-flag", "vault")] {
+    let refused = [
+        ("by-issuer", issuer.as_str()),
+        ("by-flag", "vault"),
+        ("by-service", "https://kubernetes.default.svc"),
+        ("by-service-slash", "https://kubernetes.default.svc/"),
+        ("by-service-fqdn", "https://kubernetes.default.svc.cluster.local"),
+        ("by-service-host", "kubernetes.default.svc"),
+    ];
+    for (name, audience) in refused {
         let spec = json!({"clientId": CLIENT_ID, "clientAuthentication": "service_account_token",
             "serviceAccountRef": {"name": "orders", "audience": audience}, "scopes": ["x/.default"]});
         env.create_cc(secretless(name, &entra_endpoint(&idp), spec)).await;
