@@ -22,6 +22,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 use support::apiserver::{ApiServer, Fault, Verb};
+use support::control_plane::ControlPlane;
 
 const WAIT: Duration = Duration::from_secs(10);
 const NS: &str = "default";
@@ -522,13 +523,16 @@ async fn watch_list_streams_the_state_then_a_bookmark_ending_it_then_changes() {
     let mut selected = raw_watch(&client, &format!("{WATCH_LIST}&labelSelector=app%3Dx"), None).await;
     let now = server.resource_version();
     assert_eq!(next_summaries(&mut selected, 3).await, ["ADDED a", "ADDED c", &format!("BOOKMARK #{now}+end")]);
-    // A version the server has not reached: 504, "Too large resource version", as an ERROR
-    // event of a started watch.
+    // A version the server has not reached (not within 3 s): 504, "Too large resource
+    // version", as an ERROR event of a started watch.
     let mut early = raw_watch(&client, &format!("{WATCH_LIST}&resourceVersion={}", now + 100), None).await;
     let error = next(&mut early).await;
     assert_eq!(error["type"], "ERROR");
     assert_eq!(error["object"]["code"], 504);
-    assert_eq!(error["object"]["message"], format!("Too large resource version: {}, current: {now}", now + 100));
+    assert_eq!(
+        error["object"]["message"],
+        format!("Timeout: Too large resource version: {}, current: {now}", now + 100)
+    );
     assert_eq!(error["object"]["details"]["causes"][0]["reason"], "ResourceVersionTooLarge");
     assert!(tokio::time::timeout(WAIT, early.next()).await.unwrap().is_none(), "the watch ends");
     // The request log keeps what was asked.
@@ -1250,4 +1254,210 @@ async fn foreground_deletion_waits_for_dependents() {
     let release = Patch::Merge(json!({"metadata": {"finalizers": null}}));
     secrets.patch("dependent", &PatchParams::default(), &release).await.unwrap();
     server.wait_for(|s| s.get_json("clientcredentials.tokensync.io", Some(NS), "owner").is_none(), WAIT).await.unwrap();
+}
+
+// ---- the same requests on the double and on a real API server ----------------------------------
+//
+// Each behaviour below runs against both: the double, and a real Kubernetes API server
+// (`support::control_plane`, in a namespace of the test's own). The real server is the judge.
+
+/// A client and a namespace on the real control plane of this test binary.
+async fn real_server(prefix: &str) -> (Client, String) {
+    let plane = ControlPlane::shared();
+    let ns = plane.namespace(prefix).await;
+    (plane.client().await, ns)
+}
+
+/// A Secret in `ns` with these labels.
+fn secret_in(ns: &str, name: &str, labels: &[(&str, &str)]) -> Secret {
+    let mut s = secret(name, labels, &[("k", "v")]);
+    s.metadata.namespace = Some(ns.into());
+    s
+}
+
+/// An object leaves a label-selected watch: the event it arrives as, the value of the
+/// selected label in the object it carries, and whether that object carries the version of
+/// the change.
+async fn leaving_a_selection(client: Client, ns: &str) -> (String, Option<String>, bool) {
+    let secrets: Api<Secret> = Api::namespaced(client, ns);
+    let created = secrets.create(&PostParams::default(), &secret_in(ns, "s", &[("managed", "yes")])).await.unwrap();
+    let wp = WatchParams::default().labels("managed=yes");
+    let mut events = secrets.watch(&wp, &created.resource_version().unwrap()).await.unwrap().boxed();
+    let patch = Patch::Merge(json!({"metadata": {"labels": {"managed": "no"}}}));
+    let changed = secrets.patch("s", &PatchParams::default(), &patch).await.unwrap();
+    loop {
+        match next(&mut events).await.unwrap() {
+            WatchEvent::Bookmark(_) => continue,
+            WatchEvent::Deleted(s) => {
+                return (
+                    "DELETED".into(),
+                    s.labels().get("managed").cloned(),
+                    s.resource_version() == changed.resource_version(),
+                );
+            }
+            other => return (format!("{other:?}"), None, false),
+        }
+    }
+}
+
+/// What a real server sends (`cacheWatcher.convertToWatchEvent`): DELETED, with the object as
+/// it was while it matched, at the version of the change that made it leave.
+const LEFT_THE_SELECTION: (&str, Option<&str>, bool) = ("DELETED", Some("yes"), true);
+
+#[tokio::test]
+async fn an_object_leaving_a_label_selection_arrives_as_deleted_with_its_previous_state_on_the_double() {
+    let server = ApiServer::start().await;
+    let (event, label, at_change) = leaving_a_selection(server.client(), NS).await;
+    assert_eq!((event.as_str(), label.as_deref(), at_change), LEFT_THE_SELECTION);
+}
+
+#[tokio::test]
+async fn an_object_leaving_a_label_selection_arrives_as_deleted_with_its_previous_state_on_a_real_api_server() {
+    let (client, ns) = real_server("leaving-selection").await;
+    let (event, label, at_change) = leaving_a_selection(client, &ns).await;
+    assert_eq!((event.as_str(), label.as_deref(), at_change), LEFT_THE_SELECTION);
+}
+
+/// The events of a watch-list of the Secrets in `ns` from resourceVersion `rv`, up to the
+/// bookmark that ends its initial events or an ERROR, as [`summary`] and the ERROR's Status;
+/// and how long they took from the request.
+async fn watch_list_from(client: Client, ns: String, rv: u64) -> (Vec<String>, Option<Value>, Duration) {
+    use futures::{AsyncBufReadExt, TryStreamExt};
+    let started = std::time::Instant::now();
+    let request =
+        axum::http::Request::get(format!("/api/v1/namespaces/{ns}/secrets?{WATCH_LIST}&resourceVersion={rv}"))
+            .body(Vec::new())
+            .unwrap();
+    let body = client.request_stream(request).await.expect("the watch starts");
+    let mut lines = body.lines().map_ok(|l| serde_json::from_str::<Value>(&l).expect("a JSON event")).boxed();
+    let mut events = Vec::new();
+    loop {
+        let event = tokio::time::timeout(WAIT, lines.next()).await.expect("an event").expect("open").unwrap();
+        if event["type"] == "ERROR" {
+            return (events, Some(event["object"].clone()), started.elapsed());
+        }
+        let end = event["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"] == "true";
+        // Versions differ between servers; only whether it is the end of the initial events.
+        events.push(if event["type"] == "BOOKMARK" {
+            format!("BOOKMARK{}", if end { "+end" } else { "" })
+        } else {
+            summary(&event)
+        });
+        if end {
+            return (events, None, started.elapsed());
+        }
+    }
+}
+
+/// A watch-list from a resourceVersion the server has not reached waits for it: when the
+/// version comes within 3 s (a write), the watch starts; when not, a 504 "Too large resource
+/// version" ERROR event, after the 3 s (`watchCache.waitUntilFreshAndBlock`). `double`: the
+/// server is the double, whose log tells when the watch arrived.
+async fn a_watch_list_waits_for_the_version_it_asks_for(client: Client, ns: &str, double: Option<&ApiServer>) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let current: u64 =
+        secrets.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap().parse().unwrap();
+    // The next version: written once the watch is waiting for it (on the real server, the
+    // write may also come first: the watch then starts at once, as it should).
+    let watch = tokio::spawn(watch_list_from(client.clone(), ns.to_owned(), current + 1));
+    if let Some(server) = double {
+        let arrived = server.wait_for(|v| v.count(Verb::Watch, "secrets", None) > 0, WAIT).await;
+        assert!(arrived.is_ok(), "the watch reached the double");
+    }
+    secrets.create(&PostParams::default(), &secret_in(ns, "later", &[])).await.unwrap();
+    let (events, error, _) = watch.await.unwrap();
+    assert_eq!((events, error), (vec!["ADDED later".to_owned(), "BOOKMARK+end".to_owned()], None));
+
+    // A version far ahead: refused after waiting for it.
+    let far = current + 1_000_000;
+    let (events, error, took) = watch_list_from(client, ns.to_owned(), far).await;
+    let error = error.unwrap_or_else(|| panic!("a watch-list from {far} started: {events:?}"));
+    assert_eq!((error["code"].as_u64(), error["reason"].as_str()), (Some(504), Some("Timeout")), "{error:#}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("Timeout: Too large resource version: {far}, current: ")),
+        "{error:#}"
+    );
+    assert_eq!(error["details"]["causes"][0]["reason"], "ResourceVersionTooLarge", "{error:#}");
+    assert_eq!(error["details"]["retryAfterSeconds"], 1, "{error:#}");
+    assert!(took >= Duration::from_millis(2900), "refused after {took:?}, not after waiting 3 s for the version");
+}
+
+#[tokio::test]
+async fn a_watch_list_from_a_version_not_reached_yet_waits_for_it_then_starts_or_is_refused_on_the_double() {
+    let server = ApiServer::start().await;
+    a_watch_list_waits_for_the_version_it_asks_for(server.client(), NS, Some(&server)).await;
+}
+
+#[tokio::test]
+async fn a_watch_list_from_a_version_not_reached_yet_waits_for_it_then_starts_or_is_refused_on_a_real_api_server() {
+    let (client, ns) = real_server("future-version").await;
+    a_watch_list_waits_for_the_version_it_asks_for(client, &ns, None).await;
+}
+
+/// After a restart, the real API server's watch caches initialise again (a real one for as
+/// long as its initial list from etcd takes; the double until each has refused one request):
+/// watches, and lists it cannot send to etcd instead, get 429 with Retry-After; gets, writes
+/// and unselected lists with a limit are served. Not staged on the real server: its caches
+/// are ready within milliseconds of a restart, which no test can aim at (the rule is
+/// `Cacher.Watch`, `Cacher.GetList` and `CacheDelegator.GetList` of `k8s.io/apiserver` 1.36).
+#[tokio::test]
+async fn after_a_restart_each_resource_s_watch_cache_answers_429_with_retry_after_until_it_is_initialised() {
+    let server = ApiServer::start().await;
+    let client = server.client();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    secrets.create(&PostParams::default(), &secret("a", &[("app", "x")], &[])).await.unwrap();
+    server.restart();
+
+    // Plain HTTP: kube's client retries a 429 on its own.
+    let send = |path: String| {
+        let url = format!("{}{path}", server.url());
+        async move {
+            let response = reqwest::get(url).await.unwrap();
+            let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap();
+            (status, retry_after, body["reason"].as_str().map(String::from), body["message"].as_str().map(String::from))
+        }
+    };
+    let refused = |retry_after: &str| {
+        (
+            429,
+            Some(retry_after.to_owned()),
+            Some("TooManyRequests".to_owned()),
+            Some("storage is (re)initializing".to_owned()),
+        )
+    };
+    let secrets_path = format!("/api/v1/namespaces/{NS}/secrets");
+    // Served from etcd: a get, a write, a list with a limit and no selector.
+    assert_eq!(send(format!("{secrets_path}/a")).await.0, 200);
+    secrets.create(&PostParams::default(), &secret("b", &[], &[])).await.unwrap();
+    assert_eq!(send(format!("{secrets_path}?limit=500")).await.0, 200);
+    // From the cache: a selected list is refused until the cache is ready.
+    assert_eq!(send(format!("{secrets_path}?labelSelector=app%3Dx")).await, refused("1"));
+    assert_eq!(send(format!("{secrets_path}?labelSelector=app%3Dx")).await.0, 200);
+    // Each resource has its own cache: a watch of ClientCredentials is refused as well, and
+    // kube's watcher, which the controller runs, gets over it.
+    let creds_path = format!("/apis/tokensync.io/v1alpha1/namespaces/{NS}/clientcredentials");
+    let first_watch = send(format!("{creds_path}?watch=true&timeoutSeconds=1")).await;
+    assert_eq!(first_watch, refused("1"));
+    server.restart();
+    let creds = clientcreds(client.clone());
+    let mut watcher = watcher::watcher(creds.clone(), watcher::Config::default()).boxed();
+    assert!(init_names(&mut watcher).await.is_empty());
+    creds.create(&PostParams::default(), &clientcred("c", json!({"tokenEndpoint": "https://x"}))).await.unwrap();
+    assert!(matches!(next_event(&mut watcher).await, Event::Apply(c) if c.name_any() == "c"));
+    let refusals: Vec<_> =
+        server.requests().into_iter().filter(|r| r.code == 429).map(|r| (r.verb, r.resource)).collect();
+    assert_eq!(
+        refusals,
+        [
+            (Verb::List, "secrets".into()),
+            (Verb::Watch, "clientcredentials".into()),
+            (Verb::Watch, "clientcredentials".into())
+        ],
+        "the watcher's list (a limit, no selector) was served; its first watch was refused"
+    );
 }

@@ -53,6 +53,8 @@ enum Mode {
 struct Hit {
     path: String,
     at: Instant,
+    /// The same moment on the wall clock, to compare with times persisted in status.
+    wall: jiff::Timestamp,
     healthy: bool,
 }
 
@@ -128,7 +130,12 @@ async fn serve(mut sock: TcpStream, state: Arc<Mutex<EndpointState>>) {
     let (fault, token) = {
         let mut s = state.lock().unwrap();
         let fault = s.faults.get(&path).copied().filter(|_| s.failing);
-        s.hits.push(Hit { path: path.clone(), at: Instant::now(), healthy: fault.is_none() });
+        s.hits.push(Hit {
+            path: path.clone(),
+            at: Instant::now(),
+            wall: jiff::Timestamp::now(),
+            healthy: fault.is_none(),
+        });
         let lifetime = s.lifetimes.get(&path).copied().unwrap_or(3600);
         let n = s.issued.entry(path.clone()).or_default();
         if fault.is_none() {
@@ -280,52 +287,23 @@ async fn every_transient_endpoint_fault_keeps_the_valid_token_backs_off_to_the_c
     }
 
     // The endpoint starts failing; a spec change asks for a new token at once.
+    let failing_from = api.resource_version();
     endpoint.set_failing(true);
     for (name, _, _) in &cases {
         merge_patch_cc(&api, name, json!({"spec": {"scopes": ["next"]}})).await;
     }
-    // Watch every status change until each credential has failed 4 times, checking on the
-    // way that the valid token stays published and Ready.
-    let mut waits: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
-    let mut violations = Vec::new();
-    let result = api
+    let failed_4_times = api
         .wait_for(
-            |v| {
-                let mut done = true;
-                for (name, _, _) in &cases {
-                    let Some(s) = view_status(v, name) else { return false };
-                    let attempts = s.failed_attempts.unwrap_or(0);
-                    if attempts > 0 {
-                        if let Some(w) = planned_wait(&s) {
-                            waits.entry(name.to_string()).or_default().insert(attempts, w);
-                        }
-                        if cond(&s, "Ready") != ("True".into(), "TokenIssued".into()) {
-                            violations.push(format!("{name}: Ready is {:?}", cond(&s, "Ready")));
-                        }
-                    }
-                    if view_token(v, name).as_deref() != Some(&format!("{name}-token-1")) {
-                        violations.push(format!("{name}: the published token changed: {:?}", view_token(v, name)));
-                    }
-                    done &= attempts >= 4;
-                }
-                done
-            },
+            |v| cases.iter().all(|(name, _, _)| view_status(v, name).and_then(|s| s.failed_attempts) >= Some(4)),
             Duration::from_secs(40),
         )
         .await;
-    assert!(result.is_ok(), "not every credential failed 4 times: {waits:#?}");
-    assert!(violations.is_empty(), "{violations:#?}");
+    assert!(failed_4_times.is_ok(), "not every credential failed 4 times");
     for (name, _, reason) in &cases {
         let s = status(&api, name).unwrap();
         assert_eq!(cond(&s, "Degraded"), ("True".to_owned(), reason.to_string()), "{name}");
         let msg = &s.conditions.iter().find(|c| c.type_ == "Degraded").unwrap().message;
         assert!(!msg.contains("csecret"), "{name}: {msg}");
-        // The backoff grows and is capped: 1 s, 2 s, then 4 s (each with ±10 % jitter).
-        for (attempt, wait) in &waits[*name] {
-            let (low, high) = backoff_bounds(*attempt as u32);
-            assert!((low..=high).contains(wait), "{name}: attempt {attempt} waits {wait}s, not {low}..={high}");
-        }
-        assert!(waits[*name].values().all(|w| *w <= 4), "{name}: capped at --backoff-max: {:?}", waits[*name]);
     }
 
     // Heal: the first attempt after healing succeeds.
@@ -350,23 +328,76 @@ async fn every_transient_endpoint_fault_keeps_the_valid_token_backs_off_to_the_c
             );
         }
     }
+
+    // Every state each credential and its target went through since the endpoint began to
+    // fail, from the server's record of every write (not what wake-ups happened to see).
     for (name, _, _) in &cases {
+        let (statuses, targets) = api.inspect(|v| {
+            let since = |rv: u64| rv > failing_from;
+            let statuses: Vec<_> = v
+                .versions::<ClientCredential>(Some(NS), name)
+                .into_iter()
+                .filter(|c| since(c.rv))
+                .filter_map(|c| c.object?.status)
+                .collect();
+            let targets: Vec<_> = v
+                .versions::<Secret>(Some(NS), name)
+                .into_iter()
+                .filter(|s| since(s.rv))
+                .map(|s| {
+                    s.object
+                        .and_then(|s| s.data?.get("access_token").map(|b| String::from_utf8_lossy(&b.0).into_owned()))
+                })
+                .collect();
+            (statuses, targets)
+        });
+        // The valid token stays published: token-1 until token-2 replaces it, nothing else,
+        // never deleted; and Ready stays True through every recorded failure.
+        let (first, second) = (format!("{name}-token-1"), format!("{name}-token-2"));
+        let replaced = targets.iter().position(|t| t.as_deref() == Some(&second)).unwrap_or(targets.len());
+        assert!(
+            targets[..replaced].iter().all(|t| t.as_deref() == Some(&first))
+                && targets[replaced..].iter().all(|t| t.as_deref() == Some(&second)),
+            "{name}: the published token went through {targets:?}"
+        );
+        for s in &statuses {
+            assert_eq!(cond(s, "Ready"), ("True".into(), "TokenIssued".into()), "{name}: {s:#?}");
+        }
+        let failing: Vec<&ClientCredentialStatus> = statuses.iter().filter(|s| s.failed_attempts > Some(0)).collect();
+        // The backoff persisted after each failure grows and is capped: 1 s, 2 s, then 4 s
+        // (each with ±10 % jitter, rounded up).
+        let mut retry_at: BTreeMap<i32, jiff::Timestamp> = BTreeMap::new();
+        for s in &failing {
+            let attempt = s.failed_attempts.unwrap();
+            let wait = planned_wait(s).unwrap_or_else(|| panic!("{name}: a failure without renewAt: {s:#?}"));
+            let (low, high) = backoff_bounds(attempt as u32);
+            assert!((low..=high).contains(&wait), "{name}: attempt {attempt} waits {wait}s, not {low}..={high}");
+            retry_at.entry(attempt).or_insert(s.renew_at.as_ref().unwrap().0);
+        }
+        // Exactly one request per recorded failed attempt: what the status counted is what
+        // the server saw.
+        let counted = retry_at.keys().copied().max().unwrap_or(0) as usize;
+        assert_eq!(retry_at.keys().copied().collect::<Vec<_>>(), (1..=counted as i32).collect::<Vec<_>>(), "{name}");
         let hits = endpoint.hits(name);
         let failed: Vec<&Hit> = hits.iter().filter(|h| !h.healthy).collect();
-        let healthy = hits.iter().filter(|h| h.healthy).count();
-        assert_eq!(healthy, 2, "{name}: one request for the first token, one for the recovery");
-        // One request per failed attempt: what the status counted is what the server saw.
-        let counted = *waits[*name].keys().max().unwrap() as usize;
-        assert!(
-            failed.len() == counted || failed.len() == counted + 1,
-            "{name}: {} failed requests for {counted} recorded failures",
-            failed.len()
+        assert_eq!(
+            hits.iter().filter(|h| h.healthy).count(),
+            2,
+            "{name}: one request for the first token, one for the recovery"
         );
-        // Requests are at least one backoff apart (less the 1 s truncation of stored times).
-        for (i, pair) in failed.windows(2).enumerate() {
-            let gap = pair[1].at.duration_since(pair[0].at).as_secs_f64();
-            let (low, _) = backoff_bounds(i as u32 + 1);
-            assert!(gap >= low as f64 - 1.0, "{name}: retry {} came {gap:.2}s after the previous one", i + 1);
+        assert_eq!(failed.len(), counted, "{name}: {} failed requests for {counted} recorded failures", failed.len());
+        // No request before the retry time persisted after the failure before it: the
+        // retries, and the recovery after the last failure.
+        let recovery = hits.iter().rfind(|h| h.healthy).unwrap();
+        for (attempt, hit) in failed.iter().skip(1).copied().chain([recovery]).enumerate() {
+            let planned = retry_at[&(attempt as i32 + 1)];
+            assert!(
+                hit.wall >= planned,
+                "{name}: request {} came at {}, before the renewAt {planned} persisted after failure {}",
+                attempt + 2,
+                hit.wall,
+                attempt + 1
+            );
         }
         assert!(status(&api, name).unwrap().failed_attempts.is_none());
     }
@@ -424,28 +455,50 @@ async fn a_token_stays_published_and_ready_until_it_expires_while_the_endpoint_f
     let _c = start(&api, args(&["--backoff-min", "1s", "--backoff-max", "4s", "--min-renewal-interval", "1s"]));
     create_cc(&api, "expiring", &url).await;
     wait_secret_value(&api, "expiring", "access_token", "expiring-token-1").await;
+    let failing_from = api.resource_version();
     endpoint.set_failing(true);
     wait_condition(&api, "expiring", "Ready", ("True", "TokenIssued")).await;
     let expires_at = status(&api, "expiring").unwrap().expires_at.unwrap().0;
-    let mut early = Vec::new();
-    api.wait_for(
-        |v| {
-            let Some(s) = view_status(v, "expiring") else { return false };
-            let now = jiff::Timestamp::now();
-            if now.as_second() < expires_at.as_second() {
-                // Before expiry: still the first token, still Ready.
-                if view_token(v, "expiring").as_deref() != Some("expiring-token-1") || cond(&s, "Ready").0 != "True" {
-                    early.push(format!("{now}: {:?} {:?}", view_token(v, "expiring"), cond(&s, "Ready")));
-                }
-            }
-            cond(&s, "Ready").0 == "False"
-        },
-        WAIT,
-    )
-    .await
-    .unwrap_or_else(|_| panic!("Ready never became False: {:#?}", status(&api, "expiring")));
-    assert!(early.is_empty(), "the token was withdrawn before it expired: {early:?}");
-    assert!(jiff::Timestamp::now() >= expires_at, "not Ready only once the token expired");
+    api.wait_for(|v| view_status(v, "expiring").is_some_and(|s| cond(&s, "Ready").0 == "False"), WAIT)
+        .await
+        .unwrap_or_else(|_| panic!("Ready never became False: {:#?}", status(&api, "expiring")));
+    // Every state stored since, from the server's record of every write: before expiry,
+    // still the first token and still Ready; not Ready only once the token expired.
+    let (statuses, targets) = api.inspect(|v| {
+        let statuses: Vec<_> = v
+            .versions::<ClientCredential>(Some(NS), "expiring")
+            .into_iter()
+            .filter(|c| c.rv > failing_from)
+            .map(|c| (c.at, c.object.and_then(|c| c.status)))
+            .collect();
+        let targets: Vec<_> = v
+            .versions::<Secret>(Some(NS), "expiring")
+            .into_iter()
+            .filter(|s| s.rv > failing_from)
+            .map(|s| {
+                (
+                    s.at,
+                    s.object
+                        .and_then(|s| s.data?.get("access_token").map(|b| String::from_utf8_lossy(&b.0).into_owned())),
+                )
+            })
+            .collect();
+        (statuses, targets)
+    });
+    let early: Vec<String> = targets
+        .iter()
+        .filter(|(at, token)| *at < expires_at && token.as_deref() != Some("expiring-token-1"))
+        .map(|(at, token)| format!("{at}: target {token:?}"))
+        .chain(
+            statuses
+                .iter()
+                .filter(|(at, s)| *at < expires_at && s.as_ref().is_none_or(|s| cond(s, "Ready").0 != "True"))
+                .map(|(at, s)| format!("{at}: Ready {:?}", s.as_ref().map(|s| cond(s, "Ready")))),
+        )
+        .collect();
+    assert!(early.is_empty(), "the token was withdrawn before it expired at {expires_at}: {early:#?}");
+    let not_ready = statuses.iter().find(|(_, s)| s.as_ref().is_some_and(|s| cond(s, "Ready").0 == "False"));
+    assert!(not_ready.is_some_and(|(at, _)| *at >= expires_at), "not Ready only once the token expired: {not_ready:?}");
     let s = status(&api, "expiring").unwrap();
     // Without a valid token, Ready says why no new one could be had.
     assert_eq!(cond(&s, "Ready"), ("False".into(), "TokenEndpointUnavailable".into()));
@@ -536,6 +589,11 @@ async fn create_refreshing_cc(api: &ApiServer, name: &str, issuer: &Issuer) {
         .await;
 }
 
+/// Reconciles that failed with a Kubernetes API error (`tokensync_reconcile_errors_total`).
+fn reconcile_errors(c: &Running) -> u64 {
+    c.metrics.reconcile_errors.get_or_create(&tokensync::metrics::ErrorLabels { kind: "kube".into() }).get()
+}
+
 async fn wait_failed_requests(api: &ApiServer, verb: Verb, name: &str, n: usize) {
     api.wait_for(
         |v| {
@@ -587,13 +645,20 @@ async fn dropped_watches_and_410_gone_relist_without_token_requests_and_keep_wat
         create_cc(&api, name, &issuer.url()).await;
         wait_condition(&api, name, "Ready", ("True", "TokenIssued")).await;
     }
-    let lists_before = api.inspect(|v| initial_lists(v, "clientcredentials"));
+    let relists =
+        |v: &support::apiserver::View<'_>| initial_lists(v, "clientcredentials") + initial_lists(v, "secrets");
+    let lists_before = api.inspect(relists);
     let reconciles = c.metrics.reconciles();
-    // Streams end (clients resume), then every resumption is answered 410 Gone (relist).
+    // Streams end (clients resume), then the next 6 watch requests are answered 410 Gone:
+    // the three watchers (ClientCredentials, managed Secrets, Secret metadata) resume, are
+    // refused, relist and watch again until every 410 is used; each 410 costs one relist.
     api.compact();
     api.expire_next_watches(6);
     api.drop_watches();
-    api.wait_for(|v| initial_lists(v, "clientcredentials") > lists_before, WAIT).await.expect("a relist");
+    let refused = api.wait_for(|v| v.injected(410) == 6 && relists(v) >= lists_before + 6, WAIT).await;
+    let (gone, lists) = api.inspect(|v| (v.injected(410), relists(v) - lists_before));
+    assert!(refused.is_ok(), "{gone} watches refused with 410 of 6, {lists} relists");
+    assert_eq!(lists, 6, "one relist per 410");
     assert!(c.metrics.wait_for_reconciles(reconciles + 2, WAIT).await, "the relist reconciles every credential");
     // Still watching: a new credential and a rotated client secret are noticed.
     create_cc(&api, "c", &issuer.url()).await;
@@ -684,12 +749,40 @@ async fn with_streaming_lists_a_restart_lists_and_writes_nothing_and_survives_an
     }
     assert_eq!(issuer.issued(), 1);
 
-    // The API server restarts: open watches end and resuming from their version gets 410.
-    let watches = api.count(Verb::Watch, "clientcredentials", None);
+    // The API server restarts: open watches end, each resource's first watch is refused
+    // while its cache initialises (429, Retry-After: 1) and resuming from an older version
+    // gets 410: every watcher starts over with a watch-list, a full resync, and the
+    // credential is reconciled again. Nothing is written up to then either: not only at the
+    // moment the first reconcile ended.
+    let started = log.len();
+    // One more write first (not through the API: it is not in the request log), so that every
+    // watcher's version is older than the restarted server's oldest.
+    api.put(&source_secret("unrelated", &[("k", "v")])).unwrap();
     api.restart();
+    // The reconciles completed when the relist was answered: the one it causes comes after.
+    let reconciled = api
+        .wait_for_value(
+            |v| {
+                v.requests()[started..]
+                    .iter()
+                    .any(|r| {
+                        r.resource == "clientcredentials"
+                            && r.send_initial_events.as_deref() == Some("true")
+                            && r.code == 200
+                    })
+                    .then(|| second.metrics.reconciles())
+            },
+            WAIT,
+        )
+        .await
+        .expect("the ClientCredentials were listed again after the restart");
+    assert!(second.metrics.wait_for_reconciles(reconciled + 1, WAIT).await, "reconciled again after the relist");
+    let log = api.requests();
+    let writes: Vec<_> = log.iter().filter(|r| r.verb.is_write()).collect();
+    assert!(writes.is_empty(), "nothing written through a restart and a resync with a valid token: {writes:#?}");
+    assert!(log[started..].iter().any(|r| r.code == 429), "the initialising caches refused a watch");
     changes_are_acted_on_promptly(&api, &issuer).await;
     let log = api.requests();
-    assert!(api.count(Verb::Watch, "clientcredentials", None) > watches, "the watchers watched again");
     assert!(!log.iter().any(|r| r.verb == Verb::List), "still no list request");
     let refused: Vec<_> = log.iter().filter(|r| r.resource_version.as_deref() == Some("0")).collect();
     assert!(refused.is_empty(), "never resourceVersion=0 (\"any\"): {refused:#?}");
@@ -813,11 +906,15 @@ async fn failed_state_writes_without_a_crash_keep_the_rotated_refresh_token_in_m
     let c = start(&api, args(&[]));
     create_refreshing_cc(&api, "demo", &issuer).await;
     wait_secret_value(&api, "demo", "access_token", "token-1").await;
-    // Longer than the reconcile's own retries (5 attempts): the reconcile fails.
+    // Longer than the reconcile's own retries (5 attempts): the reconcile fails, and the
+    // next one writes the token it kept in memory (after 2 more failures).
+    let failed_before = reconcile_errors(&c);
     api.inject(Fault::verbs(&[Verb::Apply]).resource("secrets").name("demo.tokensync-state").code(500).times(7));
     renew_now(&api, "demo", "r1").await;
     wait_secret_value(&api, "demo", "access_token", "token-2").await;
     assert_eq!(secret_data(&api, "demo.tokensync-state").unwrap()["refresh_token"], "refresh-2");
+    assert_eq!((api.faults_left(), api.injected(500)), (0, 7), "every injected 500 was used");
+    assert_eq!(reconcile_errors(&c) - failed_before, 1, "one reconcile failed: the token was kept in memory");
     renew_now(&api, "demo", "r2").await;
     wait_secret_value(&api, "demo", "access_token", "token-3").await;
     assert_eq!((issuer.issued(), issuer.rejected()), (3, 0), "no duplicate request, no reused refresh token");

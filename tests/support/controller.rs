@@ -96,8 +96,8 @@ pub fn start_with(client: kube::Client, args: ControllerArgs, metrics: Arc<Metri
 }
 
 /// Requests that (re)listed `resource` (plural): LIST requests, or watch-lists
-/// (`sendInitialEvents=true`, `--initial-list=streaming`). The suite runs in either mode
-/// (`TOKENSYNC_INITIAL_LIST=streaming cargo test`).
+/// (`sendInitialEvents=true`, `--initial-list=streaming`). The controller suites run in either
+/// mode: CI runs them again with `TOKENSYNC_INITIAL_LIST=streaming` (`.ci/run`).
 pub fn initial_lists(v: &View<'_>, resource: &str) -> usize {
     v.requests()
         .iter()
@@ -107,7 +107,7 @@ pub fn initial_lists(v: &View<'_>, resource: &str) -> usize {
 }
 
 pub async fn api_server() -> ApiServer {
-    ApiServer::builder().crd(&tokensync::api::crd()).namespaces(&["default", NS]).start().await
+    ApiServer::builder().crd(&tokensync::api::crd()).namespaces(&["default", NS]).record_changes(true).start().await
 }
 
 /// The source Secret.

@@ -50,6 +50,11 @@ pub struct RequestRecord {
     /// The sendInitialEvents query parameter as sent (`None`: absent), for watch-list
     /// ("streaming list") requests.
     pub send_initial_events: Option<String>,
+    /// The status of the staged fault this request was answered with: the code of a
+    /// [`Fault`] rule it used up, or 410 for a watch refused by
+    /// [`super::ApiServer::expire_next_watches`] (whose `code` stays 200: the watch starts, its
+    /// only event is the 410). `None`: answered by the server as it is.
+    pub injected: Option<u16>,
 }
 
 /// A rule that makes matching requests fail. Build with [`Fault::writes`] or [`Fault::verbs`].

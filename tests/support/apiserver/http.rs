@@ -31,8 +31,16 @@ fn json_response(code: u16, body: &Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
+/// A Status error; a `retryAfterSeconds` in its details is also sent as `Retry-After`, as
+/// the real server's `responsewriters.ErrorNegotiated` does.
 fn error_response(e: &ApiError) -> Response {
-    json_response(e.code, &e.to_status())
+    let mut response = json_response(e.code, &e.to_status());
+    if let Some(after) = e.details.as_ref().and_then(|d| d.get("retryAfterSeconds")).and_then(Value::as_u64)
+        && after > 0
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, after.into());
+    }
+    response
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -270,6 +278,7 @@ async fn resource(
         client: headers.get(CLIENT_HEADER).and_then(|v| v.to_str().ok()).map(String::from),
         resource_version: query.get("resourceVersion").cloned(),
         send_initial_events: query.get("sendInitialEvents").cloned(),
+        injected: None,
     };
     shared.wait_while(|store| store.faults.iter().any(|f| f.hang && f.matches(&record))).await;
     if verb == Verb::Watch {
@@ -280,10 +289,11 @@ async fn resource(
         dry_run: query.get("dryRun").is_some_and(|d| d == "All"),
         api_version: t.rt.api_version(),
     };
-    let (code, body) = {
+    let response = {
         let mut store = shared.lock();
         let rv_before = store.rv;
         let fault = take_fault(&mut store, &record);
+        record.injected = fault.as_ref().map(|f| f.1.code);
         let result = match &fault {
             Some(f) if !f.0 => Err(f.1.clone()),
             _ => dispatch(&mut store, verb, &t, &query, &content_type, &body, &ctx, output),
@@ -293,13 +303,16 @@ async fn resource(
             _ => result,
         };
         record.changed = store.rv != rv_before;
-        let (code, body) = result.unwrap_or_else(|e| (e.code, e.to_status()));
+        let (code, response) = match result {
+            Ok((code, body)) => (code, json_response(code, &body)),
+            Err(e) => (e.code, error_response(&e)),
+        };
         record.code = code;
         store.requests.push(record);
-        (code, body)
+        response
     };
     shared.notify();
-    json_response(code, &body)
+    response
 }
 
 /// The first matching fault rule, used up by one: `(after_write, error)`.
@@ -443,6 +456,9 @@ fn dispatch(
         Verb::List => {
             list_options(query, false, store.watch_list)?;
             let q = list_query(rt, query)?;
+            if let Some(e) = store.initializing_cache(rt, false, &q) {
+                return Err(e);
+            }
             let page = store.list(rt, ns, &q)?;
             let mut metadata = json!({"resourceVersion": page.resource_version.to_string()});
             if let Some(c) = page.continue_token {
@@ -562,11 +578,30 @@ impl WatchFilter {
             EventType::Added if now => "ADDED",
             EventType::Modified if now && before => "MODIFIED",
             EventType::Modified if now => "ADDED",
-            EventType::Modified if before => "DELETED",
+            EventType::Modified if before => {
+                // Leaving the selection: the real watch cache sends the previous object (the
+                // one that matched) at the change's resourceVersion
+                // (`cacheWatcher.convertToWatchEvent`), not the object that no longer matches.
+                let mut prev = ev.prev.clone().expect("a previous object");
+                prev["metadata"]["resourceVersion"] = json!(ev.rv.to_string());
+                return Some(self.event("DELETED", &prev));
+            }
             EventType::Deleted if now => "DELETED",
             _ => return None,
         };
         Some(self.event(etype, &ev.object))
+    }
+
+    /// ADDED for every object of the resource that matches, as the state a watch starts with.
+    fn initial_events(&self, store: &Store) -> Vec<Bytes> {
+        store
+            .objects
+            .iter()
+            .filter(|(k, _)| k.group == self.rt.group && k.plural == self.rt.plural)
+            .filter(|(k, _)| self.namespace.as_ref().is_none_or(|ns| *ns == k.namespace))
+            .filter(|(_, obj)| self.matches(obj))
+            .map(|(_, obj)| line(&self.event("ADDED", obj)))
+            .collect()
     }
 
     fn event(&self, etype: &str, obj: &Value) -> Value {
@@ -596,6 +631,22 @@ fn gone_event(message: String) -> Value {
     json!({"type": "ERROR", "object": ApiError::expired(message).to_status()})
 }
 
+/// How long a watch-list waits for a resourceVersion the server has not reached
+/// (`blockTimeout` of `k8s.io/apiserver` `storage/cacher/watch_cache.go`).
+const FRESH_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The ERROR event of a watch-list whose resourceVersion the server did not reach within
+/// [`FRESH_WAIT`] (`storage.NewTooLargeResourceVersionError`, retry after 1 s; a
+/// `NewTimeoutError`, whose message starts with "Timeout: ").
+fn too_large_event(wanted: u64, current: u64) -> Value {
+    let e = ApiError::new(504, "Timeout", format!("Timeout: Too large resource version: {wanted}, current: {current}"))
+        .with_details(
+            json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                             "retryAfterSeconds": 1}),
+        );
+    json!({"type": "ERROR", "object": e.to_status()})
+}
+
 struct WatchStream {
     shared: Arc<Shared>,
     filter: WatchFilter,
@@ -609,6 +660,10 @@ struct WatchStream {
     /// Served by a lagging watch cache: its backlog (the changes up to the restart) and the
     /// version the backlog ends at, delivered once the cache has caught up.
     lagging: Option<(Vec<HistEvent>, u64)>,
+    /// A watch-list waiting for the server to reach this resourceVersion, until the deadline.
+    until_fresh: Option<(u64, Instant)>,
+    /// Whether the initial events end with a bookmark (watch-list with bookmarks).
+    initial_end: bool,
     next_bookmark: Instant,
     pending: VecDeque<Bytes>,
     done: bool,
@@ -630,6 +685,20 @@ impl WatchStream {
                 if store.watch_epoch != self.epoch {
                     return None;
                 }
+                if let Some((n, deadline)) = self.until_fresh {
+                    if store.rv >= n {
+                        self.until_fresh = None;
+                        self.pending.extend(self.filter.initial_events(&store));
+                        if self.initial_end {
+                            self.pending.push_back(line(&self.filter.bookmark(store.rv, true)));
+                        }
+                        self.cursor = store.rv;
+                    } else if Instant::now() >= deadline {
+                        self.pending.push_back(line(&too_large_event(n, store.rv)));
+                        self.done = true;
+                        continue;
+                    }
+                }
                 let lagging = self.lagging.is_some() && store.lagging_cache.is_some();
                 if let Some((backlog, until)) = self.lagging.take_if(|_| !lagging) {
                     for ev in backlog.iter().filter(|e| e.rv > self.cursor) {
@@ -639,7 +708,8 @@ impl WatchStream {
                     }
                     self.cursor = self.cursor.max(until);
                 }
-                if !lagging
+                if self.until_fresh.is_none()
+                    && !lagging
                     && !store.is_paused(self.client.as_deref())
                     && !store.held_watches.contains(&self.filter.rt.plural)
                 {
@@ -666,9 +736,11 @@ impl WatchStream {
                 continue;
             }
             let (deadline, next_bookmark, bookmarks) = (self.deadline, self.next_bookmark, self.bookmarks);
+            let fresh_deadline = self.until_fresh.map(|(_, at)| at);
             tokio::select! {
                 changed = self.rx.changed() => if changed.is_err() { return None },
                 _ = tokio::time::sleep_until(deadline) => self.done = true,
+                _ = tokio::time::sleep_until(fresh_deadline.unwrap_or(deadline)), if fresh_deadline.is_some() => {}
                 _ = tokio::time::sleep_until(next_bookmark), if bookmarks => {
                     self.pending.push_back(line(&self.filter.bookmark(self.cursor, false)));
                     self.next_bookmark = Instant::now() + self.shared.bookmark_interval;
@@ -688,7 +760,9 @@ enum Start {
     /// [`super::ApiServer::restart_with_lagging_cache`]): its objects, then its backlog once it
     /// has caught up.
     Lagging { with_state: bool },
-    /// A 504 "Too large resource version" ERROR event.
+    /// A watch-list from a resourceVersion the server has not reached: it waits up to
+    /// [`FRESH_WAIT`] for it, then starts, or gets a 504 "Too large resource version" ERROR
+    /// event.
     TooLarge(u64),
 }
 
@@ -725,10 +799,13 @@ fn start_watch(
     let mut pending = VecDeque::new();
     let mut done = false;
     let mut lagging = None;
+    let mut until_fresh = None;
+    let initial_end = opts.send_initial_events == Some(true) && bookmarks;
     let (cursor, epoch, bookmark_epoch) = {
         let mut store = shared.lock();
         if let Some((_, e)) = take_fault(&mut store, &record) {
             record.code = e.code;
+            record.injected = Some(e.code);
             store.requests.push(record);
             drop(store);
             shared.notify();
@@ -757,7 +834,10 @@ fn start_watch(
             (None, "" | "0") => Ok(Start::State),
             (_, n) => parse_rv(n).map(Start::From),
         };
-        let start = match start {
+        let start = match start.and_then(|s| match store.initializing_cache(&t.rt, true, &ListQuery::default()) {
+            Some(e) => Err(e),
+            None => Ok(s),
+        }) {
             Ok(s) => s,
             Err(e) => {
                 record.code = e.code;
@@ -767,25 +847,20 @@ fn start_watch(
                 return error_response(&e);
             }
         };
-        store.requests.push(record);
-        let initial_end = opts.send_initial_events == Some(true) && bookmarks;
-        let mut cursor = store.rv;
-        if store.gone_watches > 0 {
+        let gone = store.gone_watches > 0;
+        if gone {
             store.gone_watches -= 1;
+            record.injected = Some(410);
+        }
+        store.requests.push(record);
+        let mut cursor = store.rv;
+        if gone {
             pending.push_back(line(&gone_event(format!("too old resource version: {rv} ({})", store.rv))));
             done = true;
         } else {
             match start {
                 Start::State => {
-                    let snapshot = match store.snapshot(&t.rt, None) {
-                        Ok(s) => s,
-                        Err(e) => return error_response(&e),
-                    };
-                    for (k, obj) in snapshot {
-                        if filter.namespace.as_ref().is_none_or(|ns| *ns == k.namespace) && filter.matches(&obj) {
-                            pending.push_back(line(&filter.event("ADDED", &obj)));
-                        }
-                    }
+                    pending.extend(filter.initial_events(&store));
                     if initial_end {
                         pending.push_back(line(&filter.bookmark(store.rv, true)));
                     }
@@ -809,18 +884,7 @@ fn start_watch(
                     }
                     lagging = Some((cache.backlog.clone(), cache.until));
                 }
-                Start::TooLarge(n) => {
-                    let e = ApiError::new(
-                        504,
-                        "Timeout",
-                        format!("Too large resource version: {n}, current: {}", store.rv),
-                    )
-                    .with_details(json!({"causes": [{"reason": "ResourceVersionTooLarge",
-                                                         "message": "Too large resource version"}],
-                                             "retryAfterSeconds": 1}));
-                    pending.push_back(line(&json!({"type": "ERROR", "object": e.to_status()})));
-                    done = true;
-                }
+                Start::TooLarge(n) => until_fresh = Some((n, Instant::now() + FRESH_WAIT)),
                 Start::From(n) if n < store.evicted_rv => {
                     let msg = format!("too old resource version: {n} ({})", store.evicted_rv);
                     pending.push_back(line(&gone_event(msg)));
@@ -845,6 +909,8 @@ fn start_watch(
         bookmarks,
         client,
         lagging,
+        until_fresh,
+        initial_end,
         pending,
         done,
     };

@@ -19,7 +19,10 @@
 //! history (410 Expired ERROR event when too old), bookmarks, watch-list ("streaming lists",
 //! `sendInitialEvents`, KEP-3157) with the real server's defaulting and validation of list
 //! options (422 `ListOptions.meta.k8s.io "" is invalid`) and resourceVersion semantics
-//! (unset: consistent, "0": any, N: not older than N), `timeoutSeconds`, selector transitions seen as ADDED/DELETED by watchers, create with
+//! (unset: consistent, "0": any, N: not older than N; a watch-list from a version the server
+//! has not reached waits up to 3 s for it, then gets a 504 "Too large resource version"),
+//! `timeoutSeconds`, selector transitions seen as ADDED/DELETED by watchers (DELETED with the
+//! object as it was before it left the selection), create with
 //! generateName, optimistic concurrency on PUT and patches carrying a resourceVersion,
 //! merge/JSON patch, server-side apply with per-manager field ownership, conflicts, `force`,
 //! removal of fields no longer applied, managedFields (FieldsV1), status subresource
@@ -27,7 +30,9 @@
 //! finalizers and deletionTimestamp, background/foreground/orphan garbage collection,
 //! namespace lifecycle, Secret stringData/type/immutable handling, Status errors,
 //! `dryRun=All`, legacy and aggregated discovery, `/version`. Control plane faults: a
-//! restart after which watches from earlier resourceVersions get 410 and, optionally, lists
+//! restart after which watches from earlier resourceVersions get 410, each resource's first
+//! watch (and list a real server cannot send to etcd) gets 429 "storage is (re)initializing"
+//! with `Retry-After: 1` ([`ApiServer::restart`]), or, optionally, lists
 //! with `resourceVersion=0` ("any") are served from a watch cache older than the version
 //! watches are refused at ([`ApiServer::restart_with_lagging_cache`]); a client cut off
 //! so that its requests hang instead of failing ([`ApiServer::pause_client`]), or only some
@@ -49,13 +54,14 @@
 //!   answer 415 like the real server.
 //! - Lists with `resourceVersionMatch=Exact` and continue tokens read an exact snapshot from
 //!   the history window; other list resourceVersions read the current state; a watch from a
-//!   future resourceVersion starts there without waiting.
+//!   future resourceVersion starts there without waiting (as on a real server: only
+//!   watch-lists wait for the version).
 //! - A lagging watch cache serves only `resourceVersion=0` ("any") lists (whole, ignoring
 //!   `limit`) and `resourceVersion=0` watch-lists (its older state, a bookmark at its older
 //!   version, then nothing until it catches up); every other watch and consistent lists are
 //!   always up to date.
-//! - A watch-list from a resourceVersion newer than the server's gets its "Too large resource
-//!   version" ERROR event at once (a real server first waits up to 3 s for it).
+//! - After [`ApiServer::restart`], each resource's watch cache is ready once it has refused
+//!   one request with 429 (a real one, once its initial list from etcd is done).
 //! - core/v1 and events.k8s.io/v1 Events are stored separately (no conversion between them).
 //! - Deletion is immediate (no grace periods); the garbage collector runs synchronously after
 //!   every write (each of its changes is its own write with its own resourceVersion).
@@ -90,7 +96,9 @@ pub use faults::{Fault, RequestRecord, Verb};
 pub use fields::{FieldSet, ManagedEntry};
 #[allow(unused_imports)]
 pub use resources::{ListType, ResourceType, Special, builtin_resources};
-use store::{DeleteOpts, Owner, Store, WriteCtx};
+#[allow(unused_imports)]
+pub use store::Change;
+use store::{DeleteOpts, EventType, Owner, Store, WriteCtx};
 
 /// The manager recorded for writes made with [`ApiServer::put`].
 pub const DIRECT_MANAGER: &str = "apiserver-double";
@@ -148,9 +156,20 @@ pub struct Builder {
     service_account_issuer: Option<String>,
     api_audiences: Vec<String>,
     watch_list: bool,
+    record_changes: bool,
 }
 
 impl Builder {
+    /// Keeps every committed change ([`View::changes`], [`View::versions`]), so that a test
+    /// can check every state an object went through, not only those it happened to see
+    /// ([`ApiServer::wait_for`] wakes up on changes, but several can happen between two
+    /// wake-ups). Off by default: the log is never trimmed.
+    #[must_use]
+    pub fn record_changes(mut self, on: bool) -> Self {
+        self.record_changes = on;
+        self
+    }
+
     /// The WatchList feature gate: watch requests with `sendInitialEvents` ("streaming
     /// lists"). On by default, as on Kubernetes 1.34 and later (and 1.32); off, the server
     /// behaves like 1.27-1.31 and 1.33 with their defaults: such requests get 422
@@ -240,6 +259,7 @@ impl Builder {
         store.gc_enabled = self.gc;
         store.require_namespaces = self.require_namespaces;
         store.watch_list = self.watch_list;
+        store.changes = self.record_changes.then(Vec::new);
         let issuer = self.service_account_issuer.unwrap_or_else(|| format!("http://{addr}"));
         store.issuer = Some(tokens::Issuer::new(issuer, self.api_audiences));
         let (changes, _) = watch::channel(0);
@@ -344,6 +364,48 @@ impl View<'_> {
     pub fn resource_version(&self) -> u64 {
         self.store.rv
     }
+
+    /// Requests answered with a staged fault of this status ([`RequestRecord::injected`]).
+    pub fn injected(&self, code: u16) -> usize {
+        self.store.requests.iter().filter(|r| r.injected == Some(code)).count()
+    }
+
+    /// Every committed change, oldest first ([`Builder::record_changes`]; panics if off).
+    pub fn changes(&self) -> &[Change] {
+        self.store.changes.as_deref().expect("the server records changes (Builder::record_changes)")
+    }
+
+    /// Every state the object went through, oldest first: `None` where it was deleted
+    /// ([`Builder::record_changes`]).
+    pub fn versions<K: kube::Resource<DynamicType = ()> + DeserializeOwned>(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Vec<Version<K>> {
+        let Some(rt) = self.store.type_by_name(&type_of::<K>()) else { return Vec::new() };
+        let key = Store::key(rt, namespace, name);
+        self.changes()
+            .iter()
+            .filter(|c| c.key == key)
+            .map(|c| Version {
+                rv: c.rv,
+                at: c.at,
+                object: (c.etype != EventType::Deleted).then(|| {
+                    serde_json::from_value(Store::present(rt, &c.object)).expect("stored object deserializes")
+                }),
+            })
+            .collect()
+    }
+}
+
+/// One state of an object ([`View::versions`]).
+#[derive(Clone, Debug)]
+pub struct Version<K> {
+    pub rv: u64,
+    /// When it was stored.
+    pub at: jiff::Timestamp,
+    /// `None`: deleted.
+    pub object: Option<K>,
 }
 
 /// A running API server double. Clones share the server; it stops when the last is dropped.
@@ -369,6 +431,7 @@ impl ApiServer {
             service_account_issuer: None,
             api_audiences: Vec::new(),
             watch_list: true,
+            record_changes: false,
         }
     }
 
@@ -564,6 +627,17 @@ impl ApiServer {
         self.mutate(|s| s.faults.push(fault));
     }
 
+    /// How many more requests the injected fault rules will fail ([`Fault::times`] left,
+    /// hanging rules not counted): 0 once every injected fault was used up.
+    pub fn faults_left(&self) -> usize {
+        self.inspect(|v| v.store.faults.iter().filter(|f| !f.hang).map(|f| f.times).sum())
+    }
+
+    /// See [`View::injected`].
+    pub fn injected(&self, code: u16) -> usize {
+        self.inspect(|v| v.injected(code))
+    }
+
     /// The next `n` writes of any kind fail with `code` (before they change anything).
     pub fn fail_next_writes(&self, n: usize, code: u16) {
         self.inject(Fault::writes().code(code).times(n));
@@ -632,7 +706,11 @@ impl ApiServer {
 
     /// Restarts the API server: every open watch ends, and the new watch cache keeps no
     /// history from before, so watches resuming from an earlier resourceVersion get 410
-    /// Expired ("too old resource version: 41 (42)").
+    /// Expired ("too old resource version: 41 (42)"). Each resource's watch cache is
+    /// re-initialising: its first watch, and its first list that the real server cannot
+    /// serve from etcd instead (a selector, or no limit), get 429 TooManyRequests "storage is
+    /// (re)initializing" with `Retry-After: 1`, as kube-apiserver answers since 1.31
+    /// ([`store::Store::initializing_cache`]).
     pub fn restart(&self) {
         self.mutate(|s| s.restart(None));
     }

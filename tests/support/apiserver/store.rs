@@ -56,6 +56,21 @@ pub struct HistEvent {
     pub prev: Option<Value>,
 }
 
+/// One committed change, as recorded by [`Store::changes`] when the server keeps them
+/// ([`super::Builder::record_changes`]): every state an object went through, with the wall
+/// clock time it was stored at, so that a test can check what held at every moment instead of
+/// at the moments it happened to wake up.
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub rv: u64,
+    /// When it was stored.
+    pub at: jiff::Timestamp,
+    pub key: Key,
+    pub etype: EventType,
+    /// The object after the change (for DELETED: its last state).
+    pub object: Value,
+}
+
 /// How a write records field ownership.
 #[derive(Clone, Debug)]
 pub enum Owner {
@@ -138,6 +153,12 @@ pub struct Store {
     pub watch_list: bool,
     /// The ServiceAccount token issuer (set when the server starts).
     pub issuer: Option<super::tokens::Issuer>,
+    /// Every committed change, oldest first, when kept ([`super::Builder::record_changes`]);
+    /// never compacted, unlike [`Store::history`].
+    pub changes: Option<Vec<Change>>,
+    /// Resources (plural names) whose watch cache is (re)initialising after
+    /// [`Store::restart`]: see [`Store::initializing_cache`].
+    pub initializing: BTreeSet<String>,
 }
 
 pub fn now() -> String {
@@ -261,6 +282,8 @@ impl Store {
             gc_enabled: true,
             require_namespaces: true,
             issuer: None,
+            changes: None,
+            initializing: BTreeSet::new(),
         }
     }
 
@@ -335,6 +358,10 @@ impl Store {
                 (EventType::Deleted, last)
             }
         };
+        if let Some(changes) = self.changes.as_mut() {
+            let at = jiff::Timestamp::now();
+            changes.push(Change { rv: self.rv, at, key: key.clone(), etype, object: object.clone() });
+        }
         self.history.push_back(HistEvent { rv: self.rv, key: key.clone(), etype, object: object.clone(), prev });
         while self.history.len() > self.history_limit {
             if let Some(ev) = self.history.pop_front() {
@@ -359,8 +386,13 @@ impl Store {
     /// the new watch cache starts at the current resourceVersion, so every watch from an
     /// earlier one gets 410 Expired, and, with `lag_at`, lists with "any" semantics are
     /// served from the state as of that older resourceVersion until
-    /// [`Store::lagging_cache`] is cleared.
+    /// [`Store::lagging_cache`] is cleared. Without `lag_at`, every resource's watch cache
+    /// is (re)initialising ([`Store::initializing_cache`]); a lagging cache is one that is
+    /// already serving.
     pub fn restart(&mut self, lag_at: Option<u64>) {
+        if lag_at.is_none() {
+            self.initializing = self.types.iter().map(|t| t.plural.clone()).collect();
+        }
         self.lagging_cache = lag_at.map(|at| {
             assert!(at >= self.evicted_rv && at <= self.rv, "a lagging cache at {at} is outside the history window");
             let mut objects = self.objects.clone();
@@ -375,6 +407,33 @@ impl Store {
         });
         self.watch_epoch += 1;
         self.compact();
+    }
+
+    /// The 429 a watch or list gets while the resource's watch cache is (re)initialising
+    /// after a restart, as kube-apiserver answers since ResilientWatchCacheInitialization
+    /// (GA in 1.34; `k8s.io/apiserver` 1.36 `storage/cacher`: `Cacher.Watch`,
+    /// `Cacher.GetList`, `CacheDelegator.GetList`): "storage is (re)initializing" with
+    /// `Retry-After: 1` (the delay grows with the downtime, from 1 s). Gets and writes go to
+    /// etcd, and so do lists without a label or field selector that have a limit (or a
+    /// continue token, or an exact resourceVersion): those are served. The real cache is
+    /// ready once its own initial list from etcd is done, which no client can see; here each
+    /// resource's cache is ready once it has refused one request (`watch`: whether the
+    /// request is a watch).
+    pub fn initializing_cache(&mut self, rt: &ResourceType, watch: bool, q: &ListQuery) -> Option<ApiError> {
+        if !self.initializing.contains(&rt.plural) {
+            return None;
+        }
+        let to_etcd = q.continue_token.is_some()
+            || q.resource_version_match.as_deref() == Some("Exact")
+            || (q.labels.0.is_empty() && q.fields.0.is_empty() && q.limit.is_some_and(|l| l > 0));
+        if !watch && to_etcd {
+            return None;
+        }
+        self.initializing.remove(&rt.plural);
+        Some(
+            ApiError::new(429, "TooManyRequests", "storage is (re)initializing")
+                .with_details(json!({"retryAfterSeconds": 1})),
+        )
     }
 
     /// Whether a list is served from the (lagging) watch cache: `resourceVersion=0`
