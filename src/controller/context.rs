@@ -75,7 +75,13 @@ pub enum Written {
 /// a new resourceVersion. A cached object at the produced resourceVersion is exactly what we
 /// wrote: the cache is current.
 #[derive(Default)]
-pub struct WriteMemo(Mutex<HashMap<Written, Write>>);
+pub struct WriteMemo {
+    writes: Mutex<HashMap<Written, Write>>,
+    /// Writes under way, and the versions the watch delivered of their objects meanwhile: a
+    /// watch can deliver our write before its response arrives, and that event must still
+    /// count as the cache showing it ([`Self::begin`]).
+    in_flight: Mutex<HashMap<Written, Vec<String>>>,
+}
 
 struct Write {
     replaced: Option<String>,
@@ -93,8 +99,17 @@ impl WriteMemo {
         produced: Option<String>,
         written: &impl serde::Serialize,
     ) {
-        let entry = Write { replaced: replaced.map(str::to_owned), produced, content: hash(written), seen: false };
+        let delivered = self.flights().remove(&key).unwrap_or_default();
+        let seen = produced.as_ref().is_some_and(|p| delivered.contains(p));
+        let entry = Write { replaced: replaced.map(str::to_owned), produced, content: hash(written), seen };
         self.lock().insert(key, entry);
+    }
+
+    /// A write of `key` is about to be sent: versions of it the watch delivers before
+    /// [`Self::remember`] are kept, so that a watch faster than the write's response still
+    /// counts as having shown it.
+    pub fn begin(&self, key: &Written) {
+        self.flights().insert(key.clone(), Vec::new());
     }
 
     /// True when `cached_version` is the version our last write of `key` replaced and we
@@ -128,6 +143,9 @@ impl WriteMemo {
     /// The watch delivered `key` at `version`: once it is the version our last write
     /// produced, the cache has shown that write, and whatever it shows later is newer.
     pub fn observed(&self, key: &Written, version: Option<&str>) {
+        if let (Some(delivered), Some(version)) = (self.flights().get_mut(key), version) {
+            delivered.push(version.to_owned());
+        }
         if let Some(w) = self.lock().get_mut(key)
             && version.is_some()
             && w.produced.as_deref() == version
@@ -171,10 +189,15 @@ impl WriteMemo {
 
     pub fn forget(&self, key: &Written) {
         self.lock().remove(key);
+        self.flights().remove(key);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Written, Write>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.writes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn flights(&self) -> std::sync::MutexGuard<'_, HashMap<Written, Vec<String>>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -230,5 +253,20 @@ mod tests {
         assert!(!memo.is_unseen_create(&created, &"content"), "the cache showed it: now missing means deleted");
         memo.forget(&key);
         assert!(!memo.is_lagging_echo(&key, Some("10"), &"new content") && !memo.wrote(&key));
+    }
+
+    #[test]
+    fn a_write_the_watch_delivered_before_its_response_counts_as_shown() {
+        let memo = WriteMemo::default();
+        let key = Written::Status("uid".into());
+        memo.begin(&key);
+        memo.observed(&key, Some("7"));
+        memo.remember(key.clone(), Some("6"), Some("7".into()), &"status");
+        assert!(!memo.unseen_write(&key, Some("8")), "delivered before the response: a later version is newer");
+        let other = Written::Status("other".into());
+        memo.begin(&other);
+        memo.observed(&other, Some("3"));
+        memo.remember(other.clone(), Some("3"), Some("4".into()), &"status");
+        assert!(memo.unseen_write(&other, Some("3")), "only the version the write produced counts");
     }
 }

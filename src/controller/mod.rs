@@ -9,6 +9,7 @@ pub mod initial_list;
 pub mod labels;
 pub mod leader;
 pub mod managed;
+pub mod pipeline;
 pub mod reconcile;
 pub mod service_account;
 pub mod sources;
@@ -469,8 +470,7 @@ pub fn cluster_controller(
     let (ccc_synced, ccc_listed) = Synced::new();
     let ccc_stream = reflector::reflector(ccc_writer, watcher(cccs, list.config()).modify(slim))
         .inspect_ok(ccc_synced.on_list())
-        .retry_promptly()
-        .touched_objects();
+        .retry_promptly();
 
     let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
     let (ns_reader, ns_writer) = reflector::store();
@@ -490,8 +490,7 @@ pub fn cluster_controller(
     let managed_stream = watcher(secrets, copies_config)
         .inspect_ok(move |event| cache.apply(event))
         .inspect_ok(managed_synced.on_list())
-        .retry_promptly()
-        .touched_objects();
+        .retry_promptly();
 
     let source_stream = watcher(secret_metadata, list.config()).retry_promptly().touched_objects();
 
@@ -503,8 +502,22 @@ pub fn cluster_controller(
         namespaces: ns_reader.clone(),
     });
 
-    let (all_for_ns, all_for_sources) = (ccc_reader.clone(), ccc_reader.clone());
+    // As for ClientCredentials (controller_for_scope): an object exactly as our own last
+    // write left it (a status, a state Secret, a copy) starts no reconcile.
+    let echoes = ctx.clone();
+    let ccc_stream = changes_but_our_own(ccc_stream, move |ccc: &ClusterClientCredential| {
+        let key = context::Written::Status(ccc.metadata.uid.clone().unwrap_or_default());
+        echoes.base.written.observed(&key, ccc.metadata.resource_version.as_deref());
+        echoes.base.written.is_own_write(&key, ccc.metadata.resource_version.as_deref())
+    });
     let (memo_ctx, cached) = (ctx.clone(), managed.clone());
+    let managed_stream = changes_but_our_own(managed_stream, move |secret: &Secret| {
+        let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
+        let key = context::Written::Secret(SecretRef::new(&ns, &name));
+        note_cached(&memo_ctx.base, &cached, &key);
+        memo_ctx.base.written.is_own_write(&key, secret.resource_version().as_deref())
+    });
+    let (all_for_ns, all_for_sources) = (ccc_reader.clone(), ccc_reader.clone());
     let controller = Controller::for_stream(ccc_stream, ccc_reader.clone())
         .with_config(ControllerConfig::default().concurrency(shared.concurrency))
         .trigger_backoff(WatchersBackOff)
@@ -513,9 +526,6 @@ pub fn cluster_controller(
             all_for_ns.state().iter().map(|c| ObjectRef::from_obj(c.as_ref())).collect::<Vec<_>>()
         })
         .watches_stream(managed_stream, move |secret: Secret| {
-            let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
-            let key = context::Written::Secret(SecretRef::new(&ns, &name));
-            note_cached(&memo_ctx.base, &cached, &key);
             secret.labels().get(labels::CLUSTER_CREDENTIAL).map(|name| ObjectRef::new(name))
         })
         .watches_stream(source_stream, move |meta: PartialObjectMeta<Secret>| {
