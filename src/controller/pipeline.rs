@@ -38,8 +38,8 @@ use super::status::{self, Facts, Failure, Reason, TokenFacts};
 use crate::api::{ClientCredentialSpec, ClientCredentialStatus};
 use crate::metrics::CredentialLabels;
 use crate::oauth::TokenError;
-use crate::schedule::{Decision, RenewalPolicy, RequestReason, ScheduleState, decide};
-use crate::token_state::{self, FailureRecord, Prepared};
+use crate::schedule::{Decision, RequestReason};
+use crate::token_state::{self, FailureRecord, Prepared, Schedule};
 
 /// Kubernetes API failures; everything else is a condition.
 #[derive(Debug, thiserror::Error)]
@@ -132,8 +132,9 @@ pub(super) struct Run<'a, K: Credential> {
     pub cc: Arc<K>,
     pub ctx: &'a Context,
     pub now: Timestamp,
-    jitter_key: String,
-    renewal: RenewalPolicy,
+    /// "ns/name", or "cluster/name" for a cluster-scoped kind.
+    who: String,
+    schedule: Schedule,
     state: SecretRef,
     state_api: Api<Secret>,
     /// The published token, from the state Secret.
@@ -156,18 +157,15 @@ impl<'a, K: Credential> Run<'a, K> {
         let status = cc.credential_status().cloned().unwrap_or_default();
         let state = cc.state_ref();
         let (namespace, name) = cc.key();
+        let who = match namespace.as_str() {
+            "" => format!("cluster/{name}"),
+            ns => format!("{ns}/{name}"),
+        };
         let mut run = Run {
             state_api: Api::namespaced(ctx.client.clone(), &state.namespace),
             now: Timestamp::now(),
-            jitter_key: match namespace.as_str() {
-                "" => format!("cluster/{name}"),
-                ns => format!("{ns}/{name}"),
-            },
-            renewal: RenewalPolicy {
-                renew_before: spec.renew_before.as_ref().and_then(|d| d.parse().ok()),
-                renew_before_percentage: spec.renew_before_percentage.and_then(|p| u8::try_from(p).ok()),
-                ..ctx.policy.renewal.clone()
-            },
+            schedule: Schedule::new(spec, &ctx.policy.renewal, &ctx.policy.backoff, who.clone()),
+            who,
             stored: ctx.managed.get(&state.namespace, &state.name).as_deref().and_then(state::read_cached),
             state,
             record: failure_record(&status),
@@ -204,7 +202,7 @@ impl<'a, K: Credential> Run<'a, K> {
 
     /// "ns/name", or "cluster/name" for a cluster-scoped kind: how logs name the credential.
     pub fn who(&self) -> &str {
-        &self.jitter_key
+        &self.who
     }
 
     /// Step 2: the failure record with the failures that are over taken out
@@ -320,7 +318,7 @@ impl<'a, K: Credential> Run<'a, K> {
                 self.record = FailureRecord::default();
                 // Routine renewals emit no Event; everything else is worth telling.
                 if reason != RequestReason::RenewalDue && reason != RequestReason::Expired {
-                    let note = format!("issued a new token ({})", describe(reason));
+                    let note = format!("issued a new token ({})", token_state::describe(reason));
                     event(self.ctx, self.cc.as_ref(), EventType::Normal, "TokenIssued", note).await;
                 }
                 if rotated_bootstrap {
@@ -402,18 +400,15 @@ impl<'a, K: Credential> Run<'a, K> {
         }
     }
 
-    fn schedule(&self, prep: &Prepared, renew_annotation: Option<&str>) -> Decision {
+    fn decide(&self, prep: &Prepared, renew_annotation: Option<&str>) -> Decision {
         let handled = self.cc.credential_status().and_then(|s| s.handled_renewal_request.as_deref());
         let stored = self.stored.as_ref();
         let renewal_requested = token_state::renewal_requested(renew_annotation, handled, stored);
-        let suspend = self.cc.token_spec().suspend;
-        let state: ScheduleState =
-            token_state::schedule_state(self.now, stored, prep, &self.record, suspend, renewal_requested);
-        decide(&state, &self.renewal, &self.ctx.policy.backoff, &self.jitter_key)
+        self.schedule.decide(self.now, stored, prep, &self.record, renewal_requested)
     }
 
     fn due(&self, prep: &Prepared) -> Option<RequestReason> {
-        match self.schedule(prep, self.renew_annotation.as_deref()) {
+        match self.decide(prep, self.renew_annotation.as_deref()) {
             Decision::RequestNow(reason) => Some(reason),
             _ => None,
         }
@@ -421,7 +416,7 @@ impl<'a, K: Credential> Run<'a, K> {
 
     /// What happens next if nothing changes: the basis of renewAt and the requeue.
     pub fn next_decision(&self, prep: &Prepared) -> Decision {
-        self.schedule(prep, None)
+        self.decide(prep, None)
     }
 
     /// Failed attempts still pending (waiting out a backoff) keep the failure they recorded:
@@ -465,7 +460,7 @@ impl<'a, K: Credential> Run<'a, K> {
     }
 
     fn renew_at(&self, next: Option<&Decision>) -> Option<Timestamp> {
-        next.and_then(Decision::requeue_at).filter(|_| !self.cc.token_spec().suspend)
+        self.schedule.renew_at(next)
     }
 
     /// Patches the status to `next` unless it is what the object already shows, or what our
@@ -555,17 +550,6 @@ async fn acquire(
         token_state::request(&ctx.engine, &ctx.metrics, prep, stored, renewal_request, federated).await?;
     tracing::info!(credential = who, ?flow, expires_at = %stored.expires_at, "token issued");
     Ok((stored, rotated))
-}
-
-fn describe(reason: RequestReason) -> &'static str {
-    match reason {
-        RequestReason::NoToken => "first token",
-        RequestReason::InputsChanged => "the spec or the source Secret changed",
-        RequestReason::ManualRenewal => "renewal requested with the tokensync.io/renew-requested-at annotation",
-        RequestReason::RenewalDue => "scheduled renewal",
-        RequestReason::Expired => "the published token had expired",
-        RequestReason::Retry => "retry after a failure succeeded",
-    }
 }
 
 /// A merge patch of the whole status: conditions are replaced as a list, which is what we
