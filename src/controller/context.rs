@@ -4,8 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kube::runtime::events::Recorder;
-
+use super::events::Recorder;
 use super::managed::ManagedCache;
 use super::sources::{SecretRef, SourceCache};
 use super::state::{Replaced, StoredToken};

@@ -21,11 +21,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::events::EventType;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -584,14 +584,7 @@ pub(super) async fn event<K: Resource<DynamicType = ()>>(
     reason: &str,
     note: String,
 ) {
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1024).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &object.object_ref(&())).await {
+    if let Err(e) = ctx.recorder.publish(&object.object_ref(&()), type_, reason, &note).await {
         tracing::warn!(error = %e, "cannot publish an Event");
     }
 }
