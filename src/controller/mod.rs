@@ -411,7 +411,7 @@ pub fn controller_for_scope(
         indexer.update(cc);
         let key = context::Written::Status(cc.metadata.uid.clone().unwrap_or_default());
         echoes.written.observed(&key, cc.metadata.resource_version.as_deref());
-        echoes.written.is_own_write(&key, cc.metadata.resource_version.as_deref())
+        echoes.written.take_own_write(&key, cc.metadata.resource_version.as_deref())
     });
 
     // The Secrets tokensync manages, cached as much as reconciles read ([`managed`]).
@@ -426,7 +426,7 @@ pub fn controller_for_scope(
         let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
         let key = context::Written::Secret(SecretRef::new(&ns, &name));
         note_cached(&memo_ctx, &cached, &key);
-        memo_ctx.written.is_own_write(&key, secret.resource_version().as_deref())
+        memo_ctx.written.take_own_write(&key, secret.resource_version().as_deref())
     });
 
     // Every other Secret, metadata only: enough to notice a change of a source Secret
@@ -509,14 +509,14 @@ pub fn cluster_controller(
     let ccc_stream = changes_but_our_own(ccc_stream, move |ccc: &ClusterClientCredential| {
         let key = context::Written::Status(ccc.metadata.uid.clone().unwrap_or_default());
         echoes.base.written.observed(&key, ccc.metadata.resource_version.as_deref());
-        echoes.base.written.is_own_write(&key, ccc.metadata.resource_version.as_deref())
+        echoes.base.written.take_own_write(&key, ccc.metadata.resource_version.as_deref())
     });
     let (memo_ctx, cached) = (ctx.clone(), managed.clone());
     let managed_stream = changes_but_our_own(managed_stream, move |secret: &Secret| {
         let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
         let key = context::Written::Secret(SecretRef::new(&ns, &name));
         note_cached(&memo_ctx.base, &cached, &key);
-        memo_ctx.base.written.is_own_write(&key, secret.resource_version().as_deref())
+        memo_ctx.base.written.take_own_write(&key, secret.resource_version().as_deref())
     });
     let (all_for_ns, all_for_sources) = (ccc_reader.clone(), ccc_reader.clone());
     let controller = Controller::for_stream(ccc_stream, ccc_reader.clone())
