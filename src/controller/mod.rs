@@ -1,6 +1,9 @@
-//! The operator: a kube-runtime Controller for ClientCredentials, its watches, the admin
-//! server and leader election. The reconcile pipeline is in [`reconcile`]; the pure pieces
-//! it uses are [`state`], [`target`], [`status`] and [`crate::schedule`].
+//! The operator: kube-runtime Controllers for ClientCredentials and ClusterClientCredentials,
+//! their watches, the admin server and leader election. Both kinds run one pipeline
+//! ([`pipeline`]: load, decide, acquire, store, status, requeue); what differs is in
+//! [`reconcile`] (one target Secret) and [`cluster`] (a copy in every selected namespace).
+//! The pieces it uses are [`state`], [`target`], [`status`], [`events`] and, Kubernetes-free,
+//! [`crate::token_state`] and [`crate::schedule`].
 
 pub mod api_requests;
 pub mod cluster;
