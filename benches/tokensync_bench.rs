@@ -478,7 +478,7 @@ async fn populate_unrelated(client: &Client, ns: &str, n: usize, concurrency: us
 /// sent by its `apply`), for each of `ccs`. Returns the seconds from the first write to the
 /// last and the number of writes.
 async fn floor(client: &Client, ccs: Vec<ClientCredential>, lifetime: u64, concurrency: usize) -> (f64, usize) {
-    use tokensync::controller::{reconcile, state, status, target};
+    use tokensync::controller::{state, status, target};
     let started = Instant::now();
     let writes: Vec<usize> = futures::stream::iter(ccs)
         .map(|cc| {
@@ -503,9 +503,9 @@ async fn floor(client: &Client, ccs: Vec<ClientCredential>, lifetime: u64, concu
                     bootstrap: None,
                     renewal_request: None,
                 };
-                reconcile::apply(&secrets, &state::desired(&cc, &stored)).await.expect("state apply");
+                target::apply(&secrets, &state::desired(&cc, &stored)).await.expect("state apply");
                 let desired = target::desired(&cc, &stored).expect("render the target");
-                reconcile::apply(&secrets, &desired).await.expect("target apply");
+                target::apply(&secrets, &desired).await.expect("target apply");
                 let facts = status::Facts {
                     now,
                     generation: cc.metadata.generation,

@@ -19,7 +19,7 @@ use crate::api::validate::validate;
 use crate::oauth::config::TlsMaterial;
 use crate::oauth::{Acquired, Credentials, TokenError, TokenRequestConfig};
 use crate::render::{RenderError, TokenView};
-use crate::schedule::{Published, ScheduleState};
+use crate::schedule::{BackoffPolicy, Decision, Published, RenewalPolicy, RequestReason, ScheduleState};
 
 /// The published token and what it was made from.
 #[derive(Debug, Clone)]
@@ -239,6 +239,70 @@ pub fn schedule_state(
         retry_after: record.retry_after,
         inputs_changed_since_failure: record.attempts > 0
             && record.inputs.as_deref() != Some(prep.attempt_inputs.as_str()),
+    }
+}
+
+/// One credential's renewal rules: the operator's (or agent's) policies with the spec's own
+/// renewBefore, renewBeforePercentage and suspend. The controller's pipeline and the agent's
+/// worker both decide through it, so that a rule is written once for both.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub renewal: RenewalPolicy,
+    pub backoff: BackoffPolicy,
+    /// Spreads renewals of many credentials ([`crate::schedule::renewal_time`]).
+    pub jitter_key: String,
+    pub suspended: bool,
+}
+
+impl Schedule {
+    pub fn new(
+        spec: &ClientCredentialSpec,
+        renewal: &RenewalPolicy,
+        backoff: &BackoffPolicy,
+        jitter_key: String,
+    ) -> Self {
+        Schedule {
+            renewal: RenewalPolicy {
+                renew_before: spec.renew_before.as_ref().and_then(|d| d.parse().ok()),
+                renew_before_percentage: spec.renew_before_percentage.and_then(|p| u8::try_from(p).ok()),
+                ..renewal.clone()
+            },
+            backoff: backoff.clone(),
+            jitter_key,
+            suspended: spec.suspend,
+        }
+    }
+
+    /// Whether to request a token now ([`crate::schedule::decide`]) for what is stored, the
+    /// failures pending, and whether a renewal request awaits an answer.
+    pub fn decide(
+        &self,
+        now: Timestamp,
+        stored: Option<&StoredToken>,
+        prep: &Prepared,
+        record: &FailureRecord,
+        renewal_requested: bool,
+    ) -> Decision {
+        let state = schedule_state(now, stored, prep, record, self.suspended, renewal_requested);
+        crate::schedule::decide(&state, &self.renewal, &self.backoff, &self.jitter_key)
+    }
+
+    /// When the token will be requested next if nothing changes (status.renewAt); None while
+    /// suspended.
+    pub fn renew_at(&self, next: Option<&Decision>) -> Option<Timestamp> {
+        next.and_then(Decision::requeue_at).filter(|_| !self.suspended)
+    }
+}
+
+/// Why a token was requested, in words for logs and Events.
+pub fn describe(reason: RequestReason) -> &'static str {
+    match reason {
+        RequestReason::NoToken => "first token",
+        RequestReason::InputsChanged => "the spec or the source material changed",
+        RequestReason::ManualRenewal => "renewal requested with the tokensync.io/renew-requested-at annotation",
+        RequestReason::RenewalDue => "scheduled renewal",
+        RequestReason::Expired => "the published token had expired",
+        RequestReason::Retry => "retry after a failure",
     }
 }
 

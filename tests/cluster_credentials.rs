@@ -651,3 +651,110 @@ async fn a_service_account_token_replaces_the_secret_one_token_request_per_renew
     // another subject).
     assert_eq!((issued.load(Ordering::SeqCst), endpoint.issued()), (3, 0), "no client secret was used");
 }
+
+/// The controller's requests of what a ClusterClientCredential costs: GETs, writes by kind.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+struct Cost {
+    secret_gets: u64,
+    credential_gets: u64,
+    secret_writes: u64,
+    status_writes: u64,
+}
+
+fn cost(c: &Running) -> Cost {
+    let count = |verb: &str, resource: &str| kube_requests(&c.metrics, verb, resource);
+    Cost {
+        secret_gets: count("get", "secrets"),
+        credential_gets: count("get", "clusterclientcredentials"),
+        secret_writes: ["create", "apply", "patch", "update", "delete"].iter().map(|v| count(v, "secrets")).sum(),
+        status_writes: count("patch", "clusterclientcredentials/status")
+            + count("apply", "clusterclientcredentials/status"),
+    }
+}
+
+impl std::ops::Sub for Cost {
+    type Output = Cost;
+
+    fn sub(self, before: Cost) -> Cost {
+        Cost {
+            secret_gets: self.secret_gets - before.secret_gets,
+            credential_gets: self.credential_gets - before.credential_gets,
+            secret_writes: self.secret_writes - before.secret_writes,
+            status_writes: self.status_writes - before.status_writes,
+        }
+    }
+}
+
+/// Waits until the status records the token the copies hold (the last write of a renewal).
+async fn wait_recorded(env: &Env, token: &str) {
+    wait_copies(env, &SELECTED.map(|ns| (ns, Some(token)))).await;
+    let expires = secrets_in(env, "listed").get("auth0-token").await.unwrap().metadata.annotations.unwrap()
+        ["tokensync.io/expires-at"]
+        .clone();
+    wait_ccc(env, "auth0", "recording the published token", move |s| {
+        s.credential.expires_at.as_ref().map(|t| t.0.to_string()) == Some(expires.clone())
+            && s.synced_namespaces == Some(3)
+    })
+    .await;
+}
+
+/// The cost rules of ClientCredentials (tests/api_costs.rs) hold for the cluster kind, which
+/// runs the same pipeline: a renewal is one token request, one state write, one write per
+/// copy and one status write, and reads nothing the cache vouches for; a restart with valid
+/// tokens writes nothing and reads only the source Secret. Counted by the controller's
+/// own request metric (`tokensync_kube_requests_total`) on a real API server.
+#[tokio::test]
+async fn a_cluster_credential_renewal_costs_one_request_and_one_write_per_copy_and_a_restart_writes_nothing() {
+    let env = cluster().await;
+    let endpoint = Endpoint::start().await;
+    fleet(&env).await;
+    let c = start_controller(&env).await;
+    Ccc::new("auth0", &endpoint).create(&env).await;
+    wait_recorded(&env, "token-1").await;
+    let first = cost(&c);
+    // The first token: the source Secret read once, and one look at each copy's name before
+    // taking it (a Secret tokensync does not manage is never taken over); the state Secret
+    // created then applied, three copies, one status.
+    assert_eq!(first, Cost { secret_gets: 4, credential_gets: 0, secret_writes: 5, status_writes: 1 }, "first token");
+
+    for (n, at) in ["r1", "r2", "r3"].into_iter().enumerate() {
+        let before = cost(&c);
+        let reconciles = c.metrics.reconciles();
+        renew_now(&env, at).await;
+        wait_recorded(&env, &format!("token-{}", n + 2)).await;
+        let spent = cost(&c) - before;
+        assert_eq!(endpoint.issued(), n as u32 + 2, "one token request per renewal");
+        assert_eq!(
+            spent,
+            Cost { secret_gets: 0, credential_gets: 0, secret_writes: 4, status_writes: 1 },
+            "renewal {at}: the state Secret, three copies and the status, nothing read"
+        );
+        // Our own writes (state, copies, status) start no reconcile of their own: the
+        // annotation's, and at most one more for a write the watch delivered before its
+        // response arrived.
+        let reconciled = c.metrics.reconciles() - reconciles;
+        assert!(reconciled <= 2, "renewal {at}: {reconciled} reconciles");
+    }
+
+    // A restart with valid tokens: the caches are the truth, nothing is requested, read or written.
+    c.stop().await;
+    let restarted = start_controller(&env).await;
+    assert!(restarted.metrics.wait_for_reconciles(1, WAIT).await, "the restarted controller reconciles");
+    // A routine reconcile of the credential after the first one: it would show a write or a
+    // read the first one made late.
+    renew_status_check(&env).await;
+    assert!(restarted.metrics.wait_for_reconciles(2, WAIT).await, "the restarted controller reconciles again");
+    // Nothing written and no credential read; the source Secret is read once, as for a
+    // ClientCredential: its data is what the stored token's inputs fingerprint is checked
+    // against (docs/performance.md, "Restart").
+    let spent = cost(&restarted);
+    assert_eq!(spent, Cost { secret_gets: 1, credential_gets: 0, secret_writes: 0, status_writes: 0 }, "restart");
+    assert_eq!(endpoint.issued(), 4, "no token request on restart");
+}
+
+/// Touches the ClusterClientCredential without changing what tokensync decides from (a label
+/// of the user's): one more reconcile, which must find nothing to do.
+async fn renew_status_check(env: &Env) {
+    let patch = json!({"metadata": {"labels": {"team": "platform"}}});
+    cccs(env).patch("auth0", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+}

@@ -595,3 +595,30 @@ async fn a_relabelled_state_secret_is_repaired_without_a_token_request_and_the_r
     assert_eq!((last["grant_type"].as_str(), last["refresh_token"].as_str()), ("refresh_token", "refresh-1"));
     env.wait_condition("demo", "Degraded", ("False", "Healthy")).await;
 }
+
+/// tokensync's own Event recorder (bounded memory, `tokensync::controller::events`) on the real
+/// API server: a repeat is the same Event with a series count, as `kubectl events` shows it;
+/// another reason, note or object is an Event of its own.
+#[tokio::test]
+async fn a_repeated_event_is_one_event_with_a_series_and_another_one_is_new() {
+    use kube::Resource;
+    use tokensync::controller::events::{EventType, Recorder, Reporter};
+    let env = Env::new("events").await;
+    let issuer = Issuer::start(3600).await;
+    let cc = setup("demo", &issuer, &env).await;
+    let recorder = Recorder::new(env.client.clone(), Reporter { controller: "tokensync".into(), instance: None });
+    let reference = cc.object_ref(&());
+    for _ in 0..3 {
+        recorder.publish(&reference, EventType::Warning, "TokenRequestFailed", "the endpoint said 503").await.unwrap();
+    }
+    recorder.publish(&reference, EventType::Normal, "TokenIssued", "issued a new token (first token)").await.unwrap();
+    let events = env.events().await;
+    assert_eq!(events.len(), 2, "{events:#?}");
+    let warning = events.iter().find(|e| e["reason"] == "TokenRequestFailed").unwrap();
+    assert_eq!(warning["series"]["count"], 3, "{warning:#?}");
+    assert_eq!(warning["type"], "Warning");
+    assert_eq!(warning["regarding"]["uid"], cc.metadata.uid.clone().unwrap().as_str());
+    assert_eq!(warning["reportingController"], "tokensync");
+    let issued = events.iter().find(|e| e["reason"] == "TokenIssued").unwrap();
+    assert!(issued.get("series").is_none_or(|s| s.is_null()), "{issued:#?}");
+}

@@ -18,8 +18,8 @@ use super::state_file::{self, AgentState};
 use crate::controller::labels::RENEW_REQUESTED_AT;
 use crate::metrics::{CredentialLabels, Metrics};
 use crate::oauth::{TokenClient, TokenError};
-use crate::schedule::{BackoffPolicy, Decision, RenewalPolicy, RequestReason, decide};
-use crate::token_state::{self, Prepared, StoredToken};
+use crate::schedule::{BackoffPolicy, Decision, RenewalPolicy, RequestReason};
+use crate::token_state::{self, Prepared, Schedule, StoredToken};
 
 /// How soon a failed state or token file write is retried.
 const WRITE_RETRY: Duration = Duration::from_secs(5);
@@ -132,12 +132,7 @@ impl Worker {
         let _timer = metrics.reconcile_started();
         let (ns, name) = (cred.namespace.as_str(), cred.name.as_str());
         let spec = &cred.cc.spec;
-        let jitter_key = cred.id();
-        let renewal = RenewalPolicy {
-            renew_before: spec.renew_before.as_ref().and_then(|d| d.parse().ok()),
-            renew_before_percentage: spec.renew_before_percentage.and_then(|p| u8::try_from(p).ok()),
-            ..self.shared.renewal.clone()
-        };
+        let schedule = Schedule::new(spec, &self.shared.renewal, &self.shared.backoff, cred.id());
         let annotation = cred.cc.metadata.annotations.as_ref().and_then(|a| a.get(RENEW_REQUESTED_AT)).cloned();
         let now = Timestamp::now();
 
@@ -165,15 +160,9 @@ impl Worker {
                     self.state.handled_renewal_request.as_deref(),
                     self.state.token.as_ref(),
                 );
-                let schedule = token_state::schedule_state(
-                    now,
-                    self.state.token.as_ref(),
-                    prep,
-                    &self.state.failures,
-                    spec.suspend,
-                    requested,
-                );
-                if let Decision::RequestNow(reason) = decide(&schedule, &renewal, &self.shared.backoff, &jitter_key) {
+                if let Decision::RequestNow(reason) =
+                    schedule.decide(now, self.state.token.as_ref(), prep, &self.state.failures, requested)
+                {
                     let manual = reason == RequestReason::ManualRenewal;
                     if manual {
                         self.state.handled_renewal_request = annotation.clone();
@@ -195,7 +184,7 @@ impl Worker {
                     };
                     match result {
                         Ok((stored, rotated, flow)) => {
-                            tracing::info!(namespace = ns, name, ?flow, reason = describe(reason), expires_at = %stored.expires_at, "token issued");
+                            tracing::info!(namespace = ns, name, ?flow, reason = token_state::describe(reason), expires_at = %stored.expires_at, "token issued");
                             if rotated {
                                 tracing::info!(
                                     namespace = ns,
@@ -246,18 +235,12 @@ impl Worker {
         self.shared.set_health(&cred.id(), Some(healthy));
 
         // when to look again
-        let next = cred.prepared.as_ref().ok().map(|prep| {
-            let schedule = token_state::schedule_state(
-                now,
-                self.state.token.as_ref(),
-                prep,
-                &self.state.failures,
-                spec.suspend,
-                false,
-            );
-            decide(&schedule, &renewal, &self.shared.backoff, &jitter_key)
-        });
-        let renew_at = next.as_ref().and_then(Decision::requeue_at).filter(|_| !spec.suspend);
+        let next = cred
+            .prepared
+            .as_ref()
+            .ok()
+            .map(|prep| schedule.decide(now, self.state.token.as_ref(), prep, &self.state.failures, false));
+        let renew_at = schedule.renew_at(next.as_ref());
         self.record_gauges(ns, name, renew_at);
         let mut wake = vec![now + Duration::from_secs(86_400)];
         wake.extend(next.as_ref().and_then(|d| d.look_again_at(now)));
@@ -303,16 +286,5 @@ impl Worker {
         if let Some(r) = renew_at {
             self.shared.metrics.token_renewal.get_or_create(&labels).set(r.as_second());
         }
-    }
-}
-
-fn describe(reason: RequestReason) -> &'static str {
-    match reason {
-        RequestReason::NoToken => "first token",
-        RequestReason::InputsChanged => "the spec or the source material changed",
-        RequestReason::ManualRenewal => "renewal requested with the tokensync.io/renew-requested-at annotation",
-        RequestReason::RenewalDue => "scheduled renewal",
-        RequestReason::Expired => "the token on disk had expired",
-        RequestReason::Retry => "retry after a failure",
     }
 }

@@ -1,14 +1,19 @@
-//! The operator: a kube-runtime Controller for ClientCredentials, its watches, the admin
-//! server and leader election. The reconcile pipeline is in [`reconcile`]; the pure pieces
-//! it uses are [`state`], [`target`], [`status`] and [`crate::schedule`].
+//! The operator: kube-runtime Controllers for ClientCredentials and ClusterClientCredentials,
+//! their watches, the admin server and leader election. Both kinds run one pipeline
+//! ([`pipeline`]: load, decide, acquire, store, status, requeue); what differs is in
+//! [`reconcile`] (one target Secret) and [`cluster`] (a copy in every selected namespace).
+//! The pieces it uses are [`state`], [`target`], [`status`], [`events`] and, Kubernetes-free,
+//! [`crate::token_state`] and [`crate::schedule`].
 
 pub mod api_requests;
 pub mod cluster;
 pub mod context;
+pub mod events;
 pub mod initial_list;
 pub mod labels;
 pub mod leader;
 pub mod managed;
+pub mod pipeline;
 pub mod reconcile;
 pub mod service_account;
 pub mod sources;
@@ -23,12 +28,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Args;
+use events::{Recorder, Reporter};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -409,7 +414,7 @@ pub fn controller_for_scope(
         indexer.update(cc);
         let key = context::Written::Status(cc.metadata.uid.clone().unwrap_or_default());
         echoes.written.observed(&key, cc.metadata.resource_version.as_deref());
-        echoes.written.is_own_write(&key, cc.metadata.resource_version.as_deref())
+        echoes.written.take_own_write(&key, cc.metadata.resource_version.as_deref())
     });
 
     // The Secrets tokensync manages, cached as much as reconciles read ([`managed`]).
@@ -424,7 +429,7 @@ pub fn controller_for_scope(
         let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
         let key = context::Written::Secret(SecretRef::new(&ns, &name));
         note_cached(&memo_ctx, &cached, &key);
-        memo_ctx.written.is_own_write(&key, secret.resource_version().as_deref())
+        memo_ctx.written.take_own_write(&key, secret.resource_version().as_deref())
     });
 
     // Every other Secret, metadata only: enough to notice a change of a source Secret
@@ -469,8 +474,7 @@ pub fn cluster_controller(
     let (ccc_synced, ccc_listed) = Synced::new();
     let ccc_stream = reflector::reflector(ccc_writer, watcher(cccs, list.config()).modify(slim))
         .inspect_ok(ccc_synced.on_list())
-        .retry_promptly()
-        .touched_objects();
+        .retry_promptly();
 
     let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
     let (ns_reader, ns_writer) = reflector::store();
@@ -490,8 +494,7 @@ pub fn cluster_controller(
     let managed_stream = watcher(secrets, copies_config)
         .inspect_ok(move |event| cache.apply(event))
         .inspect_ok(managed_synced.on_list())
-        .retry_promptly()
-        .touched_objects();
+        .retry_promptly();
 
     let source_stream = watcher(secret_metadata, list.config()).retry_promptly().touched_objects();
 
@@ -503,8 +506,22 @@ pub fn cluster_controller(
         namespaces: ns_reader.clone(),
     });
 
-    let (all_for_ns, all_for_sources) = (ccc_reader.clone(), ccc_reader.clone());
+    // As for ClientCredentials (controller_for_scope): an object exactly as our own last
+    // write left it (a status, a state Secret, a copy) starts no reconcile.
+    let echoes = ctx.clone();
+    let ccc_stream = changes_but_our_own(ccc_stream, move |ccc: &ClusterClientCredential| {
+        let key = context::Written::Status(ccc.metadata.uid.clone().unwrap_or_default());
+        echoes.base.written.observed(&key, ccc.metadata.resource_version.as_deref());
+        echoes.base.written.take_own_write(&key, ccc.metadata.resource_version.as_deref())
+    });
     let (memo_ctx, cached) = (ctx.clone(), managed.clone());
+    let managed_stream = changes_but_our_own(managed_stream, move |secret: &Secret| {
+        let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
+        let key = context::Written::Secret(SecretRef::new(&ns, &name));
+        note_cached(&memo_ctx.base, &cached, &key);
+        memo_ctx.base.written.take_own_write(&key, secret.resource_version().as_deref())
+    });
+    let (all_for_ns, all_for_sources) = (ccc_reader.clone(), ccc_reader.clone());
     let controller = Controller::for_stream(ccc_stream, ccc_reader.clone())
         .with_config(ControllerConfig::default().concurrency(shared.concurrency))
         .trigger_backoff(WatchersBackOff)
@@ -513,9 +530,6 @@ pub fn cluster_controller(
             all_for_ns.state().iter().map(|c| ObjectRef::from_obj(c.as_ref())).collect::<Vec<_>>()
         })
         .watches_stream(managed_stream, move |secret: Secret| {
-            let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
-            let key = context::Written::Secret(SecretRef::new(&ns, &name));
-            note_cached(&memo_ctx.base, &cached, &key);
             secret.labels().get(labels::CLUSTER_CREDENTIAL).map(|name| ObjectRef::new(name))
         })
         .watches_stream(source_stream, move |meta: PartialObjectMeta<Secret>| {

@@ -10,16 +10,19 @@
 //! in the Kubernetes-free [`crate::token_state`]; this module maps them onto a Secret.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::Resource;
+use kube::api::{Api, PostParams};
+use kube::{Resource, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::labels;
 use super::managed::CachedSecret;
+use super::pipeline::Error;
 use crate::api::ClientCredential;
 
 pub use crate::token_state::{StoredToken, bootstrap_fingerprint, inputs_fingerprint, seconds};
@@ -123,6 +126,102 @@ pub fn secret_for(stored: &StoredToken) -> Secret {
         data: Some(data),
         ..Default::default()
     }
+}
+
+/// How a state Secret write ended ([`write_state_over`]).
+#[derive(Debug)]
+pub(super) enum StateWrite {
+    /// Written; the resourceVersion it produced.
+    Written(Option<String>),
+    /// Not written: since the state it was to replace was read, another writer stored
+    /// another token there (a replica that led before this one, its write delivered late).
+    /// The state Secret as it now is.
+    Superseded(Option<Box<Secret>>),
+}
+
+/// Writes a state Secret over the state it replaces (`replaced`), and only over that: a
+/// network can deliver a request late, and a replica that lost its leadership meanwhile
+/// must not overwrite the token, and the refresh chain, that its successor stored since
+/// (issue 26). An existing state Secret is applied with the resourceVersion it was read at
+/// (server-side apply honours it: 409 Conflict once the object changed); a new one is
+/// created ([`create_state`]: 409 AlreadyExists once another writer created one). After a
+/// conflict the state Secret is read again: when it still holds the token this write
+/// replaces (only its labels or other keys changed), or this very token (an earlier attempt
+/// landed, its answer lost), or no token at all, the write is tried again over that version;
+/// when it holds another token, nothing is written. Other errors are retried briefly: the
+/// write may carry a rotated refresh token that exists nowhere else.
+pub(super) async fn write_state_over(
+    secrets: &Api<Secret>,
+    desired: &Secret,
+    replaced: &Replaced,
+) -> Result<StateWrite, Error> {
+    let ours = read(desired);
+    let mut version = replaced.version.clone();
+    let (mut conflicts, mut failures) = (0, 0);
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let attempt = match &version {
+            Some(version) => apply_over(secrets, desired, version).await,
+            None => create_state(secrets, desired).await,
+        };
+        match attempt {
+            Ok(produced) => return Ok(StateWrite::Written(produced)),
+            // Changed or created since (409), or deleted since (404: a server that refuses an
+            // apply with a resourceVersion of an object that is gone): look at it now.
+            Err(Error::Kube(kube::Error::Api(e))) if e.code == 409 || e.code == 404 => {
+                conflicts += 1;
+                if conflicts > 5 {
+                    return Err(Error::Kube(kube::Error::Api(e)));
+                }
+                let current = secrets.get_opt(&desired.name_any()).await?;
+                let token = current.as_ref().and_then(read);
+                let free = token.is_none()
+                    || same_token(token.as_ref(), replaced.token.as_ref())
+                    || same_token(token.as_ref(), ours.as_ref());
+                if !free {
+                    return Ok(StateWrite::Superseded(current.map(Box::new)));
+                }
+                version = current.and_then(|c| c.metadata.resource_version);
+            }
+            Err(e) if failures < 4 => {
+                tracing::warn!(error = %e, "cannot write the state Secret; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                failures += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Applies `desired` over the object at `version` only. Returns the version it produced.
+async fn apply_over(secrets: &Api<Secret>, desired: &Secret, version: &str) -> Result<Option<String>, Error> {
+    let mut secret = desired.clone();
+    secret.metadata.resource_version = Some(version.to_owned());
+    Ok(super::target::apply(secrets, &secret).await?.resource_version())
+}
+
+/// Creates a state Secret that does not exist yet; 409 AlreadyExists when another writer
+/// created one meanwhile. A create (POST) holds what every write of it sets alike (name,
+/// labels, owner, type), then the token is applied over the version it produced: fields a
+/// create sets belong to its own field manager, which server-side apply never removes, so a
+/// key created with the token (a refresh token the server later stops returning, say) would
+/// stay for good. Returns the version the apply produced.
+async fn create_state(secrets: &Api<Secret>, desired: &Secret) -> Result<Option<String>, Error> {
+    let shell = Secret {
+        metadata: ObjectMeta {
+            name: desired.metadata.name.clone(),
+            namespace: desired.metadata.namespace.clone(),
+            labels: desired.metadata.labels.clone(),
+            owner_references: desired.metadata.owner_references.clone(),
+            ..Default::default()
+        },
+        type_: desired.type_.clone(),
+        ..Default::default()
+    };
+    let params = PostParams { field_manager: Some(labels::FIELD_MANAGER.into()), ..Default::default() };
+    let created = secrets.create(&params, &shell).await?;
+    apply_over(secrets, desired, &created.resource_version().unwrap_or_default()).await
 }
 
 #[cfg(test)]

@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 
 use super::labels;
 use super::managed::CachedSecret;
+use super::pipeline::Error;
 use super::state::{StoredToken, seconds};
 use crate::api::{ClientCredential, DeletionPolicy, TargetSecret};
 use crate::render::RenderError;
@@ -102,4 +104,50 @@ pub fn up_to_date(actual: &CachedSecret, desired: &Secret) -> bool {
         && desired.labels().iter().all(|(k, v)| actual.label(k) == Some(v.as_str()))
         && desired.annotations().iter().all(|(k, v)| actual.annotation(k) == Some(v.as_str()))
         && *actual.owners == desired_owners
+}
+
+/// Writes a target Secret (a ClientCredential's, or a ClusterClientCredential's copy) so that
+/// its data is exactly what tokensync renders. The forced apply takes back every key tokensync
+/// renders, but server-side apply leaves fields another manager owns alone, so a key someone
+/// added survives it: such keys are removed with a merge patch that carries the
+/// resourceVersion the apply produced (a change made meanwhile fails it, and the next
+/// reconcile looks again). Labels and annotations others added are kept: other controllers
+/// (backup tools, reflectors, policy engines) legitimately add them.
+pub(super) async fn apply_target(secrets: &Api<Secret>, desired: &Secret) -> Result<Option<String>, Error> {
+    let applied = apply(secrets, desired).await?;
+    let rendered = desired.data.as_ref();
+    let foreign: serde_json::Map<String, serde_json::Value> = applied
+        .data
+        .iter()
+        .flatten()
+        .filter(|(key, _)| !rendered.is_some_and(|d| d.contains_key(*key)))
+        .map(|(key, _)| (key.clone(), serde_json::Value::Null))
+        .collect();
+    if foreign.is_empty() {
+        return Ok(applied.resource_version());
+    }
+    tracing::info!(secret = %applied.name_any(), keys = foreign.len(), "removing keys another writer added to a target Secret");
+    let patch = serde_json::json!({
+        "metadata": { "resourceVersion": applied.resource_version() },
+        "data": foreign,
+    });
+    let patched = secrets.patch(&applied.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(patched.resource_version())
+}
+
+/// Server-side apply under tokensync's field manager. `force`: tokensync is the only
+/// writer of these fields; a conflicting manager (someone editing the Secret by hand) loses,
+/// which is how an edited value is restored. Returns the object as stored.
+pub async fn apply(secrets: &Api<Secret>, secret: &Secret) -> Result<Secret, Error> {
+    let mut secret = secret.clone();
+    secret.metadata.managed_fields = None;
+    let body = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": secret.metadata,
+        "type": secret.type_,
+        "data": secret.data,
+    });
+    let params = PatchParams::apply(labels::FIELD_MANAGER).force();
+    Ok(secrets.patch(&secret.name_any(), &params, &Patch::Apply(&body)).await?)
 }
