@@ -166,7 +166,7 @@ impl<'a, K: Credential> Run<'a, K> {
             now: Timestamp::now(),
             schedule: Schedule::new(spec, &ctx.policy.renewal, &ctx.policy.backoff, who.clone()),
             who,
-            stored: ctx.managed.get(&state.namespace, &state.name).as_deref().and_then(state::read_cached),
+            stored: None,
             state,
             record: failure_record(&status),
             failure: None,
@@ -176,11 +176,15 @@ impl<'a, K: Credential> Run<'a, K> {
             cc,
             ctx,
         };
+        let cached_state = ctx.managed.get(&run.state.namespace, &run.state.name);
+        run.stored = cached_state.as_deref().and_then(state::read_cached);
         // A state Secret missing from the cache is not proof that there is none: the cache
         // holds Secrets by label, and another writer can remove or change one (issue 26).
         // Once status says a token was published, the Secret is read by name before its
         // absence can mean "no token", and when it is found (and ours) its labels are put back.
-        if run.stored.is_none() && status.last_refresh_time.is_some() {
+        // One the cache shows without a token is our own create whose token write the watch
+        // has not delivered yet: the write memo has the decision read it before any request.
+        if cached_state.is_none() && status.last_refresh_time.is_some() {
             run.recover_relabelled_state().await?;
         }
         // A token acquired by an earlier reconcile whose state write failed: write it now. It

@@ -240,13 +240,13 @@ pub struct Needed {
 /// Every Kubernetes API call the controller makes, and the permission it needs.
 pub const NEEDED: &[Needed] = &[
     // src/controller/mod.rs controller_for_scope: the ClientCredential reflector's watcher
-    // lists, then watches (with --initial-list=streaming it only watches; the default lists). src/controller/reconcile.rs read_fresh GETs the ClientCredential
+    // lists, then watches (with --initial-list=streaming it only watches; the default lists). src/controller/pipeline.rs read_fresh GETs the ClientCredential
     // before a token request when the cache lags behind our own status write, and after a
     // status patch computed from a stale read was refused (409).
     Needed {
         scope: Scope::Watched,
         grant: ("tokensync.io", "clientcredentials", "get", None),
-        sites: &[("src/controller/reconcile.rs", "credentials.get_opt(&self.cc.name_any())")],
+        sites: &[("src/controller/pipeline.rs", ".get_opt(&self.cc.name_any())")],
     },
     Needed {
         scope: Scope::Watched,
@@ -258,26 +258,25 @@ pub const NEEDED: &[Needed] = &[
         grant: ("tokensync.io", "clientcredentials", "watch", None),
         sites: &[("src/controller/mod.rs", "watcher(ccs, list.config())")],
     },
-    // src/controller/reconcile.rs patch_status: a JSON merge patch of .status.
+    // src/controller/pipeline.rs patch_status: a JSON merge patch of .status (both kinds).
     Needed {
         scope: Scope::Watched,
         grant: ("tokensync.io", "clientcredentials/status", "patch", None),
-        sites: &[("src/controller/reconcile.rs", "api.patch_status(")],
+        sites: &[("src/controller/pipeline.rs", "api.patch_status(&object.name_any()")],
     },
-    // src/controller/reconcile.rs: prepare() reads the source Secrets; reconcile() reads the
-    // target before taking a name it does not manage yet, and the state Secret before a
-    // token request.
+    // src/controller/reconcile.rs and cluster.rs read the target (a copy) before taking a name
+    // they do not manage yet; src/controller/pipeline.rs reads the state Secret before a token
+    // request when the cache may lag, and one missing from the cache by name.
     Needed {
         scope: Scope::Watched,
         grant: ("", "secrets", "get", None),
         sites: &[
             // Source Secrets, read when the watch saw them change since the last read.
             ("src/controller/sources.rs", "let fetched = api.get_opt(&secret.name)"),
-            ("src/controller/reconcile.rs", "run.secrets.get_opt(&run.target_name)"),
-            ("src/controller/reconcile.rs", "self.secrets.get_opt(&self.state_name)"),
+            ("src/controller/reconcile.rs", "let existing = secrets.get_opt(&target_name)"),
+            ("src/controller/pipeline.rs", "self.state_api.get_opt(&self.state.name)"),
             // write_state_over: after a 409, what another writer stored in the state Secret.
-            ("src/controller/reconcile.rs", "let current = secrets.get_opt(&desired.name_any())"),
-            ("src/controller/cluster.rs", "state_api.get_opt(&state_name)"),
+            ("src/controller/state.rs", "let current = secrets.get_opt(&desired.name_any())"),
             ("src/controller/cluster.rs", "secrets.get_opt(target_name)"),
         ],
     },
@@ -305,29 +304,26 @@ pub const NEEDED: &[Needed] = &[
             ("src/controller/mod.rs", "watcher(secrets, copies_config)"),
         ],
     },
-    // src/controller/reconcile.rs apply(): server-side apply of the target and state
+    // src/controller/target.rs apply(): server-side apply of the target and state
     // Secrets. Apply is a PATCH; the API server authorizes an apply that creates the object
     // as `create` as well.
     Needed {
         scope: Scope::Watched,
         grant: ("", "secrets", "patch", None),
         sites: &[
-            ("src/controller/reconcile.rs", "secrets.patch(&secret.name_any(), &params, &Patch::Apply("),
+            ("src/controller/target.rs", "secrets.patch(&secret.name_any(), &params, &Patch::Apply("),
             // apply_target: removing keys another writer added to a target.
-            (
-                "src/controller/reconcile.rs",
-                "secrets.patch(&applied.name_any(), &PatchParams::default(), &Patch::Merge(",
-            ),
+            ("src/controller/target.rs", "secrets.patch(&applied.name_any(), &PatchParams::default(), &Patch::Merge("),
         ],
     },
     Needed {
         scope: Scope::Watched,
         grant: ("", "secrets", "create", None),
         sites: &[
-            ("src/controller/reconcile.rs", "secrets.patch(&secret.name_any(), &params, &Patch::Apply("),
+            ("src/controller/target.rs", "secrets.patch(&secret.name_any(), &params, &Patch::Apply("),
             // create_state: the first write of a state Secret is a create, refused (409) when
             // another writer created it meanwhile (issue 26).
-            ("src/controller/reconcile.rs", "let created = secrets.create(&params, &shell)"),
+            ("src/controller/state.rs", "let created = secrets.create(&params, &shell)"),
         ],
     },
     // src/controller/reconcile.rs: a Secret's type is immutable, so when spec.target.type
@@ -336,28 +332,34 @@ pub const NEEDED: &[Needed] = &[
         scope: Scope::Watched,
         grant: ("", "secrets", "delete", None),
         sites: &[
-            ("src/controller/reconcile.rs", "self.secrets.delete(&self.target_name, "),
+            ("src/controller/reconcile.rs", "secrets.delete(target_name, &Default::default())"),
             // Our own previous target after spec.target.name changed.
-            ("src/controller/reconcile.rs", "self.secrets.delete(&old.name, &params)"),
+            ("src/controller/reconcile.rs", "secrets.delete(&old.name, &params)"),
             // A copy whose type changed; copies and state removed on cleanup.
             ("src/controller/cluster.rs", ".delete(target_name, &DeleteParams::default())"),
             ("src/controller/cluster.rs", "api.delete(name, &DeleteParams::default())"),
         ],
     },
-    // src/controller/reconcile.rs event(): kube-runtime's Recorder::publish creates an
-    // events.k8s.io/v1 Event in the ClientCredential's namespace, and patches it (series
-    // count) when the same event repeats.
+    // src/controller/events.rs Recorder::publish creates an events.k8s.io/v1 Event in the
+    // ClientCredential's namespace, and patches it (series count) when the same event repeats
+    // within six minutes.
     // (The ClusterClientCredential controller records through the same function; Events
     // about a cluster-scoped object go to the default namespace.)
     Needed {
         scope: Scope::Watched,
         grant: ("events.k8s.io", "events", "create", None),
-        sites: &[("src/controller/reconcile.rs", "ctx.recorder.publish(")],
+        sites: &[
+            ("src/controller/pipeline.rs", "ctx.recorder.publish("),
+            ("src/controller/events.rs", "events.create(&PostParams::default(), &event)"),
+        ],
     },
     Needed {
         scope: Scope::Watched,
         grant: ("events.k8s.io", "events", "patch", None),
-        sites: &[("src/controller/reconcile.rs", "ctx.recorder.publish(")],
+        sites: &[
+            ("src/controller/pipeline.rs", "ctx.recorder.publish("),
+            ("src/controller/events.rs", "events.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))"),
+        ],
     },
     // src/controller/service_account.rs: secretless credentials read the ServiceAccount the
     // spec names (its opt-in annotation) and request a token for it (TokenRequest API).
@@ -378,11 +380,12 @@ pub const NEEDED: &[Needed] = &[
         grant: ("tokensync.io", "clusterclientcredentials", "list", None),
         sites: &[("src/controller/mod.rs", "watcher(cccs, list.config())")],
     },
-    // src/controller/cluster.rs: the GET before a token request.
+    // src/controller/pipeline.rs read_fresh: the GET before a token request when the cache may
+    // lag, and after a stale status patch (both kinds).
     Needed {
         scope: Scope::ClusterCredentials,
         grant: ("tokensync.io", "clusterclientcredentials", "get", None),
-        sites: &[("src/controller/cluster.rs", "let fresh = all.get_opt(&name);")],
+        sites: &[("src/controller/pipeline.rs", ".get_opt(&self.cc.name_any())")],
     },
     Needed {
         scope: Scope::ClusterCredentials,
@@ -401,7 +404,7 @@ pub const NEEDED: &[Needed] = &[
     Needed {
         scope: Scope::ClusterCredentials,
         grant: ("tokensync.io", "clusterclientcredentials/status", "patch", None),
-        sites: &[("src/controller/cluster.rs", "api.patch_status(&ccc.name_any()")],
+        sites: &[("src/controller/pipeline.rs", "api.patch_status(&object.name_any()")],
     },
     Needed {
         scope: Scope::ClusterCredentials,
