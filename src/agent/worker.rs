@@ -295,14 +295,14 @@ impl Worker {
         }
         // Never sooner than a second from now: no tight loop, whatever the inputs.
         let wake = wake.into_iter().min().unwrap_or(now).max(now + Duration::from_secs(1));
-        self.serve_in_memory(cred, now, wake);
+        self.serve_in_memory(cred, wake);
         self.shared.progress.send_modify(|p| p.passes += 1);
         wake
     }
 
     /// Gives the proxy the token the files hold (valid, and its state persisted), or the
     /// reason there is none.
-    fn serve_in_memory(&mut self, cred: &LoadedCredential, now: Timestamp, wake: Timestamp) {
+    fn serve_in_memory(&mut self, cred: &LoadedCredential, wake: Timestamp) {
         let spec = &cred.cc.spec;
         let mut trouble = match &cred.prepared {
             Err(problem) => Some(Trouble { reason: problem.reason.to_owned(), message: problem.message.clone() }),
@@ -312,7 +312,9 @@ impl Worker {
             }),
             Ok(_) => self.last_failure.clone(),
         };
-        let stored = self.state.token.as_ref().filter(|t| t.is_valid_at(now) && !self.dirty);
+        // An expired token is handed over too: the proxy never forwards it, but can say that
+        // the token expired rather than that there never was one.
+        let stored = self.state.token.as_ref().filter(|_| !self.dirty);
         let token = stored.and_then(|stored| match credential_header::for_token(spec.target.template.as_ref(), stored) {
             Ok((header, value)) => Some(ServedToken::new(header, value, stored.expires_at)),
             Err(message) => {

@@ -23,7 +23,7 @@ fn bearer_invalid_token(value: &str) -> bool {
         }
         // An item either starts a challenge ("Bearer", "Bearer realm=x", "Negotiate abc==")
         // or is one more parameter of the current one ("error=x").
-        let param = match item.split_once(|c: char| c == ' ' || c == '\t') {
+        let param = match item.split_once([' ', '\t']) {
             Some((scheme, rest)) if !scheme.contains('=') && !rest.trim_start().starts_with('=') => {
                 scheme_is_bearer = scheme.eq_ignore_ascii_case("bearer");
                 rest.trim_start()

@@ -90,11 +90,7 @@ impl Upstream {
         } else {
             PathAndQuery::try_from(format!("{}{path_and_query}", self.prefix))?
         };
-        Ok(Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(joined)
-            .build()?)
+        Uri::builder().scheme(self.scheme.clone()).authority(self.authority.clone()).path_and_query(joined).build()
     }
 }
 
