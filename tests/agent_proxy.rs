@@ -619,8 +619,8 @@ async fn the_binary_proxies_counts_in_metrics_and_never_logs_a_token() {
         .arg("--state-dir")
         .arg(root.join("state"))
         .args(["--allow-http", "--watch-interval", "0", "--proxy-renewal-interval", "1s"])
-        .arg("--proxy")
-        .arg(format!("{ID}={proxy_port}={}", upstream.url("/api")))
+        // The proxy from the environment, as a container spec would give it.
+        .env("TOKENSYNC_PROXY", format!("{ID}={proxy_port}={}", upstream.url("/api")))
         .arg("--admin-addr")
         .arg(format!("127.0.0.1:{admin_port}"))
         .env("RUST_LOG", "trace")

@@ -45,10 +45,17 @@ use upstream::Upstream;
 #[derive(Args, Debug, Clone, Default)]
 pub struct ProxyArgs {
     /// Serve credential [NAMESPACE/]NAME as an authenticating reverse proxy: listen on LISTEN
-    /// (PORT or HOST:PORT; a bare port means 127.0.0.1) and forward every request to the
-    /// fixed UPSTREAM base URL with the credential's current token. Repeatable (one listener
-    /// each). Incoming Authorization headers are replaced, never forwarded.
-    #[arg(long = "proxy", value_name = "[NS/]NAME=LISTEN=UPSTREAM", value_parser = parse_proxy_spec)]
+    /// (PORT, localhost:PORT or IP:PORT; a bare port means 127.0.0.1) and forward every
+    /// request to the fixed UPSTREAM base URL with the credential's current token.
+    /// Repeatable (one listener each); in the environment, separated by spaces. Incoming
+    /// Authorization headers are replaced, never forwarded.
+    #[arg(
+        long = "proxy",
+        value_name = "[NS/]NAME=LISTEN=UPSTREAM",
+        value_parser = parse_proxy_spec,
+        env = "TOKENSYNC_PROXY",
+        value_delimiter = ' '
+    )]
     pub proxies: Vec<ProxySpec>,
 
     /// Permit --proxy listen addresses that are not loopback. Anyone who reaches such an
