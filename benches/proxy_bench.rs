@@ -3,9 +3,15 @@
 //!
 //! ```text
 //! cargo bench --bench proxy-bench -- [--seconds S] [--connections C] [--threads T]
-//!     [--rounds R] [--json]
+//!     [--rounds R] [--upstream-cpu-us N] [--json]
 //! ```
-//! Defaults: 10 s per measurement, 64 connections, 2 wrk threads, 3 rounds.
+//! Defaults: 10 s per measurement, 64 connections, 2 wrk threads, 3 rounds, an upstream
+//! that does no work. `--upstream-cpu-us N` makes the upstream spin N µs of CPU per request,
+//! to show how the comparison changes when the upstream does work of its own.
+//!
+//! Besides the loaded measurements (C connections, the targets), each round also measures one
+//! connection (wrk -t1 -c1), direct and proxied: without queueing, the difference is the
+//! time the proxy itself adds to a request.
 //!
 //! - The upstream is a small hyper HTTP/1.1 server on 127.0.0.1 in this process (its own
 //!   2-thread runtime): it answers `200 ok` (2 bytes) to requests carrying
@@ -40,11 +46,12 @@ struct Options {
     connections: u32,
     threads: u32,
     rounds: u32,
+    upstream_cpu_us: u64,
     json: bool,
 }
 
 fn options() -> Options {
-    let mut o = Options { seconds: 10, connections: 64, threads: 2, rounds: 3, json: false };
+    let mut o = Options { seconds: 10, connections: 64, threads: 2, rounds: 3, upstream_cpu_us: 0, json: false };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
@@ -53,6 +60,7 @@ fn options() -> Options {
             "--connections" => o.connections = value().parse().expect("--connections N"),
             "--threads" => o.threads = value().parse().expect("--threads N"),
             "--rounds" => o.rounds = value().parse().expect("--rounds N"),
+            "--upstream-cpu-us" => o.upstream_cpu_us = value().parse().expect("--upstream-cpu-us N"),
             "--json" => o.json = true,
             "--bench" => {} // added by `cargo bench`
             other => panic!("unknown argument {other}"),
@@ -62,6 +70,9 @@ fn options() -> Options {
 }
 
 const TOKEN: &str = "bench-token";
+
+/// CPU the upstream spends per request (`--upstream-cpu-us`), in µs.
+static UPSTREAM_CPU_US: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 async fn upstream(request: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     if request.uri().path() == "/token" {
@@ -73,6 +84,13 @@ async fn upstream(request: Request<hyper::body::Incoming>) -> Result<Response<Fu
     }
     let authorized = request.headers().get("authorization").is_some_and(|v| v == "Bearer bench-token");
     let status = if authorized { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
+    let work = Duration::from_micros(UPSTREAM_CPU_US.load(std::sync::atomic::Ordering::Relaxed));
+    if !work.is_zero() {
+        let start = Instant::now();
+        while start.elapsed() < work {
+            std::hint::spin_loop();
+        }
+    }
     Ok(Response::builder()
         .status(status)
         .header("content-type", "text/plain")
@@ -215,12 +233,12 @@ fn parse_wrk(output: &str) -> Measure {
 }
 
 fn wrk(options: &Options, url: &str, seconds: u64, direct: bool) -> Measure {
+    wrk_with(options.threads, options.connections, url, seconds, direct)
+}
+
+fn wrk_with(threads: u32, connections: u32, url: &str, seconds: u64, direct: bool) -> Measure {
     let mut command = Command::new("wrk");
-    command
-        .arg(format!("-t{}", options.threads))
-        .arg(format!("-c{}", options.connections))
-        .arg(format!("-d{seconds}s"))
-        .arg("--latency");
+    command.arg(format!("-t{threads}")).arg(format!("-c{connections}")).arg(format!("-d{seconds}s")).arg("--latency");
     if direct {
         command.args(["-H", "Authorization: Bearer bench-token"]);
     }
@@ -237,6 +255,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 fn main() {
     let options = options();
+    UPSTREAM_CPU_US.store(options.upstream_cpu_us, std::sync::atomic::Ordering::Relaxed);
     let load_before = load_average();
     let (upstream, _runtime) = start_upstream();
     let proxy_port = free_port();
@@ -262,6 +281,7 @@ fn main() {
     let own_stat = "/proc/self/stat";
     let mut direct = Vec::new();
     let mut proxied = Vec::new();
+    let (mut single_direct, mut single_proxied) = (Vec::new(), Vec::new());
     let (mut agent_cpu, mut upstream_cpu_proxied, mut upstream_cpu_direct) = (0.0, 0.0, 0.0);
     for round in 0..options.rounds {
         let run_direct = |direct: &mut Vec<Measure>, cpu: &mut f64| {
@@ -282,6 +302,8 @@ fn main() {
             run_proxied(&mut proxied);
             run_direct(&mut direct, &mut upstream_cpu_direct);
         }
+        single_direct.push(wrk_with(1, 1, &direct_url, options.seconds, true));
+        single_proxied.push(wrk_with(1, 1, &proxy_url, options.seconds, false));
         let (d, p) = (direct.last().unwrap(), proxied.last().unwrap());
         eprintln!(
             "round {}: direct {:.0} req/s p50 {:.0} µs p99 {:.0} µs | proxy {:.0} req/s p50 {:.0} µs p99 {:.0} µs",
@@ -300,6 +322,8 @@ fn main() {
         (pick(&direct, |m| m.requests_per_second), pick(&direct, |m| m.p50_us), pick(&direct, |m| m.p99_us));
     let (p_rps, p_p50, p_p99) =
         (pick(&proxied, |m| m.requests_per_second), pick(&proxied, |m| m.p50_us), pick(&proxied, |m| m.p99_us));
+    let (s_d_p50, s_d_p99) = (pick(&single_direct, |m| m.p50_us), pick(&single_direct, |m| m.p99_us));
+    let (s_p_p50, s_p_p99) = (pick(&single_proxied, |m| m.p50_us), pick(&single_proxied, |m| m.p99_us));
     let proxied_requests: u64 = proxied.iter().map(|m| m.requests).sum();
     let direct_requests: u64 = direct.iter().map(|m| m.requests).sum();
     let agent_us_per_request = agent_cpu * 1e6 / proxied_requests as f64;
@@ -314,11 +338,18 @@ fn main() {
         "wrk_threads": options.threads,
         "seconds": options.seconds,
         "rounds": options.rounds,
+        "upstream_cpu_us": options.upstream_cpu_us,
         "direct": {"requests_per_second": d_rps, "p50_us": d_p50, "p99_us": d_p99},
         "proxied": {"requests_per_second": p_rps, "p50_us": p_p50, "p99_us": p_p99},
         "throughput_ratio": ratio,
         "added_p50_us": added_p50,
         "added_p99_us": added_p99,
+        "one_connection": {
+            "direct": {"p50_us": s_d_p50, "p99_us": s_d_p99},
+            "proxied": {"p50_us": s_p_p50, "p99_us": s_p_p99},
+            "added_p50_us": s_p_p50 - s_d_p50,
+            "added_p99_us": s_p_p99 - s_d_p99,
+        },
         "proxy_cpu_us_per_request": agent_us_per_request,
         "upstream_cpu_us_per_request": upstream_us_per_request,
         "upstream_cpu_us_per_proxied_request": upstream_us_per_proxied_request,
@@ -332,8 +363,8 @@ fn main() {
         return;
     }
     println!(
-        "load generator: wrk, {} connections, {} threads, {} s x {} rounds (medians)",
-        options.connections, options.threads, options.seconds, options.rounds
+        "load generator: wrk, {} connections, {} threads, {} s x {} rounds (medians); upstream work {} µs/request",
+        options.connections, options.threads, options.seconds, options.rounds, options.upstream_cpu_us
     );
     println!("load average before: {load_before}; after: {load_after}");
     println!("| | requests/s | p50 | p99 |");
@@ -342,6 +373,12 @@ fn main() {
     println!("| through the proxy | {p_rps:.0} | {p_p50:.0} µs | {p_p99:.0} µs |");
     println!("throughput: {:.1} % of direct (target >= 90 %)", ratio * 100.0);
     println!("added latency: p50 {added_p50:.0} µs, p99 {added_p99:.0} µs (target p99 <= 200 µs)");
+    println!(
+        "one connection: direct p50 {s_d_p50:.0} µs p99 {s_d_p99:.0} µs | proxy p50 {s_p_p50:.0} µs p99 {s_p_p99:.0} µs \
+         | added p50 {:.0} µs p99 {:.0} µs",
+        s_p_p50 - s_d_p50,
+        s_p_p99 - s_d_p99
+    );
     println!(
         "CPU per request: proxy {agent_us_per_request:.1} µs; upstream {upstream_us_per_request:.1} µs direct, \
          {upstream_us_per_proxied_request:.1} µs proxied (wrk not counted)"
