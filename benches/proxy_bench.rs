@@ -332,6 +332,11 @@ fn main() {
     let ratio = p_rps / d_rps;
     let added_p50 = p_p50 - d_p50;
     let added_p99 = p_p99 - d_p99;
+    // The p99 of a saturated run is mostly scheduling noise of the shared cores (milliseconds,
+    // either side): the difference of two such p99s can even be negative. A proxy that adds
+    // more than 200 µs at p50 does not meet "at most 200 µs added at p99", whatever that
+    // difference says, so the target is judged on both.
+    let latency_target_met = added_p50 <= 200.0 && added_p99 <= 200.0;
     let result = json!({
         "load_generator": "wrk",
         "connections": options.connections,
@@ -356,7 +361,7 @@ fn main() {
         "load_average_before": load_before,
         "load_average_after": load_after,
         "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "targets_met": {"throughput_ratio_at_least_0.90": ratio >= 0.90, "added_p99_at_most_200us": added_p99 <= 200.0},
+        "targets_met": {"throughput_ratio_at_least_0.90": ratio >= 0.90, "added_p99_at_most_200us": latency_target_met},
     });
     if options.json {
         println!("{}", serde_json::to_string_pretty(&result).unwrap());
@@ -372,7 +377,10 @@ fn main() {
     println!("| direct | {d_rps:.0} | {d_p50:.0} µs | {d_p99:.0} µs |");
     println!("| through the proxy | {p_rps:.0} | {p_p50:.0} µs | {p_p99:.0} µs |");
     println!("throughput: {:.1} % of direct (target >= 90 %)", ratio * 100.0);
-    println!("added latency: p50 {added_p50:.0} µs, p99 {added_p99:.0} µs (target p99 <= 200 µs)");
+    println!(
+        "added latency: p50 {added_p50:.0} µs, p99 {added_p99:.0} µs (target p99 <= 200 µs: {})",
+        if latency_target_met { "met" } else { "missed" }
+    );
     println!(
         "one connection: direct p50 {s_d_p50:.0} µs p99 {s_d_p99:.0} µs | proxy p50 {s_p_p50:.0} µs p99 {s_p_p99:.0} µs \
          | added p50 {:.0} µs p99 {:.0} µs",
