@@ -56,7 +56,9 @@ enum Command {
     /// per credential in OUT_DIR/<namespace>/<name>/<key>, one file per key like a mounted
     /// Secret. Renewal, backoff and refresh-token handling are the controller's. SIGHUP or
     /// a change of the watched files reloads the configuration; SIGTERM/SIGINT stop it.
-    /// Exit code 2: the configuration could not be loaded at start.
+    /// With --proxy NAME=LISTEN=UPSTREAM it also serves a credential's token as an
+    /// authenticating reverse proxy, for programs that cannot re-read a token file.
+    /// Exit code 2: the configuration or a --proxy could not be loaded at start.
     Agent(tokensync::agent::AgentArgs),
 
     /// Show one credential: Ready and Degraded with reason, token times, failures, target

@@ -17,8 +17,13 @@
 //! of which inotify watches on the files miss or need special handling for; hashing a few
 //! small files every few seconds costs nothing, and reloads that change nothing cause no
 //! token request (fingerprints).
+//!
+//! With `--proxy`, the agent also serves each named credential's token as an authenticating
+//! reverse proxy ([`proxy`]); workers hand the token over in memory ([`live`]).
 
 pub mod files;
+pub mod live;
+pub mod proxy;
 pub mod sources;
 pub mod state_file;
 pub mod worker;
@@ -95,6 +100,9 @@ pub struct AgentArgs {
     pub service_account_token_file: Option<PathBuf>,
 
     #[command(flatten)]
+    pub proxy: proxy::ProxyArgs,
+
+    #[command(flatten)]
     pub engine: EngineArgs,
 }
 
@@ -147,11 +155,15 @@ pub struct Agent {
     ready: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
     supervisor: tokio::task::JoinHandle<()>,
+    live: Arc<live::LiveTokens>,
+    proxies: proxy::Proxies,
 }
 
 impl Agent {
-    /// Loads the configuration and starts one task per credential. Fails when the initial
-    /// configuration cannot be loaded (unreadable or invalid manifests).
+    /// Loads the configuration, starts the proxies and one task per credential. Fails when
+    /// the initial configuration cannot be loaded (unreadable or invalid manifests) or a
+    /// `--proxy` cannot be served (unknown credential, refused address or upstream, address
+    /// in use).
     pub fn start(args: &AgentArgs) -> Result<Agent, String> {
         let spec = args.source_spec();
         let digest = sources::watched_digest(&spec);
@@ -163,6 +175,19 @@ impl Agent {
             "Configuration loads by the agent (start, SIGHUP, file change), by result",
             reloads.clone(),
         );
+        let proxy_metrics =
+            (!args.proxy.proxies.is_empty()).then(|| proxy::metrics::ProxyMetrics::register(&mut metrics.registry));
+        let live = Arc::new(live::LiveTokens::new(args.proxy.proxy_renewal_interval));
+        let credentials: Vec<String> = initial.iter().map(|c| c.id()).collect();
+        let proxies = proxy::Proxies::start(
+            &args.proxy,
+            proxy::Context {
+                live: &live,
+                metrics: proxy_metrics.as_ref(),
+                allow_http: args.engine.allow_http,
+                credentials: &credentials,
+            },
+        )?;
         let metrics = Arc::new(metrics);
         let ready = Arc::new(AtomicBool::new(false));
         let (progress_tx, progress) = watch::channel(Progress::default());
@@ -177,6 +202,7 @@ impl Agent {
             health: Default::default(),
             ready: ready.clone(),
             service_account_token_file: args.service_account_token_file.clone(),
+            live: live.clone(),
         });
         let (commands, rx) = mpsc::unbounded_channel();
         let mut supervisor = Supervisor {
@@ -191,7 +217,18 @@ impl Agent {
         supervisor.apply(initial, false);
         let interval = args.watch_interval;
         let supervisor = tokio::spawn(supervisor.run(rx, interval));
-        Ok(Agent { commands, progress, ready, metrics, supervisor })
+        Ok(Agent { commands, progress, ready, metrics, supervisor, live, proxies })
+    }
+
+    /// Where each `--proxy` listens, with its credential (`namespace/name`), in the order of
+    /// the flags.
+    pub fn proxy_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.proxies.addrs()
+    }
+
+    /// What credential `id` (`namespace/name`) serves in memory right now.
+    pub fn live_token(&self, id: &str) -> Arc<live::Slot> {
+        self.live.slot(id)
     }
 
     /// Reloads the configuration now and re-checks every credential (what SIGHUP does).
@@ -214,9 +251,11 @@ impl Agent {
         AdminState { ready: self.ready.clone(), metrics: self.metrics.clone() }
     }
 
-    /// Stops: token requests in progress finish (and their state is written), then the
-    /// tasks end.
+    /// Stops: the proxies stop accepting and finish the requests in flight (within
+    /// [`proxy::listener::GRACE`]); token requests in progress finish (and their state is
+    /// written), then the tasks end.
     pub async fn shutdown(self) {
+        self.proxies.shutdown().await;
         let _ = self.commands.send(Command::Shutdown);
         let _ = self.supervisor.await;
     }

@@ -13,6 +13,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use super::files::{self, Layout};
+use super::live::{LiveTokens, ServedToken, Slot, Trouble};
+use super::proxy::credential_header;
 use super::sources::LoadedCredential;
 use super::state_file::{self, AgentState};
 use crate::controller::labels::RENEW_REQUESTED_AT;
@@ -55,6 +57,8 @@ pub struct Shared {
     pub ready: Arc<AtomicBool>,
     /// The projected ServiceAccount token file of credentials with spec.serviceAccountRef.
     pub service_account_token_file: Option<PathBuf>,
+    /// Each credential's token in memory, for `--proxy`.
+    pub live: Arc<LiveTokens>,
 }
 
 impl Shared {
@@ -86,7 +90,8 @@ impl Shared {
 }
 
 /// Runs one credential until its configuration sender is dropped (removed from the
-/// configuration) or `stop` turns true (shutdown).
+/// configuration) or `stop` turns true (shutdown). A proxy whose upstream rejected the token
+/// wakes it for an extra pass that renews at once ([`Slot::request_early_renewal`]).
 pub async fn run(
     shared: Arc<Shared>,
     mut config: tokio::sync::watch::Receiver<Arc<LoadedCredential>>,
@@ -95,23 +100,30 @@ pub async fn run(
     let first = config.borrow_and_update().clone();
     let layout = Layout::new(&shared.out_dir, &shared.state_dir, &first.namespace, &first.name);
     let id = first.id();
+    let slot = shared.live.slot(&id);
     let mut worker = Worker {
         shared: shared.clone(),
         layout: layout.clone(),
         state: state_file::read(&layout.state_file),
         dirty: false,
+        slot: slot.clone(),
+        last_failure: None,
     };
+    let mut early = false;
     loop {
         let cred = config.borrow_and_update().clone();
-        let wake = worker.pass(&cred).await;
+        let wake = worker.pass(&cred, early).await;
+        early = false;
         let millis = (wake.as_millisecond() - Timestamp::now().as_millisecond()).clamp(0, 86_400_000);
         let delay = Duration::from_millis(millis as u64);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             changed = config.changed() => if changed.is_err() { break },
+            _ = slot.early_renewal_requested() => early = true,
             _ = stop.wait_for(|s| *s) => break,
         }
     }
+    slot.withdraw();
     shared.set_health(&id, None);
     shared.metrics.forget_credential(&first.namespace, &first.name);
 }
@@ -123,11 +135,17 @@ struct Worker {
     state: AgentState,
     /// The last state write failed; publishing waits until it succeeds.
     dirty: bool,
+    /// Where the proxy reads the token.
+    slot: Arc<Slot>,
+    /// Why the last token request failed, until one succeeds (for the proxy's 503).
+    last_failure: Option<Trouble>,
 }
 
 impl Worker {
-    /// One pass; returns when to run the next one.
-    async fn pass(&mut self, cred: &LoadedCredential) -> Timestamp {
+    /// One pass; returns when to run the next one. `early`: a proxy's upstream rejected the
+    /// token being served, so a token is requested now (like a manual renewal, bypassing
+    /// backoff; the proxy rate-limits these).
+    async fn pass(&mut self, cred: &LoadedCredential, early: bool) -> Timestamp {
         let metrics = self.shared.metrics.clone();
         let _timer = metrics.reconcile_started();
         let (ns, name) = (cred.namespace.as_str(), cred.name.as_str());
@@ -161,9 +179,16 @@ impl Worker {
                     self.state.token.as_ref(),
                 );
                 if let Decision::RequestNow(reason) =
-                    schedule.decide(now, self.state.token.as_ref(), prep, &self.state.failures, requested)
+                    schedule.decide(now, self.state.token.as_ref(), prep, &self.state.failures, requested || early)
                 {
-                    let manual = reason == RequestReason::ManualRenewal;
+                    // Only the annotation's request is recorded as handled; an early renewal
+                    // for the proxy leaves the annotation bookkeeping alone.
+                    let manual = reason == RequestReason::ManualRenewal && requested;
+                    let why = if reason == RequestReason::ManualRenewal && !requested {
+                        "an upstream of --proxy rejected the token (401 invalid_token)"
+                    } else {
+                        token_state::describe(reason)
+                    };
                     if manual {
                         self.state.handled_renewal_request = annotation.clone();
                     }
@@ -184,7 +209,7 @@ impl Worker {
                     };
                     match result {
                         Ok((stored, rotated, flow)) => {
-                            tracing::info!(namespace = ns, name, ?flow, reason = token_state::describe(reason), expires_at = %stored.expires_at, "token issued");
+                            tracing::info!(namespace = ns, name, ?flow, reason = why, expires_at = %stored.expires_at, "token issued");
                             if rotated {
                                 tracing::info!(
                                     namespace = ns,
@@ -194,6 +219,7 @@ impl Worker {
                             }
                             self.state.token = Some(stored);
                             self.state.failures = Default::default();
+                            self.last_failure = None;
                             self.shared.progress.send_modify(|p| p.issued += 1);
                         }
                         Err(e) => {
@@ -204,6 +230,8 @@ impl Worker {
                                 self.shared.backoff.max,
                             );
                             tracing::warn!(namespace = ns, name, reason = e.kind.reason(), attempts = self.state.failures.attempts, error = %e, "token request failed");
+                            self.last_failure =
+                                Some(Trouble { reason: e.kind.reason().to_owned(), message: e.to_string() });
                             self.shared.progress.send_modify(|p| p.failures += 1);
                         }
                     }
@@ -248,9 +276,37 @@ impl Worker {
         if retry_soon {
             wake.push(now + WRITE_RETRY);
         }
-        self.shared.progress.send_modify(|p| p.passes += 1);
         // Never sooner than a second from now: no tight loop, whatever the inputs.
-        wake.into_iter().min().unwrap_or(now).max(now + Duration::from_secs(1))
+        let wake = wake.into_iter().min().unwrap_or(now).max(now + Duration::from_secs(1));
+        self.serve_in_memory(cred, wake);
+        self.shared.progress.send_modify(|p| p.passes += 1);
+        wake
+    }
+
+    /// Gives the proxy the token the files hold (valid, and its state persisted), or the
+    /// reason there is none.
+    fn serve_in_memory(&mut self, cred: &LoadedCredential, wake: Timestamp) {
+        let spec = &cred.cc.spec;
+        let mut trouble = match &cred.prepared {
+            Err(problem) => Some(Trouble { reason: problem.reason.to_owned(), message: problem.message.clone() }),
+            Ok(_) if spec.suspend => Some(Trouble {
+                reason: "Suspended".into(),
+                message: "spec.suspend is true: no token is requested".into(),
+            }),
+            Ok(_) => self.last_failure.clone(),
+        };
+        // An expired token is handed over too: the proxy never forwards it, but can say that
+        // the token expired rather than that there never was one.
+        let stored = self.state.token.as_ref().filter(|_| !self.dirty);
+        let token = stored.and_then(|stored| match credential_header::for_token(spec.target.template.as_ref(), stored) {
+            Ok((header, value)) => Some(ServedToken::new(header, value, stored.expires_at)),
+            Err(message) => {
+                tracing::error!(namespace = %cred.namespace, name = %cred.name, error = %message, "the proxy cannot use the token");
+                trouble = Some(Trouble { reason: "InvalidSpec".into(), message: format!("spec.target.template: {message}") });
+                None
+            }
+        });
+        self.slot.publish(token, trouble, Some(wake));
     }
 
     /// Writes the token files; records the published keys in the state file.
