@@ -604,6 +604,18 @@ async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) ->
     }
 }
 
+/// The agent binary, killed if the test fails before it stops it.
+struct Running(Option<std::process::Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_binary_proxies_counts_in_metrics_and_never_logs_a_token() {
     let issuer = Issuer::start(3600).await;
@@ -611,6 +623,8 @@ async fn the_binary_proxies_counts_in_metrics_and_never_logs_a_token() {
     let setup = Setup::new(&manifest(&issuer.url(), "", ""));
     let (proxy_port, admin_port) = (free_port(), free_port());
     let root = setup.dir.path();
+    // A file, not a pipe: trace-level logs would fill a pipe nobody reads until the end.
+    let log = root.join("agent.log");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_tokensync"))
         .args(["agent", "-f"])
         .arg(&setup.manifest)
@@ -624,10 +638,11 @@ async fn the_binary_proxies_counts_in_metrics_and_never_logs_a_token() {
         .arg("--admin-addr")
         .arg(format!("127.0.0.1:{admin_port}"))
         .env("RUST_LOG", "trace")
-        .stderr(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let mut running = Running(Some(child));
     let client = client();
     let url = |path: &str| format!("http://127.0.0.1:{proxy_port}{path}");
     eventually("the proxy serving token-1", async || {
@@ -655,12 +670,14 @@ async fn the_binary_proxies_counts_in_metrics_and_never_logs_a_token() {
     assert!(metrics.contains("code=\"401\",answered_by=\"upstream\"} 1"), "{metrics}");
     assert!(metrics.contains("tokensync_proxy_added_latency_seconds_bucket"), "{metrics}");
 
+    let mut child = running.0.take().unwrap();
     let pid = child.id().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{stderr}");
     assert!(stderr.contains("proxy listening"), "{stderr}");
+    assert!(stderr.contains("TRACE"), "the logs were captured at trace level");
     for secret in ["token-1", "token-2", "the-client-secret", "caller-secret"] {
         assert!(!stderr.contains(secret), "{secret} in the logs");
     }

@@ -283,8 +283,9 @@ impl Worker {
         wake
     }
 
-    /// Gives the proxy the token the files hold (valid, and its state persisted), or the
-    /// reason there is none.
+    /// Gives the proxy the stored token once its state is persisted (an expired one too:
+    /// the proxy checks the expiry per request and never forwards it, but can then say it
+    /// expired), and the reason no (new) token could be had, if any.
     fn serve_in_memory(&mut self, cred: &LoadedCredential, wake: Timestamp) {
         let spec = &cred.cc.spec;
         let mut trouble = match &cred.prepared {
