@@ -280,6 +280,7 @@ async fn run_pipeline(
             scope: s.scope.clone(),
             issued_at: s.issued_at,
             expires_at: s.expires_at,
+            bound_certificate: s.bound_certificate.clone(),
         }),
         failure,
         renew_at,
@@ -296,6 +297,7 @@ async fn run_pipeline(
         ),
         target_secret_name: target_name,
         service_account: prepared.as_ref().ok().and_then(super::service_account::status_of),
+        client_certificate: status::client_certificate(spec, prepared.as_ref().ok()),
     };
     // Namespaces that did not get the token make Degraded True (TargetNamespacesFailed);
     // Ready follows the token, which the other namespaces hold.

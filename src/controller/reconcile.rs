@@ -551,6 +551,7 @@ impl Run {
                 scope: s.scope.clone(),
                 issued_at: s.issued_at,
                 expires_at: s.expires_at,
+                bound_certificate: s.bound_certificate.clone(),
             }),
             failure: self.failure.clone(),
             renew_at,
@@ -567,6 +568,7 @@ impl Run {
             ),
             target_secret_name: self.target_name.clone(),
             service_account: prep.and_then(super::service_account::status_of),
+            client_certificate: status::client_certificate(&cc.spec, prep),
         };
         let next_status = status::next(cc.status.as_ref(), &facts);
         let key = self.status_key();
