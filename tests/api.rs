@@ -114,6 +114,7 @@ fn healthy_status(now: jiff::Timestamp, target: &str, failed_a_minute_ago: bool)
             scope: None,
             issued_at: minutes(-5),
             expires_at: minutes(55),
+            bound_certificate: None,
         }),
         failure: None,
         renew_at: Some(minutes(35)),
@@ -124,6 +125,7 @@ fn healthy_status(now: jiff::Timestamp, target: &str, failed_a_minute_ago: bool)
         handled_renewal_request: None,
         target_secret_name: target.into(),
         service_account: None,
+        client_certificate: None,
     };
     serde_json::to_value(next(None, &facts)).unwrap()
 }
