@@ -473,6 +473,23 @@ fn each_invalid_spec_is_rejected_with_a_message_naming_the_field() {
             "spec.extraParameters[subject_token]",
         ),
         (
+            "tls_client_auth without a client certificate",
+            with(json!({"clientAuthentication": "tls_client_auth"})),
+            "spec.tls.clientCertificateSecretRef",
+        ),
+        (
+            "self_signed_tls_client_auth with neither a credentials Secret nor spec.clientId",
+            with(
+                json!({"credentialsRef": null, "clientAuthentication": "self_signed_tls_client_auth", "tls": {"clientCertificateSecretRef": {"name": "app-tls"}}}),
+            ),
+            "spec.credentialsRef",
+        ),
+        (
+            "a certificate Secret name for the target without a client certificate",
+            with(json!({"target": {"certificateSecretNameKey": "tls-secret-name"}})),
+            "spec.target.certificateSecretNameKey",
+        ),
+        (
             "a ClientCredential fanning out to other namespaces",
             with(json!({"target": {"namespaceSelector": {"matchLabels": {"team": "a"}}}})),
             "spec.target",
@@ -491,11 +508,31 @@ fn each_invalid_spec_is_rejected_with_a_message_naming_the_field() {
     }
 }
 
+/// RFC 8705: the certificate of a kubernetes.io/tls Secret is the credential; the client id is
+/// inline, and no credentials Secret is needed.
+#[test]
+fn a_mutual_tls_credential_needs_only_its_certificate_secret() {
+    for method in ["tls_client_auth", "self_signed_tls_client_auth"] {
+        let object = with(json!({
+            "credentialsRef": null,
+            "clientId": "payments",
+            "clientAuthentication": method,
+            "tls": {"clientCertificateSecretRef": {"name": "payments-tls"}},
+            "target": {"certificateSecretNameKey": "tls-secret-name"},
+        }));
+        assert_eq!(api_server_rejection(&object), None, "{method}");
+        let cc: ClientCredential = serde_json::from_value(object).unwrap();
+        validate(&cc.spec, "demo").unwrap();
+        let tls = cc.spec.tls.unwrap().client_certificate_secret_ref.unwrap();
+        assert_eq!((tls.certificate_key.as_str(), tls.private_key_key.as_str()), ("tls.crt", "tls.key"));
+    }
+}
+
 #[test]
 fn unknown_enum_values_are_rejected_when_reading() {
     for patch in [
         json!({"grantType": "password"}),
-        json!({"clientAuthentication": "tls_client_auth"}),
+        json!({"clientAuthentication": "attest_jwt_client_auth"}),
         json!({"requestEncoding": "xml"}),
         json!({"target": {"deletionPolicy": "Orphan"}}),
     ] {
@@ -544,6 +581,20 @@ fn a_cluster_credential_needs_its_credentials_namespace_and_a_namespace_selectio
                 json!({"credentialsRef": null, "clientId": "app", "clientAuthentication": "service_account_token", "serviceAccountRef": {"name": "app", "audience": "api://AzureADTokenExchange"}}),
             ),
             "spec.serviceAccountRef.namespace",
+        ),
+        (
+            "mutual TLS without the credentials namespace to read the certificate from",
+            cluster(
+                json!({"credentialsRef": null, "clientId": "app", "clientAuthentication": "tls_client_auth", "tls": {"clientCertificateSecretRef": {"name": "app-tls"}}}),
+            ),
+            "spec.credentialsRef",
+        ),
+        (
+            "the certificate Secret name in copies in other namespaces",
+            cluster(
+                json!({"clientAuthentication": "tls_client_auth", "tls": {"clientCertificateSecretRef": {"name": "app-tls"}}, "target": {"certificateSecretNameKey": "tls-secret-name"}}),
+            ),
+            "spec.target.certificateSecretNameKey",
         ),
         // The shared rules hold for the cluster kind too.
         ("both endpoint and issuer", cluster(json!({"issuer": "https://auth.example"})), "spec.tokenEndpoint"),
