@@ -528,6 +528,31 @@ fn a_mutual_tls_credential_needs_only_its_certificate_secret() {
     }
 }
 
+/// examples/mtls-cert-manager.yaml: the ClientCredential passes both validations, and the
+/// cert-manager Certificate next to it writes the Secret the credential reads, for client
+/// authentication. (cert-manager's CRD is not installed on the test control plane, so only the
+/// ClientCredential goes to the API server.)
+#[test]
+fn the_cert_manager_example_feeds_its_certificate_to_the_credential() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mtls-cert-manager.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let documents: Vec<Value> =
+        text.split("\n---\n").map(|d| serde_saphyr::from_str(d).expect("a YAML document")).collect();
+    let certificate = documents.iter().find(|d| d["kind"] == "Certificate").expect("a cert-manager Certificate");
+    let object = documents.iter().find(|d| d["kind"] == "ClientCredential").expect("a ClientCredential").clone();
+    assert_eq!(certificate["apiVersion"], "cert-manager.io/v1");
+    assert!(certificate["spec"]["usages"].as_array().unwrap().iter().any(|u| u == "client auth"));
+
+    let cc: ClientCredential = serde_json::from_value(object.clone()).unwrap();
+    validate(&cc.spec, "payments-api").unwrap();
+    assert_eq!(api_server_rejection(&object), None);
+    assert!(cc.spec.client_authentication.is_mutual_tls() && cc.spec.credentials_ref.is_none());
+    let reference = cc.spec.tls.unwrap().client_certificate_secret_ref.unwrap();
+    assert_eq!(certificate["spec"]["secretName"], reference.name.as_str());
+    // What cert-manager writes into a kubernetes.io/tls Secret.
+    assert_eq!((reference.certificate_key.as_str(), reference.private_key_key.as_str()), ("tls.crt", "tls.key"));
+}
+
 #[test]
 fn unknown_enum_values_are_rejected_when_reading() {
     for patch in [
