@@ -228,7 +228,7 @@ impl Transport {
         }
         if let Some(alert) = refused_certificate_alert(&cause, presented) {
             // Asking again with the same certificate gets the same answer.
-            let mut e = TokenError::new(
+            return TokenError::new(
                 ErrorKind::Rejected,
                 true,
                 format!(
@@ -237,8 +237,6 @@ impl Transport {
                     alert_meaning(alert)
                 ),
             );
-            e.oauth_error = None;
-            return e;
         }
         let what = if error.is_connect() { "cannot connect to" } else { "request failed for" };
         if cause.is_empty() {
