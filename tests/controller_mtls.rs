@@ -8,14 +8,17 @@
 mod support;
 
 use base64::Engine;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::PostParams;
+use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use support::child_server::{ChildServer, field};
+use support::control_plane::ControlPlane;
 use support::controller::{Cc, args};
 use support::oidc_provider::{self as node, Identity, Pki};
-use support::real::{Env, WAIT};
+use support::real::{Env, WAIT, wait_on};
+use tokensync::api::ClusterClientCredential;
 use tokensync::metrics::Metrics;
 
 /// The provider's tls_client_auth client (subject DN CN=interop-mtls, certificate-bound tokens).
@@ -35,15 +38,7 @@ fn start_provider(pki: &Pki) -> (ChildServer, String) {
 /// `payments` that authenticates with it through the provider's discovery document.
 async fn setup(env: &Env, pki: &Pki, issuer: &str, client: &Identity) {
     env.create_secret("provider-ca", &[("ca.crt", &pki.ca_pem)]).await;
-    let tls = Secret {
-        metadata: ObjectMeta { name: Some(CERT_SECRET.into()), ..Default::default() },
-        type_: Some("kubernetes.io/tls".into()),
-        string_data: Some(
-            [("tls.crt".to_owned(), client.cert_pem.clone()), ("tls.key".to_owned(), client.key_pem.clone())].into(),
-        ),
-        ..Default::default()
-    };
-    env.secrets().create(&PostParams::default(), &tls).await.unwrap();
+    create_tls_secret(env, client).await;
     let cc = Cc::new("payments", "https://unused.example/token").spec(json!({
         "tokenEndpoint": null,
         "credentialsRef": null,
@@ -57,6 +52,19 @@ async fn setup(env: &Env, pki: &Pki, issuer: &str, client: &Identity) {
     env.create_cc(cc).await;
 }
 
+/// Creates the kubernetes.io/tls Secret `CERT_SECRET` with `client` in `env`'s namespace.
+async fn create_tls_secret(env: &Env, client: &Identity) {
+    let tls = Secret {
+        metadata: ObjectMeta { name: Some(CERT_SECRET.into()), ..Default::default() },
+        type_: Some("kubernetes.io/tls".into()),
+        string_data: Some(
+            [("tls.crt".to_owned(), client.cert_pem.clone()), ("tls.key".to_owned(), client.key_pem.clone())].into(),
+        ),
+        ..Default::default()
+    };
+    env.secrets().create(&PostParams::default(), &tls).await.unwrap();
+}
+
 /// Replaces the certificate and key in the kubernetes.io/tls Secret, as cert-manager does.
 async fn put_certificate(env: &Env, client: &Identity) {
     env.merge_patch_secret(CERT_SECRET, json!({"stringData": {"tls.crt": client.cert_pem, "tls.key": client.key_pem}}))
@@ -67,10 +75,15 @@ async fn put_certificate(env: &Env, client: &Identity) {
 async fn published_binding(env: &Env) -> (String, String) {
     let data = env.secret_data("payments").await.expect("the target Secret");
     let token = data["access_token"].clone();
+    (token.clone(), cnf_of(&token))
+}
+
+/// The cnf.x5t#S256 claim of a JWT.
+fn cnf_of(token: &str) -> String {
     let payload = token.split('.').nth(1).expect("a JWT access token");
     let claims: Value =
         serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
-    (token, claims["cnf"]["x5t#S256"].as_str().unwrap_or_default().to_owned())
+    claims["cnf"]["x5t#S256"].as_str().unwrap_or_default().to_owned()
 }
 
 /// Successful token requests the controller made, from its metrics.
@@ -188,4 +201,69 @@ fn tokens_attempted(metrics: &Metrics) -> u64 {
         .filter(|l| l.contains("token_requests_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
+}
+
+/// A ClusterClientCredential reads the certificate from its credentials namespace (where the
+/// platform team's cert-manager keeps it) and copies the bound token to every selected
+/// namespace; a renewal there reaches every copy.
+#[tokio::test]
+async fn a_cluster_credential_presents_the_certificate_of_its_credentials_namespace_to_every_copy() {
+    let pki = Pki::new();
+    let (_provider, issuer) = start_provider(&pki);
+    // A control plane of its own: a --cluster-credentials controller reconciles everything.
+    let plane = ControlPlane::dedicated();
+    let client = plane.client().await;
+    let env = Env { plane, client, ns: "platform".into() };
+    let namespaces: Api<Namespace> = Api::all(env.client.clone());
+    for name in ["platform", "team-a", "team-b"] {
+        let ns =
+            Namespace { metadata: ObjectMeta { name: Some(name.into()), ..Default::default() }, ..Default::default() };
+        namespaces.create(&PostParams::default(), &ns).await.unwrap();
+    }
+    let first = pki.client(CLIENT_ID);
+    env.create_secret("provider-ca", &[("ca.crt", &pki.ca_pem)]).await;
+    env.create_secret("payments-client", &[("client_id", CLIENT_ID)]).await;
+    create_tls_secret(&env, &first).await;
+    let _c = env.start_unscoped(args(&["--cluster-credentials"])).await;
+    let ccc: ClusterClientCredential = serde_json::from_value(json!({
+        "apiVersion": "tokensync.io/v1alpha1",
+        "kind": "ClusterClientCredential",
+        "metadata": {"name": "payments"},
+        "spec": {
+            "issuer": issuer,
+            "clientAuthentication": "tls_client_auth",
+            "credentialsRef": {"name": "payments-client", "namespace": "platform"},
+            "resource": JWT_RESOURCE,
+            "tls": {"caBundleSecretRef": {"name": "provider-ca"}, "clientCertificateSecretRef": {"name": CERT_SECRET}},
+            "target": {"name": "payments-token", "namespaces": ["team-a", "team-b"]},
+        }
+    }))
+    .unwrap();
+    let cccs: Api<ClusterClientCredential> = Api::all(env.client.clone());
+    cccs.create(&PostParams::default(), &ccc).await.unwrap();
+
+    for (certificate, what) in [(&first, "the first certificate"), (&pki.client(CLIENT_ID), "the renewed certificate")]
+    {
+        if what != "the first certificate" {
+            put_certificate(&env, certificate).await;
+        }
+        let thumbprint = certificate.thumbprint();
+        let want = thumbprint.clone();
+        let status = wait_on(cccs.clone(), "payments", &format!("bound to {what} in both namespaces"), move |c| {
+            c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
+                s.credential.bound_certificate_thumbprint.as_deref() == Some(want.as_str())
+                    && s.synced_namespaces == Some(2)
+            })
+        })
+        .await
+        .and_then(|c| c.status)
+        .unwrap();
+        assert_eq!(status.credential.client_certificate.unwrap().x5t_s256, thumbprint);
+        for ns in ["team-a", "team-b"] {
+            let copy = Api::<Secret>::namespaced(env.client.clone(), ns).get("payments-token").await.unwrap();
+            let token = String::from_utf8(copy.data.unwrap()["access_token"].0.clone()).unwrap();
+            assert_eq!(cnf_of(&token), thumbprint, "{ns}: the copy is bound to {what}");
+        }
+    }
+    std::thread::spawn(move || drop(env));
 }
