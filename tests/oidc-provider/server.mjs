@@ -38,7 +38,7 @@
 // /interaction/:uid auto-consent incl. offline_access -> redirect to
 // http://127.0.0.1/callback?code=...) and answers {"code": "...", "redirect_uri": "..."}.
 
-import { createPublicKey, generateKeyPairSync } from 'node:crypto';
+import { createPrivateKey, createPublicKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
 import http from 'node:http';
@@ -147,8 +147,13 @@ if (TLS_DIR) {
   });
 }
 
-// The provider's own signing key (ID tokens): ephemeral, made fresh on every start.
-const { privateKey: idTokenKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+// The provider's own signing key (ID tokens and JWT access tokens), keys/provider-rs256.pem.
+// Read from a file, not made with generateKeyPairSync: on Node 20 a garbage collection during
+// the JWK export below can run the finished key generation job's destructor, which waits for
+// the lock the export holds on the same key, and the process hangs before it is ready (seen
+// as an occasional "printed no ready line" in the tests; gdb shows ~KeyGenJob in
+// uv_mutex_lock under ExportJWKRsaKey).
+const idTokenKey = createPrivateKey(readFileSync(join(here, 'keys', 'provider-rs256.pem')));
 
 const configuration = {
   clients,
@@ -338,9 +343,13 @@ const mtlsServer = TLS_DIR
       rejectUnauthorized: false,
     })
   : undefined;
-const listening = (s, port) => new Promise((resolve) => s.listen(port, '127.0.0.1', resolve));
-await Promise.all([listening(server, parsePort()), mtlsServer && listening(mtlsServer, 0)]);
-{
+// Both listeners are up before the provider is made: discovery names the mTLS one.
+server.listen(parsePort(), '127.0.0.1', () => {
+  if (mtlsServer) mtlsServer.listen(0, '127.0.0.1', start);
+  else start();
+});
+
+function start() {
   const { port } = server.address();
   const issuer = `${TLS_DIR ? 'https' : 'http'}://127.0.0.1:${port}`;
   let mtlsTokenEndpoint;

@@ -20,10 +20,8 @@ use tempfile::TempDir;
 
 use super::child_server::ChildServer;
 
-/// How long the node server may take to print its ready line: a cold start generates an RSA
-/// key, and with a dozen tests starting one each on 2 shared cores that other builds also use
-/// (load averages of 15 seen), 60 s was not always enough.
-pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(150);
+/// How long the node server may take to print its ready line (cold start, 2 shared cores).
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub const HOW_TO_INSTALL: &str = "Install Node.js >= 20 and npm (Debian: `apt-get update && apt-get install -y nodejs npm`), \
      then run `npm ci --prefix tests/oidc-provider` in the repository (.ci/run does both).";
