@@ -84,6 +84,7 @@ fn stored(i: usize, token_bytes: usize) -> StoredToken {
         inputs: "a3f1".repeat(16),
         bootstrap: None,
         renewal_request: None,
+        bound_certificate: None,
     }
 }
 

@@ -502,6 +502,7 @@ async fn floor(client: &Client, ccs: Vec<ClientCredential>, lifetime: u64, concu
                     },
                     bootstrap: None,
                     renewal_request: None,
+                    bound_certificate: None,
                 };
                 target::apply(&secrets, &state::desired(&cc, &stored)).await.expect("state apply");
                 let desired = target::desired(&cc, &stored).expect("render the target");
@@ -515,6 +516,7 @@ async fn floor(client: &Client, ccs: Vec<ClientCredential>, lifetime: u64, concu
                         scope: None,
                         issued_at: now,
                         expires_at: expires,
+                        bound_certificate: None,
                     }),
                     failure: None,
                     renew_at: Some(now + jiff::SignedDuration::from_secs(lifetime as i64 * 2 / 3)),
@@ -525,6 +527,7 @@ async fn floor(client: &Client, ccs: Vec<ClientCredential>, lifetime: u64, concu
                     handled_renewal_request: None,
                     target_secret_name: name.clone(),
                     service_account: None,
+                    client_certificate: None,
                 };
                 let patch = json!({"metadata": {"resourceVersion": cc.resource_version()},
                                    "status": status::next(None, &facts)});

@@ -16,7 +16,8 @@ use crate::oauth::{EndpointPolicy, TokenClient, TokenError, TransportSettings};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
     /// {"access_token", "token_type", "expires_at", "scope", and "refresh_token" when the
-    /// server returned one}.
+    /// server returned one; with mutual TLS "client_certificate" (subject, not_after,
+    /// x5t#S256 of the certificate presented) and "cnf" when the token is bound to it}.
     Json,
     /// Only the access token, for `curl -H "Authorization: Bearer $(tokensync fetch ...)"`.
     Token,
@@ -135,6 +136,17 @@ pub async fn run(args: &FetchArgs) -> Result<String, FetchError> {
             }
             if let Some(rt) = &token.refresh_token {
                 out["refresh_token"] = rt.expose_secret().into();
+            }
+            // RFC 8705 3: the token only works with this certificate.
+            if let Some(x5t) = &token.bound_certificate {
+                out["cnf"] = json!({"x5t#S256": x5t});
+            }
+            if let Some(cert) = &acquired.certificate {
+                out["client_certificate"] = json!({
+                    "subject": cert.subject,
+                    "not_after": cert.not_after.to_string(),
+                    "x5t#S256": cert.thumbprint,
+                });
             }
             format!("{}\n", serde_json::to_string_pretty(&out).expect("JSON serializes"))
         }

@@ -759,6 +759,7 @@ mod tests {
         let rejected = TokenError::new(ErrorKind::Rejected, true, "invalid_client");
         let record = FailureRecord::default().failed(at(EXPIRES - 5), &rejected, "wrong", Duration::from_secs(600));
         let token = StoredToken {
+            bound_certificate: None,
             access_token: "t".to_owned().into(),
             token_type: "Bearer".into(),
             scope: None,

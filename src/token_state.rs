@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::api::ClientCredentialSpec;
 use crate::api::engine::{self, SecretData, SourceError};
 use crate::api::validate::validate;
+use crate::oauth::certificate::{self, CertificateSummary};
 use crate::oauth::config::TlsMaterial;
 use crate::oauth::{Acquired, Credentials, TokenError, TokenRequestConfig};
 use crate::render::{RenderError, TokenView};
@@ -37,6 +38,9 @@ pub struct StoredToken {
     pub bootstrap: Option<String>,
     /// The renew-requested-at value this token answered, if it was a manual renewal.
     pub renewal_request: Option<String>,
+    /// The x5t#S256 thumbprint of the client certificate the token is bound to (RFC 8705
+    /// 3), when the server said so.
+    pub bound_certificate: Option<String>,
 }
 
 impl StoredToken {
@@ -96,6 +100,8 @@ pub struct Prepared {
     /// The ServiceAccount whose token must be obtained right before each request
     /// (spec.serviceAccountRef); the controller mints it, the agent reads a projected file.
     pub service_account: Option<ServiceAccountSource>,
+    /// The client certificate (mutual TLS), checked: key matches, valid now.
+    pub certificate: Option<CertificateSummary>,
 }
 
 /// Which ServiceAccount token a request needs. Only names: the token itself is obtained
@@ -151,6 +157,14 @@ pub fn prepare(
     let source_data = spec.credentials_ref.as_ref().and_then(|r| secrets.get(&r.name));
     let credentials = engine::credentials(spec, source_data).map_err(source)?;
     config.tls = engine::tls_material(spec, |n| secrets.get(n)).map_err(source)?;
+    // Before any request: a certificate that cannot work is the Secret's problem.
+    let certificate = match &config.tls.client_identity {
+        Some(identity) => Some(certificate::inspect(identity, Timestamp::now()).map_err(|e| Problem {
+            reason: "SourceSecretInvalid",
+            message: format!("{}: {}", certificate_origin(spec), e.message),
+        })?),
+        None => None,
+    };
     let inputs = inputs_fingerprint(spec, &credentials, &config.tls);
     let bootstrap = bootstrap_fingerprint(&credentials);
     let attempt_inputs = attempt_inputs(&inputs, bootstrap.as_deref());
@@ -160,7 +174,18 @@ pub fn prepare(
         audience: r.audience.clone(),
         expiration_seconds: r.expiration_seconds.unwrap_or(MIN_SERVICE_ACCOUNT_TOKEN_SECONDS),
     });
-    Ok(Prepared { config, credentials, inputs, bootstrap, attempt_inputs, service_account })
+    Ok(Prepared { config, credentials, inputs, bootstrap, attempt_inputs, service_account, certificate })
+}
+
+/// Where the client certificate comes from, for messages: the Secret and its keys.
+fn certificate_origin(spec: &ClientCredentialSpec) -> String {
+    match spec.tls.as_ref().and_then(|t| t.client_certificate_secret_ref.as_ref()) {
+        Some(r) => format!(
+            "spec.tls.clientCertificateSecretRef (Secret {}, keys {} and {})",
+            r.name, r.certificate_key, r.private_key_key
+        ),
+        None => "the client certificate".to_owned(),
+    }
 }
 
 /// Consecutive failed token requests since the last success.
@@ -415,6 +440,7 @@ pub fn issued(
         inputs: prep.inputs.clone(),
         bootstrap: prep.bootstrap.clone(),
         renewal_request,
+        bound_certificate: token.bound_certificate,
     };
     (stored, rotated_bootstrap)
 }
@@ -531,6 +557,7 @@ mod tests {
         let transient = TokenError::unavailable("down");
         let record = FailureRecord::default().failed(at(10), &transient, "in", Duration::from_secs(300));
         let token = |issued: i64, inputs: &str| StoredToken {
+            bound_certificate: None,
             access_token: "t".to_owned().into(),
             token_type: "Bearer".into(),
             scope: None,
@@ -565,6 +592,7 @@ mod tests {
         // The token came from inputs "good"; a wrong secret ("bad") was rejected afterwards.
         let record = FailureRecord::default().failed(at(100), &rejected, "bad", Duration::from_secs(300));
         let token = StoredToken {
+            bound_certificate: None,
             access_token: "t".to_owned().into(),
             token_type: "Bearer".into(),
             scope: None,

@@ -4,6 +4,7 @@
 //! agent's progress channel (or, for the separate process, on files and /metrics with a
 //! deadline), never on a fixed sleep.
 
+mod support;
 mod token_server;
 
 use std::os::unix::fs::MetadataExt;
@@ -617,4 +618,95 @@ fn the_sidecar_example_is_a_working_agent_configuration() {
     let app = &pod["spec"]["containers"][0];
     assert!(app["command"][2].as_str().unwrap().contains("/var/run/tokens/default/chatlayer/authorization"));
     assert_eq!(app["volumeMounts"].as_array().unwrap().len(), 1);
+}
+
+/// A directory laid out like a mounted kubernetes.io/tls Secret: tls.crt and tls.key are
+/// symlinks into `..data`, which kubelet swaps atomically on every update.
+struct MountedTls {
+    dir: PathBuf,
+    version: usize,
+}
+
+impl MountedTls {
+    fn new(dir: PathBuf, identity: &support::oidc_provider::Identity) -> MountedTls {
+        std::fs::create_dir(&dir).unwrap();
+        for key in ["tls.crt", "tls.key"] {
+            std::os::unix::fs::symlink(format!("..data/{key}"), dir.join(key)).unwrap();
+        }
+        let mut mounted = MountedTls { dir, version: 0 };
+        mounted.update(identity);
+        mounted
+    }
+
+    /// Writes a new version and swaps `..data` to it in one rename, as kubelet does.
+    fn update(&mut self, identity: &support::oidc_provider::Identity) {
+        self.version += 1;
+        let version = format!("..v{}", self.version);
+        std::fs::create_dir(self.dir.join(&version)).unwrap();
+        std::fs::write(self.dir.join(&version).join("tls.crt"), &identity.cert_pem).unwrap();
+        std::fs::write(self.dir.join(&version).join("tls.key"), &identity.key_pem).unwrap();
+        let link = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &link).unwrap();
+        std::fs::rename(&link, self.dir.join("..data")).unwrap();
+    }
+}
+
+/// The cnf.x5t#S256 claim of a JWT.
+fn bound_thumbprint(jwt: &str) -> String {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1).unwrap_or_else(|| panic!("not a JWT: {jwt}"));
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap();
+    let claims: Value = serde_json::from_slice(&bytes).unwrap();
+    claims["cnf"]["x5t#S256"].as_str().unwrap_or_default().to_owned()
+}
+
+/// RFC 8705 outside Kubernetes: the certificate and key come from files (a mounted Secret),
+/// the provider (npm's oidc-provider over HTTPS) authenticates the client by them and binds
+/// the token to them; a renewed certificate on disk is used by the next request.
+#[tokio::test]
+async fn a_client_certificate_from_files_is_presented_and_a_renewed_one_is_used_once_the_files_change() {
+    use support::oidc_provider::{self as node, Pki};
+    let pki = Pki::new();
+    let (_provider, ready) = node::spawn(&["--tls-dir".as_ref(), pki.dir.path().as_os_str()]);
+    let endpoint = support::child_server::field(&ready, "mtls_token_endpoint");
+    let setup = Setup::new(&format!(
+        r#"apiVersion: tokensync.io/v1alpha1
+kind: ClientCredential
+metadata: {{name: demo, namespace: team-a}}
+spec:
+  tokenEndpoint: {endpoint}
+  clientAuthentication: tls_client_auth
+  clientId: interop-mtls
+  resource: urn:tokensync:interop-jwt-api
+  tls:
+    caBundleSecretRef: {{name: provider-ca}}
+    clientCertificateSecretRef: {{name: demo-tls}}
+"#
+    ));
+    let ca_file = setup.dir.path().join("ca.crt");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    let first = pki.client("interop-mtls");
+    let mut mounted = MountedTls::new(setup.dir.path().join("demo-tls"), &first);
+    let flags = [
+        "--watch-interval".to_owned(),
+        "100ms".to_owned(),
+        "--secret-from-file".to_owned(),
+        format!("team-a/provider-ca/ca.crt={}", ca_file.display()),
+        "--secret-from-dir".to_owned(),
+        format!("team-a/demo-tls={}", mounted.dir.display()),
+    ];
+    let agent = Agent::start(&setup.args(&flags.iter().map(String::as_str).collect::<Vec<_>>())).unwrap();
+    assert!(agent.wait_for(Duration::from_secs(60), |p| p.issued >= 1).await, "a token was issued");
+    let token = read(setup.token_dir().join("access_token"));
+    assert_eq!(bound_thumbprint(&token), first.thumbprint(), "bound to the certificate on disk");
+
+    let renewed = pki.client("interop-mtls");
+    mounted.update(&renewed);
+    assert!(agent.wait_for(Duration::from_secs(60), |p| p.issued >= 2).await, "the renewed certificate was used");
+    assert!(agent.wait_for(WAIT, |p| p.passes >= 2).await);
+    let token = read(setup.token_dir().join("access_token"));
+    assert_eq!(bound_thumbprint(&token), renewed.thumbprint(), "bound to the renewed certificate");
+    let state = read(setup.state_file());
+    assert!(!state.contains(&renewed.key_body()[renewed.key_body().len() - 40..]), "no key in the state file");
+    agent.shutdown().await;
 }

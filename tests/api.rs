@@ -114,6 +114,7 @@ fn healthy_status(now: jiff::Timestamp, target: &str, failed_a_minute_ago: bool)
             scope: None,
             issued_at: minutes(-5),
             expires_at: minutes(55),
+            bound_certificate: None,
         }),
         failure: None,
         renew_at: Some(minutes(35)),
@@ -124,6 +125,7 @@ fn healthy_status(now: jiff::Timestamp, target: &str, failed_a_minute_ago: bool)
         handled_renewal_request: None,
         target_secret_name: target.into(),
         service_account: None,
+        client_certificate: None,
     };
     serde_json::to_value(next(None, &facts)).unwrap()
 }
@@ -471,6 +473,23 @@ fn each_invalid_spec_is_rejected_with_a_message_naming_the_field() {
             "spec.extraParameters[subject_token]",
         ),
         (
+            "tls_client_auth without a client certificate",
+            with(json!({"clientAuthentication": "tls_client_auth"})),
+            "spec.tls.clientCertificateSecretRef",
+        ),
+        (
+            "self_signed_tls_client_auth with neither a credentials Secret nor spec.clientId",
+            with(
+                json!({"credentialsRef": null, "clientAuthentication": "self_signed_tls_client_auth", "tls": {"clientCertificateSecretRef": {"name": "app-tls"}}}),
+            ),
+            "spec.credentialsRef",
+        ),
+        (
+            "a certificate Secret name for the target without a client certificate",
+            with(json!({"target": {"certificateSecretNameKey": "tls-secret-name"}})),
+            "spec.target.certificateSecretNameKey",
+        ),
+        (
             "a ClientCredential fanning out to other namespaces",
             with(json!({"target": {"namespaceSelector": {"matchLabels": {"team": "a"}}}})),
             "spec.target",
@@ -489,11 +508,56 @@ fn each_invalid_spec_is_rejected_with_a_message_naming_the_field() {
     }
 }
 
+/// RFC 8705: the certificate of a kubernetes.io/tls Secret is the credential; the client id is
+/// inline, and no credentials Secret is needed.
+#[test]
+fn a_mutual_tls_credential_needs_only_its_certificate_secret() {
+    for method in ["tls_client_auth", "self_signed_tls_client_auth"] {
+        let object = with(json!({
+            "credentialsRef": null,
+            "clientId": "payments",
+            "clientAuthentication": method,
+            "tls": {"clientCertificateSecretRef": {"name": "payments-tls"}},
+            "target": {"certificateSecretNameKey": "tls-secret-name"},
+        }));
+        assert_eq!(api_server_rejection(&object), None, "{method}");
+        let cc: ClientCredential = serde_json::from_value(object).unwrap();
+        validate(&cc.spec, "demo").unwrap();
+        let tls = cc.spec.tls.unwrap().client_certificate_secret_ref.unwrap();
+        assert_eq!((tls.certificate_key.as_str(), tls.private_key_key.as_str()), ("tls.crt", "tls.key"));
+    }
+}
+
+/// examples/mtls-cert-manager.yaml: the ClientCredential passes both validations, and the
+/// cert-manager Certificate next to it writes the Secret the credential reads, for client
+/// authentication. (cert-manager's CRD is not installed on the test control plane, so only the
+/// ClientCredential goes to the API server.)
+#[test]
+fn the_cert_manager_example_feeds_its_certificate_to_the_credential() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mtls-cert-manager.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let documents: Vec<Value> =
+        text.split("\n---\n").map(|d| serde_saphyr::from_str(d).expect("a YAML document")).collect();
+    let certificate = documents.iter().find(|d| d["kind"] == "Certificate").expect("a cert-manager Certificate");
+    let object = documents.iter().find(|d| d["kind"] == "ClientCredential").expect("a ClientCredential").clone();
+    assert_eq!(certificate["apiVersion"], "cert-manager.io/v1");
+    assert!(certificate["spec"]["usages"].as_array().unwrap().iter().any(|u| u == "client auth"));
+
+    let cc: ClientCredential = serde_json::from_value(object.clone()).unwrap();
+    validate(&cc.spec, "payments-api").unwrap();
+    assert_eq!(api_server_rejection(&object), None);
+    assert!(cc.spec.client_authentication.is_mutual_tls() && cc.spec.credentials_ref.is_none());
+    let reference = cc.spec.tls.unwrap().client_certificate_secret_ref.unwrap();
+    assert_eq!(certificate["spec"]["secretName"], reference.name.as_str());
+    // What cert-manager writes into a kubernetes.io/tls Secret.
+    assert_eq!((reference.certificate_key.as_str(), reference.private_key_key.as_str()), ("tls.crt", "tls.key"));
+}
+
 #[test]
 fn unknown_enum_values_are_rejected_when_reading() {
     for patch in [
         json!({"grantType": "password"}),
-        json!({"clientAuthentication": "tls_client_auth"}),
+        json!({"clientAuthentication": "attest_jwt_client_auth"}),
         json!({"requestEncoding": "xml"}),
         json!({"target": {"deletionPolicy": "Orphan"}}),
     ] {
@@ -542,6 +606,20 @@ fn a_cluster_credential_needs_its_credentials_namespace_and_a_namespace_selectio
                 json!({"credentialsRef": null, "clientId": "app", "clientAuthentication": "service_account_token", "serviceAccountRef": {"name": "app", "audience": "api://AzureADTokenExchange"}}),
             ),
             "spec.serviceAccountRef.namespace",
+        ),
+        (
+            "mutual TLS without the credentials namespace to read the certificate from",
+            cluster(
+                json!({"credentialsRef": null, "clientId": "app", "clientAuthentication": "tls_client_auth", "tls": {"clientCertificateSecretRef": {"name": "app-tls"}}}),
+            ),
+            "spec.credentialsRef",
+        ),
+        (
+            "the certificate Secret name in copies in other namespaces",
+            cluster(
+                json!({"clientAuthentication": "tls_client_auth", "tls": {"clientCertificateSecretRef": {"name": "app-tls"}}, "target": {"certificateSecretNameKey": "tls-secret-name"}}),
+            ),
+            "spec.target.certificateSecretNameKey",
         ),
         // The shared rules hold for the cluster kind too.
         ("both endpoint and issuer", cluster(json!({"issuer": "https://auth.example"})), "spec.tokenEndpoint"),

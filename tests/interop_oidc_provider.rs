@@ -14,10 +14,8 @@
 
 mod support;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::Duration;
@@ -26,10 +24,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::Value;
 use support::child_server::{ChildServer, field};
+use support::oidc_provider::{self as node, Identity, Pki, server_dir};
 use tempfile::TempDir;
 
-/// How long the node server may take to print its ready line (cold start, 2 shared cores).
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Upper bound for one `tokensync fetch` run; it only talks to 127.0.0.1.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -45,78 +42,6 @@ const ROTATION: (&str, &str) = ("interop-rotation", "rotation-secret-0123456789a
 const RS256_CLIENT: &str = "interop-rs256";
 const ES256_CLIENT: &str = "interop-es256";
 
-fn server_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("oidc-provider")
-}
-
-// ---------------------------------------------------------------------------------------------
-// Node.js and node_modules
-
-/// Checks node and installs node_modules once per test process (and, through a file lock,
-/// once across processes, e.g. under cargo-nextest).
-fn ensure_node_modules() {
-    static READY: OnceLock<Result<(), String>> = OnceLock::new();
-    if let Err(message) = READY.get_or_init(install_node_modules) {
-        panic!("{message}");
-    }
-}
-
-const HOW_TO_INSTALL: &str = "Install Node.js >= 20 and npm (Debian: `apt-get update && apt-get install -y nodejs npm`), \
-     then run `npm ci --prefix tests/oidc-provider` in the repository (.ci/run does both).";
-
-fn install_node_modules() -> Result<(), String> {
-    let version = Command::new("node").arg("--version").output().map_err(|e| {
-        format!(
-            "the oidc-provider interop tests need Node.js, but `node --version` could not run ({e}). {HOW_TO_INSTALL}"
-        )
-    })?;
-    let version = String::from_utf8_lossy(&version.stdout).trim().to_owned();
-    let major: u32 = version.trim_start_matches('v').split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
-    if major < 20 {
-        return Err(format!("the oidc-provider interop tests need Node.js >= 20, found {version:?}. {HOW_TO_INSTALL}"));
-    }
-
-    let dir = server_dir();
-    if installed_matches_pin(&dir)? {
-        return Ok(());
-    }
-    // Another test process may be installing right now: take the lock, then look again.
-    let lock = File::open(dir.join("package.json")).map_err(|e| format!("cannot open package.json: {e}"))?;
-    lock.lock().map_err(|e| format!("cannot lock tests/oidc-provider/package.json: {e}"))?;
-    if installed_matches_pin(&dir)? {
-        return Ok(());
-    }
-    eprintln!("interop: running `npm ci --prefix tests/oidc-provider`");
-    let out = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund", "--prefix"])
-        .arg(&dir)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("`npm ci --prefix tests/oidc-provider` could not run ({e}). {HOW_TO_INSTALL}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "`npm ci --prefix tests/oidc-provider` failed ({}):\n{}\n{HOW_TO_INSTALL}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    if !installed_matches_pin(&dir)? {
-        return Err(format!("`npm ci` ran but node_modules/oidc-provider is still missing. {HOW_TO_INSTALL}"));
-    }
-    Ok(())
-}
-
-/// Whether node_modules holds the oidc-provider version package.json pins.
-fn installed_matches_pin(dir: &Path) -> Result<bool, String> {
-    let read_json = |path: PathBuf| -> Option<Value> { serde_json::from_slice(&std::fs::read(path).ok()?).ok() };
-    let pinned = read_json(dir.join("package.json"))
-        .and_then(|p| p["dependencies"]["oidc-provider"].as_str().map(str::to_owned))
-        .ok_or("tests/oidc-provider/package.json does not pin oidc-provider")?;
-    let installed = read_json(dir.join("node_modules/oidc-provider/package.json"))
-        .and_then(|p| p["version"].as_str().map(str::to_owned));
-    Ok(installed.as_deref() == Some(pinned.as_str()))
-}
-
 // ---------------------------------------------------------------------------------------------
 // The provider process
 
@@ -126,21 +51,29 @@ struct Provider {
     issuer: String,
     token_endpoint: String,
     introspection_endpoint: String,
+    /// With TLS: the token endpoint that asks for client certificates.
+    mtls_token_endpoint: Option<String>,
+    /// With TLS: the CA of the server's certificate.
+    ca_pem: Option<String>,
 }
 
 impl Provider {
     fn start() -> Provider {
-        ensure_node_modules();
-        let dir = server_dir();
-        let mut command = Command::new("node");
-        command.arg(dir.join("server.mjs")).args(["--port", "0", "--exit-on-stdin-eof"]).current_dir(&dir);
-        let process =
-            ChildServer::spawn(&mut command, "oidc-provider (`node tests/oidc-provider/server.mjs`)", HOW_TO_INSTALL);
-        let ready = process.ready_line(STARTUP_TIMEOUT);
+        Provider::from(node::spawn(&[]), None)
+    }
+
+    /// The provider over HTTPS with mutual TLS (`server.mjs --tls-dir`).
+    fn start_tls(pki: &Pki) -> Provider {
+        Provider::from(node::spawn(&["--tls-dir".as_ref(), pki.dir.path().as_os_str()]), Some(pki.ca_pem.clone()))
+    }
+
+    fn from((process, ready): (ChildServer, Value), ca_pem: Option<String>) -> Provider {
         Provider {
             issuer: field(&ready, "issuer"),
             token_endpoint: field(&ready, "token_endpoint"),
             introspection_endpoint: field(&ready, "introspection_endpoint"),
+            mtls_token_endpoint: ready["mtls_token_endpoint"].as_str().map(str::to_owned),
+            ca_pem,
             process,
         }
     }
@@ -152,7 +85,7 @@ impl Provider {
     /// A fresh one-time authorization code for interop-rotation (redirect_uri REDIRECT_URI),
     /// from the server's test-only helper that drives the whole authorization code flow.
     fn authorization_code(&self) -> String {
-        let response = http(reqwest::Method::GET, &format!("{}/test/code", self.issuer), None, &[]);
+        let response = http(reqwest::Method::GET, &format!("{}/test/code", self.issuer), None, &[], None);
         assert_eq!(response.0, 200, "GET /test/code failed: {}; server stderr:\n{}", response.1, self.stderr());
         let body: Value = serde_json::from_str(&response.1).expect("/test/code answers JSON");
         assert_eq!(body["redirect_uri"], REDIRECT_URI);
@@ -162,19 +95,36 @@ impl Provider {
     /// RFC 7662 introspection, authenticated as interop-basic (the test server lets any
     /// client introspect any token).
     fn introspect(&self, token: &str) -> Value {
-        let (status, body) =
-            http(reqwest::Method::POST, &self.introspection_endpoint, Some(BASIC), &[("token", token)]);
+        let (status, body) = http(
+            reqwest::Method::POST,
+            &self.introspection_endpoint,
+            Some(BASIC),
+            &[("token", token)],
+            self.ca_pem.as_deref(),
+        );
         assert_eq!(status, 200, "introspection failed: {body}");
         serde_json::from_str(&body).expect("introspection answers JSON")
     }
 }
 
-/// One plain HTTP call from the test itself (not through tokensync): (status, body).
-fn http(method: reqwest::Method, url: &str, basic: Option<(&str, &str)>, form: &[(&str, &str)]) -> (u16, String) {
+/// One plain HTTP call from the test itself (not through tokensync): (status, body). `ca_pem`:
+/// the only CA trusted for https.
+fn http(
+    method: reqwest::Method,
+    url: &str,
+    basic: Option<(&str, &str)>,
+    form: &[(&str, &str)],
+    ca_pem: Option<&str>,
+) -> (u16, String) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(async {
-        let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().expect("client");
+        let mut builder = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30));
+        if let Some(pem) = ca_pem {
+            let ca = reqwest::Certificate::from_pem(pem.as_bytes()).expect("the test CA");
+            builder = builder.tls_certs_only([ca]);
+        }
+        let client = builder.build().expect("client");
         let mut request = client.request(method, url);
         if let Some((user, password)) = basic {
             request = request.basic_auth(user, Some(password));
@@ -598,4 +548,171 @@ fn authorization_code_bootstrap_then_rotating_refresh_chain_and_reuse_is_a_perma
         "the provider logged a server error:\n{}",
         provider.stderr()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mutual TLS client authentication (RFC 8705) over HTTPS, with certificate-bound tokens
+
+const MTLS_CLIENT: &str = "interop-mtls";
+const SELF_SIGNED_CLIENT: &str = "interop-self-signed";
+/// The server's resource with JWT access tokens: their cnf claim is visible to the test.
+const JWT_RESOURCE: &str = "urn:tokensync:interop-jwt-api";
+
+/// The CA bundle Secret `ca` and the client certificate Secret `client-tls` (kubernetes.io/tls,
+/// as cert-manager writes it, or other key names), base64 in `data` as kubectl stores them.
+fn tls_secrets_yaml(pki: &Pki, client: &Identity, cert_key: &str, key_key: &str) -> Vec<String> {
+    let ca = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: ca\ntype: Opaque\ndata:\n  ca.crt: {}\n",
+        BASE64.encode(&pki.ca_pem)
+    );
+    let tls = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: client-tls\ntype: kubernetes.io/tls\ndata:\n  {cert_key}: {}\n  {key_key}: {}\n",
+        BASE64.encode(&client.cert_pem),
+        BASE64.encode(&client.key_pem)
+    );
+    vec![ca, tls]
+}
+
+/// A ClientCredential for mutual TLS client authentication; `endpoint` is the spec's
+/// `tokenEndpoint: ...` or `issuer: ...` line, `extra` more spec lines.
+fn mtls_credential_yaml(endpoint: &str, method: &str, client_id: &str, extra: &str) -> String {
+    client_credential_yaml(&format!(
+        "  {endpoint}\n  clientAuthentication: {method}\n  clientId: {client_id}\n  tls:\n    caBundleSecretRef:\n      name: ca\n    clientCertificateSecretRef:\n      name: client-tls\n{extra}"
+    ))
+}
+
+/// Runs fetch with a kubernetes.io/tls Secret holding `client`.
+fn fetch_mtls(pki: &Pki, client: &Identity, endpoint: &str, method: &str, client_id: &str) -> Fetch {
+    let dir = TempDir::new().unwrap();
+    let mut documents = tls_secrets_yaml(pki, client, "tls.crt", "tls.key");
+    documents.push(mtls_credential_yaml(endpoint, method, client_id, ""));
+    let run = fetch(&[&write_manifest(&dir, "mtls.yaml", &documents)], &[]);
+    run.assert_leaks_none(&[&client.key_body()]);
+    run
+}
+
+/// The claims of a JWT, decoded by the test itself.
+fn jwt_claims(jwt: &str) -> Value {
+    let payload = jwt.split('.').nth(1).unwrap_or_else(|| panic!("not a JWT: {jwt}"));
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).expect("base64url payload");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+#[test]
+fn tls_client_auth_through_the_discovered_mtls_alias_gets_a_token_bound_to_the_presented_certificate() {
+    let pki = Pki::new();
+    let provider = Provider::start_tls(&pki);
+    let client = pki.client(MTLS_CLIENT);
+
+    let run = fetch_mtls(&pki, &client, &format!("issuer: {}", provider.issuer), "tls_client_auth", MTLS_CLIENT);
+    let token = run.token();
+    assert_eq!(token["client_certificate"]["x5t#S256"], client.thumbprint(), "{token}");
+    assert_eq!(token["client_certificate"]["subject"], "CN=interop-mtls", "{token}");
+    let info = assert_genuine(&provider, &token, MTLS_CLIENT);
+    assert_eq!(info["cnf"]["x5t#S256"], client.thumbprint(), "the token is bound to the certificate presented: {info}");
+
+    // A renewed certificate (same subject, new key, as cert-manager renews) is used by the
+    // next request, and the new token is bound to it.
+    let renewed = pki.client(MTLS_CLIENT);
+    assert_ne!(renewed.thumbprint(), client.thumbprint());
+    let run = fetch_mtls(&pki, &renewed, &format!("issuer: {}", provider.issuer), "tls_client_auth", MTLS_CLIENT);
+    let info = assert_genuine(&provider, &run.token(), MTLS_CLIENT);
+    assert_eq!(info["cnf"]["x5t#S256"], renewed.thumbprint(), "{info}");
+
+    // The plain token_endpoint never asks for a certificate: without the alias (RFC 8705 5)
+    // the server sees none, which is why discovery must prefer the alias.
+    let plain = fetch_mtls(
+        &pki,
+        &client,
+        &format!("tokenEndpoint: {}", provider.token_endpoint),
+        "tls_client_auth",
+        MTLS_CLIENT,
+    );
+    plain.assert_failed_with("invalid_client", "permanent");
+}
+
+#[test]
+fn self_signed_tls_client_auth_with_the_registered_certificate_gets_a_jwt_whose_cnf_is_its_thumbprint() {
+    let pki = Pki::new();
+    let provider = Provider::start_tls(&pki);
+    let mtls_endpoint = provider.mtls_token_endpoint.clone().expect("the TLS server has an mTLS token endpoint");
+    let dir = TempDir::new().unwrap();
+    // Other key names than cert-manager's.
+    let mut documents = tls_secrets_yaml(&pki, &pki.self_signed, "client.pem", "client-key.pem");
+    documents.push(mtls_credential_yaml(
+        &format!("tokenEndpoint: {mtls_endpoint}"),
+        "self_signed_tls_client_auth",
+        SELF_SIGNED_CLIENT,
+        &format!("      certificateKey: client.pem\n      privateKeyKey: client-key.pem\n  resource: {JWT_RESOURCE}\n"),
+    ));
+    let run = fetch(&[&write_manifest(&dir, "self-signed.yaml", &documents)], &[]);
+    let token = run.token();
+    run.assert_leaks_none(&[&pki.self_signed.key_body()]);
+    let thumbprint = pki.self_signed.thumbprint();
+    let claims = jwt_claims(token["access_token"].as_str().unwrap());
+    assert_eq!(claims["cnf"]["x5t#S256"], thumbprint, "{claims}");
+    assert_eq!(claims["client_id"], SELF_SIGNED_CLIENT, "{claims}");
+    assert_eq!(claims["aud"], JWT_RESOURCE, "{claims}");
+    // tokensync read the binding and says so.
+    assert_eq!(token["cnf"]["x5t#S256"], thumbprint, "{token}");
+    assert_eq!(token["client_certificate"]["x5t#S256"], thumbprint, "{token}");
+}
+
+#[test]
+fn a_certificate_the_server_does_not_accept_is_a_permanent_invalid_client_that_names_the_certificate() {
+    let pki = Pki::new();
+    let provider = Provider::start_tls(&pki);
+    let endpoint = format!("tokenEndpoint: {}", provider.mtls_token_endpoint.clone().unwrap());
+    for (method, client_id, certificate, subject) in [
+        // The right subject from a CA the server does not trust.
+        ("tls_client_auth", MTLS_CLIENT, node::untrusted_client(MTLS_CLIENT), "CN=interop-mtls"),
+        // The trusted CA, another subject than the one registered.
+        ("tls_client_auth", MTLS_CLIENT, pki.client("someone-else"), "CN=someone-else"),
+        // A self-signed certificate that is not the registered one.
+        (
+            "self_signed_tls_client_auth",
+            SELF_SIGNED_CLIENT,
+            node::self_signed(SELF_SIGNED_CLIENT),
+            "CN=interop-self-signed",
+        ),
+    ] {
+        let run = fetch_mtls(&pki, &certificate, &endpoint, method, client_id);
+        run.assert_failed_with("invalid_client", "permanent");
+        assert!(run.stderr.contains("the server did not accept the client certificate"), "{}", run.stderr);
+        assert!(run.stderr.contains(subject) && run.stderr.contains(&certificate.thumbprint()), "{}", run.stderr);
+    }
+}
+
+#[test]
+fn unusable_client_certificates_fail_before_any_request_with_what_is_wrong() {
+    let pki = Pki::new();
+    let good = pki.client(MTLS_CLIENT);
+    let other = pki.client(MTLS_CLIENT);
+    // Nothing listens here: had a request been made, the error would be a connection error.
+    let endpoint = "tokenEndpoint: https://127.0.0.1:1/token";
+    let cases = [
+        (pki.expired_client(MTLS_CLIENT), "the client certificate expired at 2021-01-01T00:00:00Z"),
+        (
+            Identity { cert_pem: good.cert_pem.clone(), key_pem: other.key_pem.clone() },
+            "does not belong to the client certificate",
+        ),
+        (Identity { cert_pem: "not a certificate".into(), key_pem: good.key_pem.clone() }, "holds no PEM certificate"),
+        (Identity { cert_pem: good.cert_pem.clone(), key_pem: "not a key".into() }, "is not a PEM private key"),
+    ];
+    for (identity, expected) in cases {
+        let run = fetch_mtls(&pki, &identity, endpoint, "tls_client_auth", MTLS_CLIENT);
+        run.assert_failed_with("SourceSecretInvalid", "permanent");
+        assert!(run.stderr.contains(expected), "expected {expected:?}:\n{}", run.stderr);
+        assert!(!run.stderr.contains("cannot connect"), "a request was made:\n{}", run.stderr);
+        run.assert_leaks_none(&[&good.key_body(), &other.key_body()]);
+    }
+
+    // A Secret without the key is named with the key.
+    let dir = TempDir::new().unwrap();
+    let mut documents = tls_secrets_yaml(&pki, &good, "tls.crt", "not-tls.key");
+    documents.push(mtls_credential_yaml(endpoint, "tls_client_auth", MTLS_CLIENT, ""));
+    let run = fetch(&[&write_manifest(&dir, "missing.yaml", &documents)], &[]);
+    // Exit code 2: the input files are incomplete.
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains(r#"SourceSecretInvalid: Secret client-tls has no key "tls.key""#), "{}", run.stderr);
 }

@@ -131,3 +131,28 @@ async fn unusable_tls_material_is_a_configuration_error() {
     let e = engine.acquire(&config("https://localhost:1/token", bad_ca), &creds(), None).await.unwrap_err();
     assert_eq!((e.kind, e.permanent), (ErrorKind::InvalidConfiguration, true), "{e}");
 }
+
+#[tokio::test]
+async fn a_client_certificate_the_server_refuses_in_the_handshake_is_a_permanent_rejection_said_in_words() {
+    let pki = pki();
+    let url = mtls_server(&pki).await;
+    let engine = TokenClient::new(EndpointPolicy::default(), TransportSettings::default());
+    // A certificate from another CA (of the same name) than the one the server trusts.
+    let stranger = self::pki();
+    let identity = ClientIdentity {
+        certificate_pem: stranger.client_cert_pem.clone().into_bytes(),
+        private_key_pem: stranger.client_key_pem.clone().into(),
+    };
+    let tls = TlsMaterial { ca_bundle_pem: Some(pki.ca_pem.clone().into_bytes()), client_identity: Some(identity) };
+    let mut c = config(&url, tls);
+    c.client_authentication = tokensync::oauth::ClientAuthentication::TlsClientAuth;
+    let e = engine.acquire(&c, &creds(), None).await.unwrap_err();
+    assert_eq!((e.kind, e.permanent), (ErrorKind::Rejected, true), "{e}");
+    assert!(e.message.contains("refused the client certificate"), "{e}");
+    // A CA of the same name that did not sign it: rustls answers decrypt_error.
+    assert!(
+        e.message.contains("the alert DecryptError (the certificate's signature or key proof did not verify)"),
+        "{e}"
+    );
+    assert!(!e.message.contains(stranger.client_key_pem.lines().nth(1).unwrap()), "{e}");
+}

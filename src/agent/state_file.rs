@@ -62,6 +62,8 @@ struct TokenFormat {
     bootstrap: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     renewal_request: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bound_certificate: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -123,6 +125,7 @@ fn from_format(f: FileFormat) -> AgentState {
             inputs: t.inputs,
             bootstrap: t.bootstrap,
             renewal_request: t.renewal_request,
+            bound_certificate: t.bound_certificate,
         }),
         failures: f
             .failures
@@ -151,6 +154,7 @@ fn to_format(s: &AgentState) -> FileFormat {
             inputs: t.inputs.clone(),
             bootstrap: t.bootstrap.clone(),
             renewal_request: t.renewal_request.clone(),
+            bound_certificate: t.bound_certificate.clone(),
         }),
         failures: (s.failures.attempts > 0).then(|| FailuresFormat {
             attempts: s.failures.attempts,
@@ -178,6 +182,7 @@ mod tests {
         assert!(read(&path).token.is_none());
         let state = AgentState {
             token: Some(StoredToken {
+                bound_certificate: None,
                 access_token: "at".to_owned().into(),
                 token_type: "Bearer".into(),
                 scope: None,

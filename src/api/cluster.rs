@@ -103,6 +103,16 @@ pub const CLUSTER_RULES: &[(&str, &str, &str)] = &[
         ".serviceAccountRef.namespace",
     ),
     (
+        "!has(self.clientAuthentication) || !(self.clientAuthentication in ['tls_client_auth', 'self_signed_tls_client_auth']) || has(self.credentialsRef)",
+        "a ClusterClientCredential reads its client certificate Secret from spec.credentialsRef.namespace: set spec.credentialsRef",
+        ".credentialsRef",
+    ),
+    (
+        "!has(self.target.certificateSecretNameKey)",
+        "spec.target.certificateSecretNameKey is only for a ClientCredential: the client certificate Secret of a ClusterClientCredential is in another namespace than its copies",
+        ".target.certificateSecretNameKey",
+    ),
+    (
         "has(self.target.namespaces) || has(self.target.namespaceSelector)",
         "select the namespaces that receive the token: spec.target.namespaces and/or spec.target.namespaceSelector",
         ".target",

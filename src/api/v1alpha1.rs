@@ -24,6 +24,9 @@ pub const NAMESPACED_SERVICE_ACCOUNT_RULE: &str =
 pub const NAMESPACED_TARGET_RULE: &str =
     "!has(self.target.namespaces) && !has(self.target.namespaceSelector) && !has(self.target.excludeNamespaces)";
 
+/// RFC 8705 client authentication needs the certificate it authenticates with.
+pub const MUTUAL_TLS_CERTIFICATE_RULE: &str = "!has(self.clientAuthentication) || !(self.clientAuthentication in ['tls_client_auth', 'self_signed_tls_client_auth']) || (has(self.tls) && has(self.tls.clientCertificateSecretRef))";
+
 /// Desired state of a ClientCredential: where and how to obtain an access token, and the
 /// Secret to keep it in.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -59,7 +62,9 @@ pub const NAMESPACED_TARGET_RULE: &str =
     validation = Rule::new("!has(self.target.name) || !has(self.credentialsRef) || self.target.name != self.credentialsRef.name").message("the target Secret must not be the credentials Secret").field_path(".target.name"),
     validation = Rule::new("!has(self.assertion) || !has(self.assertion.algorithm) || !(self.assertion.algorithm in ['HS256', 'HS384', 'HS512']) || (has(self.clientAuthentication) && self.clientAuthentication == 'client_secret_jwt')").message("HS256/HS384/HS512 assertions are only for clientAuthentication client_secret_jwt; private keys sign with RS*, PS* or ES*").field_path(".assertion.algorithm"),
     validation = Rule::new(NAMESPACED_CREDENTIALS_RULE).message("spec.credentialsRef.namespace is only for a ClusterClientCredential: a ClientCredential reads Secrets in its own namespace").field_path(".credentialsRef.namespace"),
-    validation = Rule::new("has(self.credentialsRef) || (has(self.serviceAccountRef) && has(self.clientAuthentication) && self.clientAuthentication in ['none', 'service_account_token'])").message("spec.credentialsRef is required unless no secret is needed: spec.serviceAccountRef with clientAuthentication service_account_token or none").field_path(".credentialsRef"),
+    validation = Rule::new("has(self.credentialsRef) || (has(self.serviceAccountRef) && has(self.clientAuthentication) && self.clientAuthentication in ['none', 'service_account_token']) || (has(self.clientId) && has(self.clientAuthentication) && self.clientAuthentication in ['tls_client_auth', 'self_signed_tls_client_auth'])").message("spec.credentialsRef is required unless no secret is needed: spec.serviceAccountRef with clientAuthentication service_account_token or none, or spec.clientId with clientAuthentication tls_client_auth or self_signed_tls_client_auth").field_path(".credentialsRef"),
+    validation = Rule::new("!has(self.target.certificateSecretNameKey) || (has(self.tls) && has(self.tls.clientCertificateSecretRef))").message("spec.target.certificateSecretNameKey names the client certificate Secret: set spec.tls.clientCertificateSecretRef").field_path(".target.certificateSecretNameKey"),
+    validation = Rule::new(MUTUAL_TLS_CERTIFICATE_RULE).message("clientAuthentication tls_client_auth and self_signed_tls_client_auth authenticate with the client certificate: set spec.tls.clientCertificateSecretRef").field_path(".tls.clientCertificateSecretRef"),
     validation = Rule::new("!has(self.clientAuthentication) || self.clientAuthentication != 'service_account_token' || has(self.serviceAccountRef)").message("clientAuthentication service_account_token needs spec.serviceAccountRef, whose token is the client assertion").field_path(".serviceAccountRef"),
     validation = Rule::new("!has(self.clientAuthentication) || self.clientAuthentication != 'service_account_token' || has(self.clientId) || has(self.credentialsRef)").message("clientAuthentication service_account_token needs the client id: spec.clientId, or spec.credentialsRef with the clientIdKey").field_path(".clientId"),
     validation = Rule::new("!has(self.grantType) || self.grantType != 'urn:ietf:params:oauth:grant-type:token-exchange' || has(self.serviceAccountRef) || (has(self.credentialsRef) && has(self.credentialsRef.subjectTokenKey))").message("grantType urn:ietf:params:oauth:grant-type:token-exchange needs a subject token: spec.serviceAccountRef or spec.credentialsRef.subjectTokenKey").field_path(".serviceAccountRef"),
@@ -101,6 +106,12 @@ pub struct ClientCredentialSpec {
     /// only when one is configured), service_account_token (no client secret: the client
     /// assertion is a token of spec.serviceAccountRef, as Microsoft Entra ID federated
     /// credentials and Keycloak federated client authentication expect).
+    /// tls_client_auth and self_signed_tls_client_auth (RFC 8705 mutual TLS, no shared
+    /// secret): the certificate of spec.tls.clientCertificateSecretRef is presented on the TLS
+    /// connection and only client_id is in the body; tls_client_auth for a certificate from a
+    /// CA the server trusts (matched by subject or SAN), self_signed_tls_client_auth for one
+    /// the server knows by its thumbprint. With an issuer, the discovery document's
+    /// mtls_endpoint_aliases.token_endpoint is used when it has one.
     #[serde(default)]
     pub client_authentication: ClientAuthentication,
 
@@ -472,8 +483,14 @@ pub struct TlsSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle_secret_ref: Option<CaBundleRef>,
 
-    /// A Secret in the same namespace with a PEM client certificate and key for mutual TLS
-    /// (RFC 8705), for example a kubernetes.io/tls Secret.
+    /// A Secret in the same namespace with a PEM client certificate (chain) and key for mutual
+    /// TLS (RFC 8705), for example the kubernetes.io/tls Secret of a cert-manager Certificate.
+    /// The certificate is presented to the token, refresh, discovery and verify endpoints;
+    /// with clientAuthentication tls_client_auth or self_signed_tls_client_auth it is the
+    /// client's credential. It is checked before every request (key matches, not expired);
+    /// a renewed certificate is used from the next request on and, like a rotated client
+    /// secret, causes one prompt new token (a certificate-bound token follows its
+    /// certificate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_certificate_secret_ref: Option<ClientCertificateRef>,
 }
@@ -499,14 +516,16 @@ fn default_ca_key() -> String {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClientCertificateRef {
-    /// Name of the Secret, in the same namespace as the credentials Secret.
+    /// Name of the Secret: in the ClientCredential's namespace, or for a
+    /// ClusterClientCredential in credentialsRef.namespace.
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub name: String,
-    /// Key holding the PEM certificate chain. Default tls.crt.
+    /// Key holding the PEM certificate chain, leaf first. Default tls.crt.
     #[serde(default = "default_cert_key")]
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub certificate_key: String,
-    /// Key holding the PEM private key. Default tls.key.
+    /// Key holding the PEM private key (PKCS#8, PKCS#1 or SEC1). Default tls.key. Never
+    /// logged, never copied to the target Secret.
     #[serde(default = "default_tls_key_key")]
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub private_key_key: String,
@@ -577,6 +596,14 @@ pub struct TargetSecret {
     /// being selected; Retain leaves it there (it is no longer renewed).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+
+    /// Also write the name of the client certificate Secret (spec.tls.clientCertificateSecretRef)
+    /// into the target Secret, under this key, e.g. tls-secret-name. A certificate-bound token
+    /// (RFC 8705) is only accepted together with its certificate: this tells the workload
+    /// which kubernetes.io/tls Secret to mount with the token. ClientCredential only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub certificate_secret_name_key: Option<String>,
 
     /// ClusterClientCredential only: namespaces that receive a copy of the target Secret, by
     /// name. Combined with namespaceSelector (a namespace matching either is selected);
@@ -681,6 +708,37 @@ pub struct ClientCredentialStatus {
     /// (spec.serviceAccountRef). The tokens themselves are never shown or stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account: Option<ServiceAccountStatus>,
+
+    /// The client certificate tokensync presents for mutual TLS
+    /// (spec.tls.clientCertificateSecretRef), as it was last read: never the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<ClientCertificateStatus>,
+
+    /// Set when the published token is bound to a client certificate (RFC 8705 3: the token
+    /// response's cnf member, or the cnf claim of a JWT access token): the x5t#S256
+    /// thumbprint (base64url SHA-256 of the DER certificate) of that certificate. A resource
+    /// server accepts the token only on a TLS connection that presents this certificate.
+    /// Absent for tokens that are not bound, or whose binding the server does not disclose
+    /// (opaque tokens without cnf in the response).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_certificate_thumbprint: Option<String>,
+}
+
+/// The client certificate a credential presents.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientCertificateStatus {
+    /// The Secret it is read from.
+    pub secret_name: String,
+    /// Its subject distinguished name.
+    pub subject: String,
+    /// When it expires (RFC 3339); cert-manager renews it before then, and tokensync uses
+    /// the renewed one from the next request on.
+    pub not_after: String,
+    /// Its x5t#S256 thumbprint (base64url SHA-256 of the DER certificate), the value a
+    /// certificate-bound token's cnf claim carries.
+    #[serde(rename = "x5tS256")]
+    pub x5t_s256: String,
 }
 
 /// Which ServiceAccount token a credential uses.

@@ -157,10 +157,26 @@ pub fn validate(spec: &ClientCredentialSpec, resource_name: &str) -> Result<(), 
     }
     c.check(
         creds.is_some()
-            || (sa.is_some() && matches!(auth, ClientAuthentication::None | ClientAuthentication::ServiceAccountToken)),
+            || (sa.is_some() && matches!(auth, ClientAuthentication::None | ClientAuthentication::ServiceAccountToken))
+            || (spec.client_id.is_some() && auth.is_mutual_tls()),
         "spec.credentialsRef",
-        "spec.credentialsRef is required unless no secret is needed: spec.serviceAccountRef with clientAuthentication service_account_token or none",
+        "spec.credentialsRef is required unless no secret is needed: spec.serviceAccountRef with clientAuthentication service_account_token or none, or spec.clientId with clientAuthentication tls_client_auth or self_signed_tls_client_auth",
     );
+    if let Some(key) = &spec.target.certificate_secret_name_key {
+        c.secret_key("spec.target.certificateSecretNameKey", key);
+        c.check(
+            spec.tls.as_ref().is_some_and(|t| t.client_certificate_secret_ref.is_some()),
+            "spec.target.certificateSecretNameKey",
+            "spec.target.certificateSecretNameKey names the client certificate Secret: set spec.tls.clientCertificateSecretRef",
+        );
+    }
+    if auth.is_mutual_tls() {
+        c.check(
+            spec.tls.as_ref().is_some_and(|t| t.client_certificate_secret_ref.is_some()),
+            "spec.tls.clientCertificateSecretRef",
+            "clientAuthentication tls_client_auth and self_signed_tls_client_auth authenticate with the client certificate: set spec.tls.clientCertificateSecretRef",
+        );
+    }
     if auth == ClientAuthentication::ServiceAccountToken {
         c.check(
             sa.is_some(),
@@ -441,6 +457,16 @@ pub fn validate_cluster(spec: &ClientCredentialSpec, resource_name: &str) -> Res
             ),
         }
     }
+    c.check(
+        spec.target.certificate_secret_name_key.is_none(),
+        "spec.target.certificateSecretNameKey",
+        "spec.target.certificateSecretNameKey is only for a ClientCredential: the client certificate Secret of a ClusterClientCredential is in another namespace than its copies",
+    );
+    c.check(
+        !spec.client_authentication.is_mutual_tls() || spec.credentials_ref.is_some(),
+        "spec.credentialsRef",
+        "a ClusterClientCredential reads its client certificate Secret from spec.credentialsRef.namespace: set spec.credentialsRef",
+    );
     let target = &spec.target;
     c.check(
         !target.namespaces.is_empty() || target.namespace_selector.is_some(),

@@ -24,6 +24,8 @@ pub const EXPIRES_AT: &str = "tokensync.io/expires-at";
 pub const INPUTS: &str = "tokensync.io/inputs";
 pub const BOOTSTRAP: &str = "tokensync.io/bootstrap";
 pub const RENEWAL_REQUEST: &str = "tokensync.io/renewal-request";
+/// The x5t#S256 thumbprint of the certificate the stored token is bound to (RFC 8705 3).
+pub const BOUND_CERTIFICATE: &str = "tokensync.io/bound-certificate";
 
 /// The field manager of every write tokensync makes.
 pub const FIELD_MANAGER: &str = "tokensync";

@@ -444,6 +444,7 @@ impl<'a, K: Credential> Run<'a, K> {
                 scope: s.scope.clone(),
                 issued_at: s.issued_at,
                 expires_at: s.expires_at,
+                bound_certificate: s.bound_certificate.clone(),
             }),
             failure: self.failure.clone(),
             renew_at: self.renew_at(next),
@@ -460,6 +461,7 @@ impl<'a, K: Credential> Run<'a, K> {
             ),
             target_secret_name,
             service_account: prep.and_then(super::service_account::status_of),
+            client_certificate: status::client_certificate(self.cc.token_spec(), prep),
         }
     }
 

@@ -44,6 +44,7 @@ pub fn read(secret: &Secret) -> Option<StoredToken> {
         inputs: annotations.get(labels::INPUTS)?.clone(),
         bootstrap: annotations.get(labels::BOOTSTRAP).cloned(),
         renewal_request: annotations.get(labels::RENEWAL_REQUEST).cloned(),
+        bound_certificate: annotations.get(labels::BOUND_CERTIFICATE).cloned(),
     })
 }
 
@@ -119,6 +120,9 @@ pub fn secret_for(stored: &StoredToken) -> Secret {
     }
     if let Some(r) = &stored.renewal_request {
         annotations.insert(labels::RENEWAL_REQUEST.into(), r.clone());
+    }
+    if let Some(x5t) = &stored.bound_certificate {
+        annotations.insert(labels::BOUND_CERTIFICATE.into(), x5t.clone());
     }
     Secret {
         metadata: ObjectMeta { annotations: Some(annotations), ..Default::default() },
@@ -241,6 +245,7 @@ mod tests {
 
     fn stored() -> StoredToken {
         StoredToken {
+            bound_certificate: None,
             access_token: "at".to_owned().into(),
             token_type: "Bearer".into(),
             scope: Some("read".into()),

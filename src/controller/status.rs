@@ -126,6 +126,8 @@ pub struct Facts {
     pub target_secret_name: String,
     /// The ServiceAccount and audience of the credential's ServiceAccount tokens.
     pub service_account: Option<crate::api::ServiceAccountStatus>,
+    /// The client certificate presented for mutual TLS.
+    pub client_certificate: Option<crate::api::v1alpha1::ClientCertificateStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -134,6 +136,8 @@ pub struct TokenFacts {
     pub scope: Option<String>,
     pub issued_at: Timestamp,
     pub expires_at: Timestamp,
+    /// x5t#S256 of the certificate the token is bound to.
+    pub bound_certificate: Option<String>,
 }
 
 /// The status the facts call for, carrying over lastTransitionTime where nothing flipped.
@@ -147,7 +151,11 @@ pub fn next(current: Option<&ClientCredentialStatus>, facts: &Facts) -> ClientCr
         let t = facts.token.as_ref().unwrap();
         let reason = if facts.suspended { Reason::Suspended } else { Reason::TokenIssued };
         let verb = if facts.suspended { "renewal is suspended; the published token" } else { "the published token" };
-        (true, reason, format!("{verb} expires at {}", crate::controller::state::seconds(t.expires_at)))
+        let bound = match &t.bound_certificate {
+            Some(x5t) => format!("; it is bound to the client certificate with x5t#S256 {x5t}"),
+            None => String::new(),
+        };
+        (true, reason, format!("{verb} expires at {}{bound}", crate::controller::state::seconds(t.expires_at)))
     } else if let Some(f) = &facts.failure {
         (false, f.reason, f.message.clone())
     } else if facts.suspended {
@@ -186,6 +194,8 @@ pub fn next(current: Option<&ClientCredentialStatus>, facts: &Facts) -> ClientCr
         handled_renewal_request: facts.handled_renewal_request.clone(),
         target_secret_name: Some(facts.target_secret_name.clone()),
         service_account: facts.service_account.clone(),
+        client_certificate: facts.client_certificate.clone(),
+        bound_certificate_thumbprint: facts.token.as_ref().and_then(|t| t.bound_certificate.clone()),
     }
 }
 
@@ -223,6 +233,21 @@ pub fn needs_patch(current: Option<&ClientCredentialStatus>, next: &ClientCreden
     comparable(current) != comparable(next)
 }
 
+/// The status of the client certificate a prepared credential presents.
+pub fn client_certificate(
+    spec: &crate::api::ClientCredentialSpec,
+    prep: Option<&crate::token_state::Prepared>,
+) -> Option<crate::api::v1alpha1::ClientCertificateStatus> {
+    let secret = spec.tls.as_ref()?.client_certificate_secret_ref.as_ref()?;
+    let summary = prep?.certificate.as_ref()?;
+    Some(crate::api::v1alpha1::ClientCertificateStatus {
+        secret_name: secret.name.clone(),
+        subject: summary.subject.clone(),
+        not_after: crate::controller::state::seconds(summary.not_after),
+        x5t_s256: summary.thumbprint.clone(),
+    })
+}
+
 /// A status with what [`needs_patch`] ignores taken out: lastTransitionTime, condition order.
 pub fn comparable(status: &ClientCredentialStatus) -> ClientCredentialStatus {
     let mut s = status.clone();
@@ -251,6 +276,7 @@ mod tests {
                 scope: None,
                 issued_at: t("2026-11-22T10:00:00Z"),
                 expires_at: t("2026-11-22T11:00:00Z"),
+                bound_certificate: None,
             }),
             failure: None,
             renew_at: Some(t("2026-11-22T10:40:00Z")),
@@ -261,6 +287,7 @@ mod tests {
             handled_renewal_request: None,
             target_secret_name: "demo".into(),
             service_account: None,
+            client_certificate: None,
         }
     }
 

@@ -56,7 +56,11 @@ fn ownership_by_labels<'a>(label: impl Fn(&str) -> Option<&'a str>, credential: 
 /// The target Secret for `stored`, as tokensync applies it.
 pub fn desired(cc: &ClientCredential, stored: &StoredToken) -> Result<Secret, RenderError> {
     let target = &cc.spec.target;
-    let data = crate::token_state::render_target(target.template.as_ref(), stored)?;
+    let mut data = crate::token_state::render_target(target.template.as_ref(), stored)?;
+    let certificate = cc.spec.tls.as_ref().and_then(|t| t.client_certificate_secret_ref.as_ref());
+    if let (Some(key), Some(certificate)) = (&target.certificate_secret_name_key, certificate) {
+        data.insert(key.clone(), certificate.name.clone().into_bytes());
+    }
     let credential = cc.metadata.name.clone().unwrap_or_default();
     let mut secret = secret_for(target, (labels::CREDENTIAL, &credential), stored, data);
     secret.metadata.name = Some(name(cc));

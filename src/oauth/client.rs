@@ -16,6 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use super::assertion::{self, Claims, SigningKey};
+use super::certificate::{self, CertificateSummary};
 use super::config::{Credentials, Endpoint, TokenRequestConfig};
 use super::discovery::DiscoveryCache;
 use super::error::{ErrorKind, Redactor, TokenError};
@@ -41,6 +42,8 @@ pub enum Flow {
 pub struct Acquired {
     pub token: Token,
     pub flow: Flow,
+    /// The client certificate presented on the connection (mutual TLS), if any.
+    pub certificate: Option<CertificateSummary>,
 }
 
 impl Acquired {
@@ -62,6 +65,44 @@ impl Acquired {
             (None, _) => false,
         }
     }
+}
+
+/// The client certificate the requests will present, checked now: parsed, its key matching,
+/// valid at this moment. An authentication method that needs one fails here without it.
+fn presented_certificate(config: &TokenRequestConfig) -> Result<Option<CertificateSummary>, TokenError> {
+    match &config.tls.client_identity {
+        Some(identity) => certificate::inspect(identity, Timestamp::now()).map(Some),
+        None if config.client_authentication.is_mutual_tls() => Err(TokenError::config(format!(
+            "clientAuthentication {} authenticates with a client certificate, but none is configured \
+             (spec.tls.clientCertificateSecretRef)",
+            config.client_authentication.as_str()
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// Says which certificate the server did not accept, when its refusal is about the client:
+/// an `invalid_client` answer to a mutual TLS client.
+fn certificate_refused(config: &TokenRequestConfig, cert: &CertificateSummary, mut e: TokenError) -> TokenError {
+    if e.oauth_error.as_deref() == Some("invalid_client") && config.client_authentication.is_mutual_tls() {
+        let hint = match config.client_authentication {
+            ClientAuthentication::SelfSignedTlsClientAuth => {
+                "it must be registered for this client_id by its thumbprint (a JWK with this x5t#S256 or x5c)"
+            }
+            _ => {
+                "it must be issued by a CA the server trusts and its subject or SAN must match what is \
+                 registered for this client_id"
+            }
+        };
+        e.message = format!("{}; the server did not accept the client certificate ({cert}): {hint}", e.message);
+    }
+    e
+}
+
+/// A token and the request that produced it, before verification.
+struct Obtained {
+    token: Token,
+    flow: Flow,
 }
 
 /// The engine. Clone is cheap: clones share connection pools and the discovery cache.
@@ -91,18 +132,38 @@ impl TokenClient {
         credentials: &Credentials,
         refresh_token: Option<&SecretString>,
     ) -> Result<Acquired, TokenError> {
+        // The certificate is checked before any request, discovery included.
+        let certificate = presented_certificate(config)?;
+        let Obtained { token, flow } =
+            self.obtain(config, credentials, refresh_token).await.map_err(|e| match &certificate {
+                Some(cert) => certificate_refused(config, cert, e),
+                None => e,
+            })?;
+        let acquired = Acquired { token, flow, certificate };
+        if let Some(verify) = &config.verify_url {
+            self.verify(config, verify, &acquired.token).await?;
+        }
+        Ok(acquired)
+    }
+
+    async fn obtain(
+        &self,
+        config: &TokenRequestConfig,
+        credentials: &Credentials,
+        refresh_token: Option<&SecretString>,
+    ) -> Result<Obtained, TokenError> {
         let token_url = self.token_url(config).await?;
         let acquired = match config.grant {
             GrantType::ClientCredentials => match (refresh_token, &config.refresh_endpoint) {
                 (Some(rt), Some(_)) => match self.refresh(config, &token_url, credentials, rt).await {
-                    Ok(token) => Acquired { token, flow: Flow::Refresh },
-                    Err(e) if e.permanent => Acquired {
+                    Ok(token) => Obtained { token, flow: Flow::Refresh },
+                    Err(e) if e.permanent => Obtained {
                         token: self.client_credentials(config, &token_url, credentials).await?,
                         flow: Flow::RefreshFellBackToClientCredentials,
                     },
                     Err(e) => return Err(e),
                 },
-                _ => Acquired {
+                _ => Obtained {
                     token: self.client_credentials(config, &token_url, credentials).await?,
                     flow: Flow::ClientCredentials,
                 },
@@ -111,28 +172,25 @@ impl TokenClient {
                 let rt = refresh_token
                     .or(credentials.refresh_token.as_ref())
                     .ok_or_else(|| TokenError::credentials("grantType refresh_token but there is no refresh token"))?;
-                Acquired { token: self.refresh(config, &token_url, credentials, rt).await?, flow: Flow::Refresh }
+                Obtained { token: self.refresh(config, &token_url, credentials, rt).await?, flow: Flow::Refresh }
             }
             GrantType::AuthorizationCode => match refresh_token {
                 Some(rt) => {
-                    Acquired { token: self.refresh(config, &token_url, credentials, rt).await?, flow: Flow::Refresh }
+                    Obtained { token: self.refresh(config, &token_url, credentials, rt).await?, flow: Flow::Refresh }
                 }
-                None => Acquired {
+                None => Obtained {
                     token: self.exchange_code(config, &token_url, credentials).await?,
                     flow: Flow::AuthorizationCode,
                 },
             },
             GrantType::JwtBearer => {
-                Acquired { token: self.jwt_bearer(config, &token_url, credentials).await?, flow: Flow::JwtBearer }
+                Obtained { token: self.jwt_bearer(config, &token_url, credentials).await?, flow: Flow::JwtBearer }
             }
-            GrantType::TokenExchange => Acquired {
+            GrantType::TokenExchange => Obtained {
                 token: self.token_exchange(config, &token_url, credentials).await?,
                 flow: Flow::TokenExchange,
             },
         };
-        if let Some(verify) = &config.verify_url {
-            self.verify(config, verify, &acquired.token).await?;
-        }
         Ok(acquired)
     }
 

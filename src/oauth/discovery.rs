@@ -1,5 +1,7 @@
 //! OpenID Connect discovery: the token endpoint of an issuer, read from
-//! `<issuer>/.well-known/openid-configuration` and cached.
+//! `<issuer>/.well-known/openid-configuration` and cached. A client that presents a
+//! certificate uses `mtls_endpoint_aliases.token_endpoint` when the document has one
+//! (RFC 8705 5): servers often take mutual TLS on another host or port.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,11 +22,20 @@ pub const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
 /// Cached token endpoints by issuer.
 #[derive(Clone, Default)]
 pub struct DiscoveryCache {
-    entries: Arc<Mutex<HashMap<String, (Url, Instant)>>>,
+    entries: Arc<Mutex<HashMap<String, (Endpoints, Instant)>>>,
+}
+
+/// The token endpoints a discovery document names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Endpoints {
+    token: Url,
+    /// mtls_endpoint_aliases.token_endpoint (RFC 8705 5).
+    mtls_token: Option<Url>,
 }
 
 impl DiscoveryCache {
-    /// The issuer's token endpoint, from the cache or a fresh discovery request.
+    /// The issuer's token endpoint, from the cache or a fresh discovery request: its mutual
+    /// TLS alias when `tls` presents a client certificate and the document has one.
     pub async fn token_endpoint(
         &self,
         transport: &Transport,
@@ -32,14 +43,19 @@ impl DiscoveryCache {
         issuer: &Url,
     ) -> Result<Url, TokenError> {
         let key = issuer.as_str().to_owned();
-        if let Some((url, at)) = self.lock().get(&key)
-            && at.elapsed() < DISCOVERY_TTL
-        {
-            return Ok(url.clone());
-        }
-        let url = discover(transport, tls, issuer).await?;
-        self.lock().insert(key, (url.clone(), Instant::now()));
-        Ok(url)
+        let cached = self.lock().get(&key).filter(|(_, at)| at.elapsed() < DISCOVERY_TTL).map(|(e, _)| e.clone());
+        let endpoints = match cached {
+            Some(endpoints) => endpoints,
+            None => {
+                let endpoints = discover(transport, tls, issuer).await?;
+                self.lock().insert(key, (endpoints.clone(), Instant::now()));
+                endpoints
+            }
+        };
+        Ok(match (tls.client_identity.is_some(), endpoints.mtls_token) {
+            (true, Some(alias)) => alias,
+            _ => endpoints.token,
+        })
     }
 
     /// Forgets an issuer, e.g. after its token endpoint stopped answering.
@@ -47,7 +63,7 @@ impl DiscoveryCache {
         self.lock().remove(issuer.as_str());
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Url, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Endpoints, Instant)>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -60,7 +76,7 @@ fn configuration_url(issuer: &Url) -> Result<Url, TokenError> {
         .map_err(|e| TokenError::config(format!("issuer {issuer} gives no valid discovery URL: {e}")))
 }
 
-async fn discover(transport: &Transport, tls: &TlsMaterial, issuer: &Url) -> Result<Url, TokenError> {
+async fn discover(transport: &Transport, tls: &TlsMaterial, issuer: &Url) -> Result<Endpoints, TokenError> {
     let url = configuration_url(issuer)?;
     let request = HttpRequest {
         method: reqwest::Method::GET,
@@ -83,12 +99,20 @@ async fn discover(transport: &Transport, tls: &TlsMaterial, issuer: &Url) -> Res
             "OIDC discovery at {url}: the document's issuer {stated:?} does not match spec.issuer {configured:?}"
         )));
     }
-    let endpoint = doc.get("token_endpoint").and_then(Value::as_str).ok_or_else(|| {
+    let token = endpoint(transport, &url, &doc, "token_endpoint")?.ok_or_else(|| {
         TokenError::invalid_response(format!("OIDC discovery at {url}: the document has no token_endpoint"))
     })?;
-    let endpoint = Url::parse(endpoint).map_err(|e| {
-        TokenError::invalid_response(format!("OIDC discovery at {url}: token_endpoint is not a URL: {e}"))
-    })?;
-    transport.policy().check(&endpoint).map_err(|e| e.context("the discovered token_endpoint"))?;
-    Ok(endpoint)
+    let aliases = doc.get("mtls_endpoint_aliases").cloned().unwrap_or_default();
+    let mtls_token = endpoint(transport, &url, &aliases, "token_endpoint")
+        .map_err(|e| e.context("mtls_endpoint_aliases (RFC 8705 5)"))?;
+    Ok(Endpoints { token, mtls_token })
+}
+
+/// A URL member of a discovery document, checked against the endpoint policy.
+fn endpoint(transport: &Transport, url: &Url, doc: &Value, member: &str) -> Result<Option<Url>, TokenError> {
+    let Some(value) = doc.get(member).and_then(Value::as_str) else { return Ok(None) };
+    let endpoint = Url::parse(value)
+        .map_err(|e| TokenError::invalid_response(format!("OIDC discovery at {url}: {member} is not a URL: {e}")))?;
+    transport.policy().check(&endpoint).map_err(|e| e.context(format!("the discovered {member}")))?;
+    Ok(Some(endpoint))
 }

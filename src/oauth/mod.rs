@@ -10,6 +10,7 @@
 //! - [`discovery`]: OIDC discovery with a cache.
 
 pub mod assertion;
+pub mod certificate;
 pub mod client;
 pub mod config;
 pub mod discovery;

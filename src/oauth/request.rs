@@ -108,7 +108,11 @@ pub fn build(
                 params.add("client_assertion_type", CLIENT_ASSERTION_TYPE);
                 params.add_secret("client_assertion", &jwt, redactor);
             }
-            ClientAuthentication::None => params.add("client_id", creds.client_id.clone()),
+            // RFC 8705 2: the certificate on the connection authenticates; the body names
+            // the client and carries no secret.
+            ClientAuthentication::None
+            | ClientAuthentication::TlsClientAuth
+            | ClientAuthentication::SelfSignedTlsClientAuth => params.add("client_id", creds.client_id.clone()),
             ClientAuthentication::ServiceAccountToken => {
                 let token = federated_token(creds)?;
                 params.add("client_id", creds.client_id.clone());

@@ -42,6 +42,9 @@ pub struct Token {
     /// RFC 8693 2.2.1: the type of the token a token exchange issued, e.g.
     /// urn:ietf:params:oauth:token-type:access_token.
     pub issued_token_type: Option<String>,
+    /// RFC 8705 3.1: the `x5t#S256` thumbprint of the certificate the token is bound to,
+    /// from the response's `cnf` member or, for a JWT access token, its `cnf` claim.
+    pub bound_certificate: Option<String>,
 }
 
 /// Parses a response to a token or refresh request. `now` is when the request was sent:
@@ -110,6 +113,8 @@ pub fn parse(
     };
     let issued_token_type =
         lookup(&body, "issued_token_type").and_then(Value::as_str).map(str::to_owned).filter(|s| !s.is_empty());
+    let bound_certificate = x5t_s256(body.get("cnf"))
+        .or_else(|| jwt_claims(access_token.expose_secret()).and_then(|c| x5t_s256(c.get("cnf"))));
     Ok(Token {
         access_token,
         token_type,
@@ -119,6 +124,7 @@ pub fn parse(
         scope,
         refresh_token,
         issued_token_type,
+        bound_certificate,
     })
 }
 
@@ -194,14 +200,26 @@ fn absolute_time(value: &Value) -> Option<Timestamp> {
 /// The exp claim of a JWT, read without verifying the signature: only the expiry is taken
 /// from it, as a fallback when the response states none.
 pub fn jwt_exp(token: &str) -> Option<Timestamp> {
+    let claims = jwt_claims(token)?;
+    Timestamp::from_second(number(claims.get("exp")?)? as i64).ok()
+}
+
+/// The claims of a JWT, unverified; None when the token is not a JWT.
+fn jwt_claims(token: &str) -> Option<Value> {
     let mut parts = token.split('.');
     let (_header, payload, _sig) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() || payload.len() > 64 * 1024 {
         return None;
     }
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-    let claims: Value = serde_json::from_slice(&bytes).ok()?;
-    Timestamp::from_second(number(claims.get("exp")?)? as i64).ok()
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// `cnf.x5t#S256` (RFC 8705 3.1): a base64url SHA-256, 43 characters.
+fn x5t_s256(cnf: Option<&Value>) -> Option<String> {
+    let value = cnf?.get("x5t#S256")?.as_str()?;
+    let valid = value.len() == 43 && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    valid.then(|| value.to_owned())
 }
 
 /// Follows a dotted path (`data.accessToken`) into nested objects.
@@ -341,6 +359,22 @@ mod tests {
         assert_eq!(t.expires_at, now() + Duration::from_secs(300));
         assert_eq!(t.scope.as_deref(), Some("a b"));
         assert_eq!(t.expiry_source, ExpirySource::ExpiresIn);
+    }
+
+    #[test]
+    fn a_certificate_binding_is_read_from_the_response_or_the_jwt_cnf_claim() {
+        let x5t = "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2";
+        let t = ok(&format!(r#"{{"access_token":"opaque","expires_in":60,"cnf":{{"x5t#S256":"{x5t}"}}}}"#));
+        assert_eq!(t.bound_certificate.as_deref(), Some(x5t));
+        let exp = now().as_second() + 600;
+        let claims = format!(r#"{{"exp":{exp},"cnf":{{"x5t#S256":"{x5t}"}}}}"#);
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims);
+        let t = ok(&format!(r#"{{"access_token":"eyJhbGciOiJSUzI1NiJ9.{payload}.sig","expires_in":60}}"#));
+        assert_eq!(t.bound_certificate.as_deref(), Some(x5t));
+        // Unbound tokens, and a cnf that is not a SHA-256 thumbprint, say nothing.
+        assert_eq!(ok(r#"{"access_token":"a","expires_in":60}"#).bound_certificate, None);
+        assert_eq!(ok(r#"{"access_token":"a","expires_in":60,"cnf":{"x5t#S256":"short"}}"#).bound_certificate, None);
+        assert_eq!(ok(r#"{"access_token":"a","expires_in":60,"cnf":{"jkt":"x"}}"#).bound_certificate, None);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use url::Url;
 
 use super::config::TlsMaterial;
-use super::error::TokenError;
+use super::error::{ErrorKind, TokenError};
 
 /// Which endpoints tokensync may call. Set by the operator (controller flags, CLI flags),
 /// not by ClientCredential authors.
@@ -191,7 +191,8 @@ impl Transport {
             builder = builder.header(reqwest::header::CONTENT_TYPE, content_type).body(body);
         }
         let url = &request.url;
-        let mut response = builder.send().await.map_err(|e| self.describe(url, e))?;
+        let presented = tls.client_identity.is_some();
+        let mut response = builder.send().await.map_err(|e| self.describe(url, e, presented))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let max = self.settings.max_response_bytes;
@@ -199,7 +200,7 @@ impl Transport {
             return Err(TokenError::invalid_response(format!("{url} answered with more than {max} bytes")));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.describe(url, e))? {
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.describe(url, e, presented))? {
             if body.len() + chunk.len() > max {
                 return Err(TokenError::invalid_response(format!("{url} answered with more than {max} bytes")));
             }
@@ -210,7 +211,9 @@ impl Transport {
 
     /// A transport error as a user can act on it. reqwest's messages name the URL and the
     /// root cause (refused, timed out, certificate); no request body is ever part of them.
-    fn describe(&self, url: &Url, error: reqwest::Error) -> TokenError {
+    /// `presented`: a client certificate was offered, so a certificate alert from the server
+    /// is its verdict on that certificate.
+    fn describe(&self, url: &Url, error: reqwest::Error, presented: bool) -> TokenError {
         if error.is_timeout() {
             return TokenError::unavailable(format!(
                 "{url} did not answer within {}s",
@@ -222,6 +225,18 @@ impl Transport {
         while let Some(s) = source {
             cause = s.to_string();
             source = s.source();
+        }
+        if let Some(alert) = refused_certificate_alert(&cause, presented) {
+            // Asking again with the same certificate gets the same answer.
+            return TokenError::new(
+                ErrorKind::Rejected,
+                true,
+                format!(
+                    "{url} refused the client certificate: the TLS handshake ended with the alert {alert} ({}); \
+                     the server does not trust the certificate's issuer or does not accept this certificate",
+                    alert_meaning(alert)
+                ),
+            );
         }
         let what = if error.is_connect() { "cannot connect to" } else { "request failed for" };
         if cause.is_empty() {
@@ -248,6 +263,36 @@ impl Transport {
             .map_err(|e| TokenError::config(format!("cannot build the HTTP client: {e}")))?;
         clients.insert(key, client.clone());
         Ok(client)
+    }
+}
+
+/// The TLS alerts a server sends about a client certificate (RFC 8446 6.2), when `cause`
+/// (rustls: "received fatal alert: BadCertificate") reports one and a certificate was offered.
+fn refused_certificate_alert(cause: &str, presented: bool) -> Option<&str> {
+    const ABOUT_THE_CERTIFICATE: &[&str] = &[
+        "BadCertificate",
+        "UnsupportedCertificate",
+        "CertificateRevoked",
+        "CertificateExpired",
+        "CertificateUnknown",
+        "UnknownCA",
+        "AccessDenied",
+        "CertificateRequired",
+        "DecryptError",
+    ];
+    let alert = cause.split("received fatal alert: ").nth(1)?.trim();
+    (presented && ABOUT_THE_CERTIFICATE.contains(&alert)).then_some(alert)
+}
+
+fn alert_meaning(alert: &str) -> &'static str {
+    match alert {
+        "UnknownCA" => "the certificate's issuer is not a CA the server trusts",
+        "CertificateExpired" => "the server considers the certificate expired",
+        "CertificateRevoked" => "the certificate was revoked",
+        "CertificateRequired" => "the server required a certificate it could accept",
+        "AccessDenied" => "the certificate is valid but not allowed access",
+        "DecryptError" => "the certificate's signature or key proof did not verify",
+        _ => "the server could not accept the certificate",
     }
 }
 
@@ -316,6 +361,14 @@ mod tests {
 
     fn url(s: &str) -> Url {
         Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn certificate_alerts_are_recognised_only_when_a_certificate_was_offered() {
+        assert_eq!(refused_certificate_alert("received fatal alert: UnknownCA", true), Some("UnknownCA"));
+        assert_eq!(refused_certificate_alert("received fatal alert: UnknownCA", false), None);
+        assert_eq!(refused_certificate_alert("received fatal alert: ProtocolVersion", true), None);
+        assert_eq!(refused_certificate_alert("connection refused", true), None);
     }
 
     #[test]

@@ -40,6 +40,14 @@ pub enum ClientAuthentication {
     /// [`crate::oauth::Credentials::federated_token`].
     #[serde(rename = "service_account_token")]
     ServiceAccountToken,
+    /// RFC 8705 2.1: the client proves its identity with a certificate from a CA the server
+    /// trusts, presented on the TLS connection; only client_id is in the body.
+    #[serde(rename = "tls_client_auth")]
+    TlsClientAuth,
+    /// RFC 8705 2.2: like tls_client_auth, with a certificate the server knows by its
+    /// thumbprint (registered JWK set) rather than by its issuer.
+    #[serde(rename = "self_signed_tls_client_auth")]
+    SelfSignedTlsClientAuth,
 }
 
 /// Body encodings for token requests.
@@ -92,7 +100,15 @@ impl ClientAuthentication {
             ClientAuthentication::ClientSecretJwt => "client_secret_jwt",
             ClientAuthentication::None => "none",
             ClientAuthentication::ServiceAccountToken => "service_account_token",
+            ClientAuthentication::TlsClientAuth => "tls_client_auth",
+            ClientAuthentication::SelfSignedTlsClientAuth => "self_signed_tls_client_auth",
         }
+    }
+
+    /// Whether the client authenticates with the certificate it presents on the TLS
+    /// connection (RFC 8705).
+    pub fn is_mutual_tls(self) -> bool {
+        matches!(self, ClientAuthentication::TlsClientAuth | ClientAuthentication::SelfSignedTlsClientAuth)
     }
 
     /// Whether this method needs the client secret.

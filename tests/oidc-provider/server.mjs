@@ -4,7 +4,8 @@
 // public, an account is logged in without a password and /test/code hands out authorization
 // codes to anyone who asks.
 //
-// Usage: node server.mjs [--port N] [--exit-on-stdin-eof]   (or PORT=N; default 0 = any free port)
+// Usage: node server.mjs [--port N] [--exit-on-stdin-eof] [--tls-dir DIR]
+//   (or PORT=N; default 0 = any free port)
 //
 // It listens on 127.0.0.1 only. The FIRST and ONLY line on stdout is a JSON object, printed once
 // the server accepts connections:
@@ -21,14 +22,27 @@
 //   interop-es256        private_key_jwt       client_credentials   (ES256, keys/es256.pem)
 //   interop-rotation     client_secret_post    authorization_code + refresh_token (rotating)
 //
+// With --tls-dir DIR the server speaks HTTPS (DIR/server.crt, DIR/server.key) and adds mutual
+// TLS (RFC 8705, features.mTLS): a second HTTPS listener that requests client certificates
+// (DIR/ca.crt is the CA it trusts for tls_client_auth; any certificate is let through to
+// oidc-provider, which decides), published as mtls_endpoint_aliases in discovery. The plain
+// token_endpoint never sees a client certificate, so a client that ignores the alias fails.
+// The ready line adds "mtls_token_endpoint". Two more clients, both with certificate-bound
+// access tokens (cnf x5t#S256):
+//   interop-mtls         tls_client_auth              subject DN CN=interop-mtls (issued by ca.crt)
+//   interop-self-signed  self_signed_tls_client_auth  the certificate DIR/self-signed.crt
+// Resource urn:tokensync:interop-jwt-api issues JWT access tokens (the cnf claim is visible).
+//
 // Test-only helper: GET /test/code runs a complete authorization code flow for
 // interop-rotation inside this process (GET /auth -> /interaction/:uid auto-login ->
 // /interaction/:uid auto-consent incl. offline_access -> redirect to
 // http://127.0.0.1/callback?code=...) and answers {"code": "...", "redirect_uri": "..."}.
 
-import { createPublicKey, generateKeyPairSync } from 'node:crypto';
+import { createPrivateKey, createPublicKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
 import http from 'node:http';
+import https from 'node:https';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -55,6 +69,13 @@ function parsePort() {
   }
   return port;
 }
+
+function tlsDir() {
+  const i = process.argv.indexOf('--tls-dir');
+  return i >= 0 ? process.argv[i + 1] : undefined;
+}
+const TLS_DIR = tlsDir();
+const JWT_RESOURCE = 'urn:tokensync:interop-jwt-api';
 
 function publicJwk(file, kid, alg) {
   const jwk = createPublicKey(readFileSync(join(here, 'keys', file))).export({ format: 'jwk' });
@@ -109,11 +130,41 @@ const clients = [
   },
 ];
 
-// The provider's own signing key (ID tokens): ephemeral, made fresh on every start.
-const { privateKey: idTokenKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+if (TLS_DIR) {
+  const mtls = { ...ccClient, tls_client_certificate_bound_access_tokens: true };
+  clients.push({
+    ...mtls,
+    client_id: 'interop-mtls',
+    token_endpoint_auth_method: 'tls_client_auth',
+    tls_client_auth_subject_dn: 'CN=interop-mtls',
+  });
+  const selfSigned = new X509Certificate(readFileSync(join(TLS_DIR, 'self-signed.crt')));
+  clients.push({
+    ...mtls,
+    client_id: 'interop-self-signed',
+    token_endpoint_auth_method: 'self_signed_tls_client_auth',
+    jwks: { keys: [{ ...selfSigned.publicKey.export({ format: 'jwk' }), x5c: [selfSigned.raw.toString('base64')] }] },
+  });
+}
+
+// The provider's own signing key (ID tokens and JWT access tokens), keys/provider-rs256.pem.
+// Read from a file, not made with generateKeyPairSync: on Node 20 a garbage collection during
+// the JWK export below can run the finished key generation job's destructor, which waits for
+// the lock the export holds on the same key, and the process hangs before it is ready (seen
+// as an occasional "printed no ready line" in the tests; gdb shows ~KeyGenJob in
+// uv_mutex_lock under ExportJWKRsaKey).
+const idTokenKey = createPrivateKey(readFileSync(join(here, 'keys', 'provider-rs256.pem')));
 
 const configuration = {
   clients,
+  clientAuthMethods: [
+    'client_secret_basic',
+    'client_secret_jwt',
+    'client_secret_post',
+    'private_key_jwt',
+    'none',
+    ...(TLS_DIR ? ['tls_client_auth', 'self_signed_tls_client_auth'] : []),
+  ],
   jwks: { keys: [{ ...idTokenKey.export({ format: 'jwk' }), kid: 'provider-rs256', alg: 'RS256', use: 'sig' }] },
   cookies: { keys: ['tokensync-interop-test-only-cookie-key'] },
   scopes: ['openid', 'offline_access', 'api:read', 'api:write'],
@@ -153,9 +204,24 @@ const configuration = {
       defaultResource: async (_ctx, _client, oneOf) => oneOf ?? RESOURCE,
       useGrantedResource: async () => true,
       getResourceServerInfo: async (_ctx, resourceIndicator) => {
+        if (TLS_DIR && resourceIndicator === JWT_RESOURCE) {
+          return { scope: API_SCOPES, audience: JWT_RESOURCE, accessTokenFormat: 'jwt', jwt: { sign: { alg: 'RS256' } } };
+        }
         if (resourceIndicator !== RESOURCE) throw new errors.InvalidTarget();
         return { scope: API_SCOPES, audience: RESOURCE, accessTokenFormat: 'opaque' };
       },
+    },
+    mTLS: {
+      enabled: Boolean(TLS_DIR),
+      certificateBoundAccessTokens: true,
+      tlsClientAuth: true,
+      selfSignedTlsClientAuth: true,
+      // The certificate the client presented on this connection, if any.
+      getCertificate: (ctx) => ctx.socket.getPeerX509Certificate?.() ?? undefined,
+      // Verified against DIR/ca.crt by the TLS layer.
+      certificateAuthorized: (ctx) => ctx.socket.authorized === true,
+      certificateSubjectMatches: (ctx, property, expected) =>
+        property === 'tls_client_auth_subject_dn' && ctx.socket.getPeerX509Certificate()?.subject === expected,
     },
   },
   pkce: { required: () => false },
@@ -263,10 +329,34 @@ function enforceSecretPlacement(ctx) {
 
 // --- start ----------------------------------------------------------------------------------
 
-const server = http.createServer();
+const tlsFile = (name) => readFileSync(join(TLS_DIR, name));
+const server = TLS_DIR
+  ? https.createServer({ key: tlsFile('server.key'), cert: tlsFile('server.crt') })
+  : http.createServer();
+// The mutual TLS listener: asks for a certificate, lets every one through to oidc-provider.
+const mtlsServer = TLS_DIR
+  ? https.createServer({
+      key: tlsFile('server.key'),
+      cert: tlsFile('server.crt'),
+      ca: tlsFile('ca.crt'),
+      requestCert: true,
+      rejectUnauthorized: false,
+    })
+  : undefined;
+// Both listeners are up before the provider is made: discovery names the mTLS one.
 server.listen(parsePort(), '127.0.0.1', () => {
+  if (mtlsServer) mtlsServer.listen(0, '127.0.0.1', start);
+  else start();
+});
+
+function start() {
   const { port } = server.address();
-  const issuer = `http://127.0.0.1:${port}`;
+  const issuer = `${TLS_DIR ? 'https' : 'http'}://127.0.0.1:${port}`;
+  let mtlsTokenEndpoint;
+  if (mtlsServer) {
+    mtlsTokenEndpoint = `https://127.0.0.1:${mtlsServer.address().port}/token`;
+    configuration.discovery = { mtls_endpoint_aliases: { token_endpoint: mtlsTokenEndpoint } };
+  }
   const provider = new Provider(issuer, configuration);
 
   provider.use(async (ctx, next) => {
@@ -289,19 +379,23 @@ server.listen(parsePort(), '127.0.0.1', () => {
   provider.on('server_error', (_ctx, err) => console.error('server_error:', err));
 
   server.on('request', provider.callback());
+  mtlsServer?.on('request', provider.callback());
   process.stdout.write(
     `${JSON.stringify({
       issuer,
       port,
       token_endpoint: provider.urlFor('token'),
       introspection_endpoint: provider.urlFor('introspection'),
+      mtls_token_endpoint: mtlsTokenEndpoint,
     })}\n`,
   );
-});
+}
 
 function shutdown() {
-  server.close();
-  server.closeAllConnections();
+  for (const s of [server, mtlsServer]) {
+    s?.close();
+    s?.closeAllConnections();
+  }
   process.exit(0);
 }
 process.on('SIGTERM', shutdown);

@@ -7,4 +7,5 @@ pub mod apiserver;
 pub mod child_server;
 pub mod control_plane;
 pub mod controller;
+pub mod oidc_provider;
 pub mod real;

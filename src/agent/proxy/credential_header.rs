@@ -84,6 +84,7 @@ mod tests {
             inputs: String::new(),
             bootstrap: None,
             renewal_request: None,
+            bound_certificate: None,
         }
     }
 
