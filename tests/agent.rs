@@ -4,11 +4,14 @@
 //! agent's progress channel (or, for the separate process, on files and /metrics with a
 //! deadline), never on a fixed sleep.
 
+mod sidecar_example;
 mod support;
 mod token_server;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use sidecar_example::SidecarExample;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -574,34 +577,10 @@ async fn the_binary_exits_2_when_the_configuration_cannot_be_loaded() {
 
 #[test]
 fn the_sidecar_example_is_a_working_agent_configuration() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/agent-sidecar.yaml");
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&read(path)).unwrap();
-    let kind = |k: &str| docs.iter().find(|d| d["kind"] == k).unwrap_or_else(|| panic!("no {k}"));
-    let config = kind("ConfigMap")["data"]["credentials.yaml"].as_str().unwrap();
-    let pod = kind("Pod");
-    let agent = &pod["spec"]["initContainers"][0];
-    let argv: Vec<String> = agent["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect();
-    assert_eq!(argv[0], "agent");
-
     // The agent's flags, pointed at a copy of the ConfigMap and the Secret volume.
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("credentials.yaml"), config).unwrap();
-    let mounted = dir.path().join("chatlayer-client");
-    std::fs::create_dir(&mounted).unwrap();
-    let secret = kind("Secret");
-    for key in ["client_id", "client_secret"] {
-        std::fs::write(mounted.join(key), secret["stringData"][key].as_str().unwrap()).unwrap();
-    }
-    let root = dir.path().display().to_string();
-    let localized: Vec<String> = std::iter::once("tokensync".to_owned())
-        .chain(argv[1..].iter().map(|a| {
-            a.replace("/etc/tokensync/config", &root)
-                .replace("/etc/tokensync/secrets", &root)
-                .replace("/var/run/tokens", &format!("{root}/tokens"))
-                .replace("/var/lib/tokensync", &format!("{root}/state"))
-        }))
-        .collect();
-    let args = Flags::try_parse_from(localized).unwrap().args;
+    let example = SidecarExample::load("agent-sidecar.yaml", "/etc/tokensync/secrets", "", "chatlayer-client");
+    let pod = example.kind("Pod");
+    let args = Flags::try_parse_from(&example.argv).unwrap().args;
     let spec = tokensync::agent::sources::SourceSpec {
         manifests: args.files.clone(),
         dirs: args.secret_from_dir.clone(),

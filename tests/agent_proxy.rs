@@ -8,16 +8,18 @@
 //! process boundary, poll with a deadline; none sleeps for state.
 
 mod resource_server;
+mod sidecar_example;
 mod token_server;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use resource_server::ResourceServer;
 use serde_json::Value;
+use sidecar_example::SidecarExample;
 use token_server::Reply;
 use token_server::issuer::Issuer;
 use tokensync::agent::live::ServedToken;
@@ -685,33 +687,10 @@ async fn the_binary_proxies_counts_in_metrics_and_never_logs_a_token() {
 
 #[test]
 fn the_proxy_sidecar_example_is_a_working_agent_configuration() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/agent-proxy-sidecar.yaml");
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let kind = |k: &str| docs.iter().find(|d| d["kind"] == k).unwrap_or_else(|| panic!("no {k}"));
-    let config = kind("ConfigMap")["data"]["credentials.yaml"].as_str().unwrap();
-    let pod = kind("Pod");
-    let agent = &pod["spec"]["initContainers"][0];
-    let argv: Vec<String> = agent["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect();
-    assert_eq!(argv[0], "agent");
-
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("credentials.yaml"), config).unwrap();
-    let mounted = dir.path().join("secrets");
-    std::fs::create_dir(&mounted).unwrap();
-    let secret = kind("Secret");
-    for key in ["client_id", "client_secret"] {
-        std::fs::write(mounted.join(key), secret["stringData"][key].as_str().unwrap()).unwrap();
-    }
-    let root = dir.path().display().to_string();
-    let localized: Vec<String> = std::iter::once("tokensync".to_owned())
-        .chain(argv[1..].iter().map(|a| {
-            a.replace("/etc/tokensync/config", &root)
-                .replace("/etc/tokensync/secrets/chalk-client", &mounted.display().to_string())
-                .replace("/var/run/tokens", &format!("{root}/tokens"))
-                .replace("/var/lib/tokensync", &format!("{root}/state"))
-        }))
-        .collect();
-    let args = Flags::try_parse_from(localized).unwrap().args;
+    let example =
+        SidecarExample::load("agent-proxy-sidecar.yaml", "/etc/tokensync/secrets/chalk-client", "secrets", "secrets");
+    let pod = example.kind("Pod");
+    let args = Flags::try_parse_from(&example.argv).unwrap().args;
     let proxy = &args.proxy.proxies[0];
     assert!(proxy.listen.ip().is_loopback(), "the sidecar's proxy listens on the Pod's loopback only");
     assert_eq!(proxy.upstream.scheme(), "https");
