@@ -138,7 +138,7 @@ pub struct ClientCredentialSpec {
     /// credential (spec.serviceAccountRef with clientAuthentication service_account_token or
     /// none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credentials_ref: Option<CredentialsRef>,
+    pub credentials_ref: Option<Box<CredentialsRef>>,
 
     /// A Kubernetes ServiceAccount whose short-lived token stands where a client secret
     /// stood (workload identity federation): the client assertion of clientAuthentication
@@ -148,13 +148,13 @@ pub struct ClientCredentialSpec {
     /// annotation tokensync.io/allowed-audiences lists (comma-separated) the audiences
     /// tokensync may request for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service_account_ref: Option<ServiceAccountRef>,
+    pub service_account_ref: Option<Box<ServiceAccountRef>>,
 
     /// RFC 8693 token exchange settings (grantType urn:ietf:params:oauth:grant-type:token-exchange).
     /// The audience, scope and resource parameters are spec.audience, spec.scopes and
     /// spec.resource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token_exchange: Option<TokenExchangeSettings>,
+    pub token_exchange: Option<Box<TokenExchangeSettings>>,
 
     /// Scopes to request, sent space-separated in the scope parameter (also on refresh).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -197,17 +197,17 @@ pub struct ClientCredentialSpec {
 
     /// Mapping for non-standard token responses. Leave unset for RFC 6749 responses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response: Option<ResponseMapping>,
+    pub response: Option<Box<ResponseMapping>>,
 
     /// Settings for the JWTs tokensync signs: client assertions (private_key_jwt,
     /// client_secret_jwt) and jwt-bearer grant assertions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub assertion: Option<AssertionSettings>,
+    pub assertion: Option<Box<AssertionSettings>>,
 
     /// TLS settings for the token, refresh and verify endpoints: a private CA and a client
     /// certificate for mutual TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<TlsSettings>,
+    pub tls: Option<Box<TlsSettings>>,
 
     /// Renew this long before the token expires, e.g. 10m. Mutually exclusive with
     /// renewBeforePercentage. Default: renew after two thirds of the token's lifetime.
