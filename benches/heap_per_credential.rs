@@ -146,14 +146,18 @@ fn main() {
     let memo = WriteMemo::default();
     let (bytes, _) = per_object(|i| {
         let cc = &credentials[i];
-        let ns = cc.namespace().unwrap();
         let comparable = status::comparable(cc.status.as_ref().unwrap());
         memo.remember(Written::Status(cc.metadata.uid.clone().unwrap()), Some("1"), Some("2".into()), &comparable);
+    });
+    rows.push(("write memo: the last status write (kept)", bytes));
+    let (bytes, _) = per_object(|i| {
+        let cc = &credentials[i];
+        let ns = cc.namespace().unwrap();
         let state_ref = SecretRef::new(&ns, &labels::state_secret_name(&cc.name_any()));
         memo.remember(Written::Secret(state_ref), None, Some("3".into()), &"state");
         memo.remember(Written::Secret(SecretRef::new(&ns, &cc.name_any())), Some("4"), Some("5".into()), &"target");
     });
-    rows.push(("write memo while a write is unseen (status, state, target)", bytes));
+    rows.push(("  write memo: state and target writes, until the cache shows them", bytes));
 
     println!("heap bytes per credential ({N} each, token {token_bytes} bytes):");
     println!("| structure | bytes |");

@@ -181,10 +181,13 @@ impl WriteMemo {
         self.lock().get(key).is_some_and(|w| version.is_some() && w.produced.as_deref() == version)
     }
 
-    /// [`Self::is_own_write`] for an object the cache now shows, and the memory of that write
-    /// dropped when it is: once the cache shows our write, it is the truth about the object
-    /// (every later version is newer), so nothing needs remembering. Without this the memo
-    /// kept three entries per credential for good (about 660 bytes each at 10,000).
+    /// [`Self::is_own_write`] for a Secret the cache now shows, and the memory of that write
+    /// dropped when it is: once the cache shows our write, it is the truth about the Secret
+    /// (every later version is newer), and reconciles look the Secret up in the cache when they
+    /// decide, so nothing needs remembering. Without this the memo kept two entries per
+    /// credential for good. Not for statuses: a reconcile decides from the object it was
+    /// started with, which can be the version our write replaced even after the watch
+    /// delivered the write ([`Self::lags`] must still tell).
     pub fn take_own_write(&self, key: &Written, version: Option<&str>) -> bool {
         let mut writes = self.lock();
         let own = writes.get(key).is_some_and(|w| version.is_some() && w.produced.as_deref() == version);

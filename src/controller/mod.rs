@@ -414,7 +414,7 @@ pub fn controller_for_scope(
         indexer.update(cc);
         let key = context::Written::Status(cc.metadata.uid.clone().unwrap_or_default());
         echoes.written.observed(&key, cc.metadata.resource_version.as_deref());
-        echoes.written.take_own_write(&key, cc.metadata.resource_version.as_deref())
+        echoes.written.is_own_write(&key, cc.metadata.resource_version.as_deref())
     });
 
     // The Secrets tokensync manages, cached as much as reconciles read ([`managed`]).
@@ -512,7 +512,7 @@ pub fn cluster_controller(
     let ccc_stream = changes_but_our_own(ccc_stream, move |ccc: &ClusterClientCredential| {
         let key = context::Written::Status(ccc.metadata.uid.clone().unwrap_or_default());
         echoes.base.written.observed(&key, ccc.metadata.resource_version.as_deref());
-        echoes.base.written.take_own_write(&key, ccc.metadata.resource_version.as_deref())
+        echoes.base.written.is_own_write(&key, ccc.metadata.resource_version.as_deref())
     });
     let (memo_ctx, cached) = (ctx.clone(), managed.clone());
     let managed_stream = changes_but_our_own(managed_stream, move |secret: &Secret| {

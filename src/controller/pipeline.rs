@@ -365,7 +365,14 @@ impl<'a, K: Credential> Run<'a, K> {
     /// is requested.
     async fn recover_relabelled_state(&mut self) -> Result<(), Error> {
         let Some(found) = self.state_api.get_opt(&self.state.name).await? else { return Ok(()) };
-        if let Some(stored) = state::read(&found).filter(|_| self.cc.owns_state(&found)) {
+        let stored = state::read(&found).filter(|_| self.cc.owns_state(&found));
+        // Our own write, which the Secret watch has not delivered yet (the credential's watch
+        // delivered the status written after it first): nothing to repair.
+        if self.ctx.written.is_own_write(&self.state_key(), found.metadata.resource_version.as_deref()) {
+            self.stored = stored;
+            return Ok(());
+        }
+        if let Some(stored) = stored {
             tracing::info!(secret = %self.state.name, "the state Secret lost its labels; putting them back");
             let replaced = Replaced { version: found.resource_version(), token: Some(stored.clone()) };
             if self.write_state(&stored, &replaced).await? {
