@@ -184,7 +184,10 @@ impl<'a, K: Credential> Run<'a, K> {
         // absence can mean "no token", and when it is found (and ours) its labels are put back.
         // One the cache shows without a token is our own create whose token write the watch
         // has not delivered yet: the write memo has the decision read it before any request.
-        if cached_state.is_none() && status.last_refresh_time.is_some() {
+        // Nor is a state Secret this process wrote and the Secret watch has not delivered yet
+        // (the credential's watch, delivering the status written after it, can be faster): the
+        // decision reads that one before any request ([`Run::renew_if_due`]).
+        if cached_state.is_none() && status.last_refresh_time.is_some() && !ctx.written.wrote(&run.state_key()) {
             run.recover_relabelled_state().await?;
         }
         // A token acquired by an earlier reconcile whose state write failed: write it now. It
@@ -366,9 +369,10 @@ impl<'a, K: Credential> Run<'a, K> {
     async fn recover_relabelled_state(&mut self) -> Result<(), Error> {
         let Some(found) = self.state_api.get_opt(&self.state.name).await? else { return Ok(()) };
         let stored = state::read(&found).filter(|_| self.cc.owns_state(&found));
-        // Our own write, which the Secret watch has not delivered yet (the credential's watch
-        // delivered the status written after it first): nothing to repair.
-        if self.ctx.written.is_own_write(&self.state_key(), found.metadata.resource_version.as_deref()) {
+        // Our own write, which the Secret watch has not delivered yet, or has delivered since the
+        // cache was looked at (the cache selects by label: it is labelled): nothing to repair.
+        let shown = self.ctx.managed.get(&self.state.namespace, &self.state.name).is_some();
+        if shown || self.ctx.written.is_own_write(&self.state_key(), found.metadata.resource_version.as_deref()) {
             self.stored = stored;
             return Ok(());
         }

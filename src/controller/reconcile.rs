@@ -22,7 +22,6 @@ use kube::runtime::controller::Action;
 
 use super::context::{Context, Written};
 use super::labels;
-use super::managed::CachedSecret;
 use super::pipeline::{Credential, Outcome, Run, StatusWrite, event, until_current};
 use super::sources::SecretRef;
 use super::state::{self, StoredToken};
@@ -134,7 +133,7 @@ async fn run_pipeline(
         return Ok(Outcome::Stale(fresh));
     }
     // 4. publish the target Secret, then remove one we published under an earlier name
-    if conflict.is_none() && publish_target(&mut run, &secrets, &target_name, cached_target.as_deref()).await? {
+    if conflict.is_none() && publish_target(&mut run, &secrets, &target_name).await? {
         remove_previous_targets(&run, &secrets, &target_name).await?;
     }
     // 5. status
@@ -157,9 +156,12 @@ async fn publish_target(
     run: &mut Run<'_, ClientCredential>,
     secrets: &Api<Secret>,
     target_name: &str,
-    cached_target: Option<&CachedSecret>,
 ) -> Result<bool, Error> {
     let Some(stored) = run.stored.as_ref().filter(|s| s.is_valid_at(run.now)) else { return Ok(false) };
+    // Looked up now, not when the reconcile started: the watch may have delivered our own
+    // last write of it meanwhile, and the write memo forgets a write once the cache shows it.
+    let cached_target = run.ctx.managed.get(&run.cc.namespace().unwrap_or_default(), target_name);
+    let cached_target = cached_target.as_deref();
     let desired = match target::desired(&run.cc, stored) {
         Ok(desired) => desired,
         Err(e) => {
