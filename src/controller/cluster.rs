@@ -335,6 +335,10 @@ async fn finalize(ccc: &ClusterClientCredential, ctx: &ClusterContext) -> Result
         delete_if_present(&api, &secret.name_any()).await?;
     }
     base.take_unsaved("", &name);
+    // What the write memo keeps of it (its last status write is kept for good, as for a
+    // ClientCredential, whose deletion forgets it the same way).
+    base.written.forget(&Written::Status(ccc.metadata.uid.clone().unwrap_or_default()));
+    base.written.forget(&Written::Secret(ccc.state_ref()));
     let finalizers = ccc.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
     patch_finalizers(&base.client, ccc, finalizers).await?;
     base.metrics.forget_credential("", &name);
